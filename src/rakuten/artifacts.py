@@ -1,0 +1,255 @@
+"""Artifacts on disk: atomic writes, out-of-fold (OOF) files, experiment meta, and the assembler.
+
+Layout of one experiment (``oof/<experiment>/``)::
+
+    fold<k>.npz        ids (int64 product ids), labels (int64 class idx), logits (float32 [n, C]),
+                       embeddings (float32 [n, D])       -- predictions for fold k's held-out rows
+    test_fold<k>.npz   ids, logits, embeddings           -- the fold-k model on the test set
+    meta.json          resolved config, fold file + hash, per-fold scores
+    summary_fold<k>.csv  per-epoch training log
+
+Every writer goes through a temporary file and ``os.replace`` so a killed process never leaves a
+half-written artifact that a later stage could mistake for a finished one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, truncated, stale or inconsistent with its siblings."""
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp",
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_save_npz(path: str | Path, **arrays) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+
+
+def atomic_write_csv(path: str | Path, df, **kwargs) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, **kwargs)
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: truncated or corrupt JSON ({e})") from None
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Short sha256 of a file's bytes: recorded in every meta.json to tie artifacts to a fold file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- OOF files
+@dataclass
+class Predictions:
+    """Predictions of one model on a set of products, keyed by product id."""
+
+    ids: np.ndarray                 # int64 [n]
+    logits: np.ndarray              # float32 [n, C]
+    embeddings: np.ndarray | None   # float32 [n, D] or None (models with no embedding: TF-IDF, stacker)
+    labels: np.ndarray | None = None  # int64 [n] class indices (train folds only)
+
+    def __post_init__(self):
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.logits = np.asarray(self.logits, dtype=np.float32)
+        n = len(self.ids)
+        if self.logits.ndim != 2 or self.logits.shape[0] != n:
+            raise ArtifactError(f"logits shape {self.logits.shape} does not match {n} ids")
+        if self.embeddings is not None:
+            self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+            if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
+                raise ArtifactError(f"embeddings shape {self.embeddings.shape} does not match {n} ids")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+            if self.labels.shape != (n,):
+                raise ArtifactError(f"labels shape {self.labels.shape} does not match {n} ids")
+
+    def save(self, path: str | Path) -> None:
+        arrays = {"ids": self.ids, "logits": self.logits}
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        atomic_save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Predictions":
+        path = Path(path)
+        if not path.exists():
+            raise ArtifactError(f"{path}: missing")
+        try:
+            with np.load(path) as z:
+                return cls(ids=z["ids"], logits=z["logits"],
+                           embeddings=z["embeddings"] if "embeddings" in z.files else None,
+                           labels=z["labels"] if "labels" in z.files else None)
+        except ArtifactError as e:
+            raise ArtifactError(f"{path}: {e}") from None
+        except Exception as e:  # zipfile.BadZipFile, EOFError, KeyError, ValueError on truncation
+            raise ArtifactError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+
+    def reindex(self, ids) -> "Predictions":
+        """Rows reordered to ``ids``; raises if any id is absent."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = {int(i): k for k, i in enumerate(self.ids)}
+        try:
+            take = np.fromiter((pos[int(i)] for i in ids), dtype=np.int64, count=len(ids))
+        except KeyError as e:
+            raise ArtifactError(f"product id {e.args[0]} has no prediction") from None
+        return Predictions(ids, self.logits[take],
+                           None if self.embeddings is None else self.embeddings[take],
+                           None if self.labels is None else self.labels[take])
+
+    @staticmethod
+    def concat(parts: list["Predictions"]) -> "Predictions":
+        emb = None if any(p.embeddings is None for p in parts) else np.concatenate([p.embeddings for p in parts])
+        lab = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+        return Predictions(np.concatenate([p.ids for p in parts]), np.concatenate([p.logits for p in parts]),
+                           emb, lab)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Experiment:
+    """Handle on ``oof/<name>/``: where each file goes, and readers that validate what they read."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.name = name
+        self.dir = Path(root) / name
+
+    def oof_path(self, fold: int) -> Path:
+        return self.dir / f"fold{fold}.npz"
+
+    def test_path(self, fold: int) -> Path:
+        return self.dir / f"test_fold{fold}.npz"
+
+    def summary_path(self, fold: int) -> Path:
+        return self.dir / f"summary_fold{fold}.csv"
+
+    def checkpoint_path(self, fold: int) -> Path:
+        return self.dir / "checkpoints" / f"fold{fold}_last.pt"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "meta.json"
+
+    def read_meta(self) -> dict:
+        return read_json(self.meta_path)
+
+    def update_meta(self, **fields) -> dict:
+        """Merge ``fields`` into meta.json (``folds`` dicts merge per fold) and write it atomically."""
+        meta = self.read_meta() if self.meta_path.exists() else {}
+        for k, v in fields.items():
+            if k == "folds" and isinstance(v, dict):
+                meta.setdefault("folds", {}).update({str(f): s for f, s in v.items()})
+            else:
+                meta[k] = v
+        atomic_write_json(self.meta_path, meta)
+        return meta
+
+    def fold_done(self, fold: int, fold_hash: str | None = None) -> bool:
+        """A fold is done when both npz files load and meta.json records its score on this fold file."""
+        if not (self.oof_path(fold).exists() and self.test_path(fold).exists() and self.meta_path.exists()):
+            return False
+        try:
+            meta = self.read_meta()
+            Predictions.load(self.oof_path(fold))
+            Predictions.load(self.test_path(fold))
+        except ArtifactError:
+            return False
+        if fold_hash is not None and meta.get("fold_hash") != fold_hash:
+            return False
+        return str(fold) in meta.get("folds", {})
+
+    def load_oof(self, folds_df) -> Predictions:
+        """Assemble the OOF predictions over every fold of ``folds_df`` (columns id, label, fold).
+
+        Checks that every train id appears exactly once across the folds, that each fold file holds
+        exactly that fold's ids, and that the stored labels agree with the fold file.
+        """
+        parts = []
+        for k in sorted(folds_df["fold"].unique()):
+            p = Predictions.load(self.oof_path(int(k)))
+            want = folds_df.loc[folds_df["fold"] == k, "id"].to_numpy(np.int64)
+            if len(p.ids) != len(want) or set(p.ids.tolist()) != set(want.tolist()):
+                raise ArtifactError(f"{self.oof_path(int(k))}: ids differ from fold {k} of the fold file")
+            parts.append(p)
+        oof = Predictions.concat(parts)
+        if len(np.unique(oof.ids)) != len(oof.ids):
+            raise ArtifactError(f"{self.name}: a train id appears in more than one fold")
+        oof = oof.reindex(folds_df["id"].to_numpy(np.int64))
+        if oof.labels is not None and not np.array_equal(oof.labels, folds_df["label"].to_numpy(np.int64)):
+            raise ArtifactError(f"{self.name}: stored labels disagree with the fold file")
+        return oof
+
+    def load_test(self, folds: list[int], ids=None, average: str = "logits") -> Predictions:
+        """Bagged test prediction: the mean over fold models (of logits, or of probabilities)."""
+        preds = [Predictions.load(self.test_path(k)) for k in folds]
+        ref = preds[0].ids if ids is None else np.asarray(ids, dtype=np.int64)
+        preds = [p.reindex(ref) for p in preds]
+        if average == "probs":
+            logits = np.log(np.mean([softmax(p.logits) for p in preds], axis=0) + 1e-12)
+        else:
+            logits = np.mean([p.logits for p in preds], axis=0)
+        emb = None if preds[0].embeddings is None else np.mean([p.embeddings for p in preds], axis=0)
+        return Predictions(ref, logits, emb)

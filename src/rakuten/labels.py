@@ -1,0 +1,59 @@
+"""The 27 product type codes of the challenge and the code <-> class index map."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Counts per code over all 84,916 train rows (Y_train_CVw08PX.csv of the challenge). They are the real
+# class prior: the demo generator samples from it and the leaderboard reports against it.
+CODE_COUNTS: dict[int, int] = {
+    10: 3116, 40: 2508, 50: 1681, 60: 832, 1140: 2671, 1160: 3953, 1180: 764, 1280: 4870, 1281: 2070,
+    1300: 5045, 1301: 807, 1302: 2491, 1320: 3241, 1560: 5073, 1920: 4303, 1940: 803, 2060: 4993,
+    2220: 824, 2280: 4760, 2403: 4774, 2462: 1421, 2522: 4989, 2582: 2589, 2583: 10209, 2585: 2496,
+    2705: 2761, 2905: 872,
+}
+CODES: tuple[int, ...] = tuple(sorted(CODE_COUNTS))
+NUM_CLASSES = len(CODES)
+
+
+class LabelMap:
+    """Bijection between challenge codes (``prdtypecode``) and contiguous class indices 0..26."""
+
+    def __init__(self, codes=CODES):
+        self.codes = tuple(int(c) for c in codes)
+        if len(set(self.codes)) != len(self.codes):
+            raise ValueError("label map has duplicate codes")
+        self._index = {c: i for i, c in enumerate(self.codes)}
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LabelMap) and self.codes == other.codes
+
+    def encode(self, codes) -> list[int]:
+        """Codes -> indices; raises KeyError naming the first unknown code."""
+        out = []
+        for c in codes:
+            try:
+                out.append(self._index[int(c)])
+            except KeyError:
+                raise KeyError(f"label code {c} is not one of the {len(self.codes)} known codes") from None
+        return out
+
+    def decode(self, indices) -> list[int]:
+        return [self.codes[int(i)] for i in indices]
+
+    def is_known(self, code) -> bool:
+        return int(code) in self._index
+
+    def to_json(self) -> dict:
+        return {"codes": list(self.codes), "index": {str(c): i for c, i in self._index.items()}}
+
+    def save(self, path: str | Path) -> None:
+        from rakuten.artifacts import atomic_write_json
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabelMap":
+        return cls(json.loads(Path(path).read_text())["codes"])
