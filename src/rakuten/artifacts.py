@@ -13,6 +13,8 @@ half-written artifact that a later stage could mistake for a finished one.
 """
 from __future__ import annotations
 
+from rakuten.errors import RakutenError
+
 import hashlib
 import json
 import os
@@ -25,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(RakutenError, RuntimeError):
     """An artifact is missing, truncated, stale or inconsistent with its siblings."""
 
 

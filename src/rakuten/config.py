@@ -7,6 +7,8 @@ not have is an error (typos fail loudly); prefix ``+`` to add a new key on purpo
 """
 from __future__ import annotations
 
+from rakuten.errors import RakutenError
+
 import copy
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import yaml
 from rakuten.paths import CONFIG_DIR
 
 
-class ConfigError(ValueError):
+class ConfigError(RakutenError, ValueError):
     pass
 
 

@@ -1,0 +1,43 @@
+"""Arguments shared by every stage script, and the one-line error exit they all use."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from contextlib import contextmanager
+
+from rakuten.paths import Paths
+
+# Tokenizers' Rust thread pool deadlocks after fork (DataLoader workers); set before any import of it.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--workdir", default=None,
+                   help="folder that holds folds/, oof/, submissions/ and cache/ (default: the repository)")
+    p.add_argument("--data-dir", default=None,
+                   help="raw challenge files (X_train_update.csv ... or X_train.tsv ...); "
+                        "default: the generated demo data in <workdir>/data/demo")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def paths_from_args(args) -> Paths:
+    return Paths.make(args.workdir, args.data_dir)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@contextmanager
+def one_line_errors():
+    """Expected failures (bad data, bad config, missing artifacts) exit 2 with one line on stderr."""
+    from rakuten.errors import RakutenError
+    try:
+        yield
+    except RakutenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,85 @@
+"""Prepared data: the cleaned tables of one challenge download, cached under ``<workdir>/cache``.
+
+Reading and cleaning ~100k rows of HTML takes a while; every stage calls :func:`load_dataset`, which
+reads the raw files once and afterwards loads the cached Parquet files (keyed by the raw files'
+names, sizes and mtimes, so a changed download is re-read).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from rakuten.artifacts import atomic_path, atomic_write_json, read_json, ArtifactError
+from rakuten.data.challenge import CD_FILES, SIGIR_FILES, Dataset, DataError, load_challenge, image_dir
+from rakuten.labels import LabelMap
+from rakuten.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    h = hashlib.sha256(str(data_dir.resolve()).encode())
+    for name in sorted(set(CD_FILES.values()) | set(SIGIR_FILES.values())):
+        p = data_dir / name
+        if p.exists():
+            st = p.stat()
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for split in ("train", "test"):
+        d = image_dir(data_dir, split)
+        if d is not None:
+            st = d.stat()
+            h.update(f"img_{split}:{st.st_mtime_ns}:{sum(1 for _ in d.iterdir())}".encode())
+    return h.hexdigest()[:12]
+
+
+def resolve_data_dir(paths: Paths) -> Path:
+    """``--data-dir`` if given, else the generated demo data inside the workdir."""
+    if paths.data_dir is not None:
+        return paths.data_dir
+    if (paths.demo_data_dir / CD_FILES["x_train"]).exists():
+        return paths.demo_data_dir
+    raise DataError(f"no --data-dir given and no demo data at {paths.demo_data_dir}: "
+                    "run `python src/make_demo_data.py` or `python src/run_all.py --preset demo`")
+
+
+def load_dataset(paths: Paths, use_cache: bool = True) -> Dataset:
+    data_dir = resolve_data_dir(paths)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found")
+    key = data_fingerprint(data_dir)
+    cdir = paths.prepared_dir / key
+    meta_path = cdir / "prepared.json"
+    if use_cache and meta_path.exists():
+        try:
+            meta = read_json(meta_path)
+            train = pd.read_parquet(cdir / "train.parquet")
+            test = pd.read_parquet(cdir / "test.parquet")
+            if len(train) == meta["report"]["n_train"] and len(test) == meta["report"]["n_test"]:
+                return Dataset(train, test, LabelMap.load(cdir / "label_map.json"), meta["format"],
+                               data_dir, meta["report"])
+        except (ArtifactError, OSError, KeyError, ValueError) as e:
+            log.warning("prepared data in %s unusable (%s); rebuilding", cdir, e)
+    ds = load_challenge(data_dir)
+    cdir.mkdir(parents=True, exist_ok=True)
+    for name, df in (("train", ds.train), ("test", ds.test)):
+        with atomic_path(cdir / f"{name}.parquet") as tmp:
+            df.to_parquet(tmp, index=False)
+    ds.label_map.save(cdir / "label_map.json")
+    # prepared.json last: its presence marks the cache complete.
+    atomic_write_json(meta_path, {"format": ds.fmt, "data_dir": str(data_dir), "report": ds.report})
+    return ds
+
+
+def describe(ds: Dataset) -> str:
+    r = ds.report
+    return (f"{ds.fmt} data at {ds.data_dir}: {r['n_train']} train / {r['n_test']} test rows; images found "
+            f"{r['train_images_found']} train ({r['train_images_missing']} missing), "
+            f"{r['test_images_found']} test ({r['test_images_missing']} missing)")
+
+
+def dump_report(ds: Dataset) -> str:
+    return json.dumps(ds.report, indent=2)

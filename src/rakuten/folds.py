@@ -1,0 +1,97 @@
+"""Frozen stratified K-fold split: one CSV (id, label, fold) + a JSON sidecar; every stage reads it.
+
+Nothing else in the project splits data. A fold file's hash is recorded in each experiment's
+meta.json, and second-level stages refuse to combine artifacts made on different fold files.
+"""
+from __future__ import annotations
+
+from rakuten.errors import RakutenError
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from rakuten.artifacts import ArtifactError, atomic_write_csv, atomic_write_json, file_hash, read_json
+
+
+class FoldsError(RakutenError, RuntimeError):
+    pass
+
+
+def folds_path(folds_dir: Path, k: int, seed: int) -> Path:
+    return Path(folds_dir) / f"folds_k{k}_seed{seed}.csv"
+
+
+def make_folds(train: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Stratified K folds on the class label; rows in the input's order."""
+    if k < 2:
+        raise FoldsError(f"k must be >= 2 (got {k})")
+    counts = train["label"].value_counts()
+    if counts.min() < k:
+        # StratifiedKFold would only warn; a class absent from a fold breaks per-fold macro-F1.
+        raise FoldsError(f"class {counts.idxmin()} has {counts.min()} rows, fewer than k={k} folds")
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold = np.full(len(train), -1, dtype=np.int64)
+    for f, (_, va) in enumerate(skf.split(np.zeros(len(train)), train["label"].to_numpy())):
+        fold[va] = f
+    return pd.DataFrame({"id": train["id"].to_numpy(np.int64), "label": train["label"].to_numpy(np.int64),
+                         "fold": fold})
+
+
+def write_folds(df: pd.DataFrame, path: Path, k: int, seed: int, force: bool = False, extra: dict | None = None) -> bool:
+    """Write the fold file; returns False when an identical split is already there.
+
+    Refuses to replace a *different* split unless ``force``: every OOF artifact made on the old one
+    would silently become a leak.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            old = read_folds(path)
+        except FoldsError:
+            old = None
+        if old is not None and old.equals(df.reset_index(drop=True)):
+            return False
+        if not force:
+            raise FoldsError(f"{path}: a different split already exists; pass --force to replace it "
+                             "(every experiment trained on it must then be rerun)")
+    atomic_write_csv(path, df, index=False)
+    atomic_write_json(path.with_suffix(".json"), {"splitter": "sklearn.StratifiedKFold(shuffle=True)",
+                                                  "k": k, "seed": seed, "n": len(df),
+                                                  "hash": file_hash(path), **(extra or {})})
+    return True
+
+
+def read_folds(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FoldsError(f"{path}: fold file not found; run `python src/make_folds.py` first")
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:
+        raise FoldsError(f"{path}: unreadable fold file ({e})") from None
+    if list(df.columns) != ["id", "label", "fold"]:
+        raise FoldsError(f"{path}: columns must be id,label,fold (found {','.join(df.columns)})")
+    if df["id"].duplicated().any():
+        raise FoldsError(f"{path}: duplicate id {df['id'][df['id'].duplicated()].iloc[0]}")
+    side = path.with_suffix(".json")
+    if side.exists():
+        try:
+            meta = read_json(side)
+        except ArtifactError as e:
+            raise FoldsError(str(e)) from None
+        if meta.get("hash") and meta["hash"] != file_hash(path):
+            raise FoldsError(f"{path}: content does not match the hash in {side.name} (edited or truncated)")
+    return df.astype({"id": np.int64, "label": np.int64, "fold": np.int64})
+
+
+def check_folds_match(folds: pd.DataFrame, train: pd.DataFrame, path: Path) -> None:
+    """The fold file must cover exactly the training ids with the same labels."""
+    if len(folds) != len(train) or set(folds["id"]) != set(train["id"]):
+        raise FoldsError(f"{path}: ids differ from the training data ({len(folds)} vs {len(train)} rows); "
+                         "was it made on another dataset? remake it with --force")
+    lab = train.set_index("id")["label"].reindex(folds["id"]).to_numpy()
+    if not np.array_equal(lab, folds["label"].to_numpy()):
+        raise FoldsError(f"{path}: labels differ from the training data")
