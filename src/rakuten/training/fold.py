@@ -1,0 +1,378 @@
+"""Train one fold of one unimodal experiment and write its artifacts.
+
+Fold k's model trains on the other folds, early-stops on fold k's macro-F1, and writes
+``oof/<exp>/fold<k>.npz`` (fold k's rows) and ``test_fold<k>.npz``; ``meta.json`` records the config,
+fold file + hash and scores. A per-epoch checkpoint (model, optimizer, scheduler, RNG states, best
+score) lets a killed run resume where it stopped and end with the same OOF as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rakuten.artifacts import (ArtifactError, Experiment, Predictions, atomic_path, atomic_write_csv,
+                               file_hash)
+from rakuten.data.prepared import data_fingerprint, load_dataset, resolve_data_dir
+from rakuten.errors import RakutenError
+from rakuten.experiment import experiment_folds
+from rakuten.folds import check_folds_match
+from rakuten.labels import NUM_CLASSES
+from rakuten.paths import Paths
+from rakuten.reporting.metrics import scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldData:
+    """Rows of the training data in fold-file order, plus the test rows."""
+
+    train: pd.DataFrame   # aligned with the fold file
+    test: pd.DataFrame
+    folds: pd.DataFrame
+    fold_file: Path
+    fold_hash: str
+    data_key: str
+
+
+def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
+    ds = ds or load_dataset(paths)
+    fpath, folds = experiment_folds(cfg, paths)
+    check_folds_match(folds, ds.train, fpath)
+    train = ds.train.set_index("id").loc[folds["id"].to_numpy()].reset_index()
+    return FoldData(train, ds.test.reset_index(drop=True), folds, fpath, file_hash(fpath),
+                    data_fingerprint(resolve_data_dir(paths)))
+
+
+def check_experiment_folds(exp: Experiment, fd: FoldData, force: bool = False) -> None:
+    """An experiment's folds must all come from one fold file: refuse to mix, or start afresh."""
+    if not exp.meta_path.exists():
+        return
+    meta = exp.read_meta()
+    if meta.get("fold_hash") not in (None, fd.fold_hash):
+        if not force:
+            raise ArtifactError(f"{exp.dir}: made on another fold file ({meta.get('fold_file')}); "
+                                "pass --force to discard it and retrain")
+        shutil.rmtree(exp.dir)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+class RowSubset(Dataset):
+    """Rows ``rows`` of a base dataset, relabelled, with ``index`` local to the subset."""
+
+    def __init__(self, base: Dataset, rows: np.ndarray, labels: np.ndarray | None):
+        self.base, self.rows, self.labels = base, np.asarray(rows), labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[int(self.rows[i])])
+        item["index"] = i
+        item["labels"] = int(self.labels[i]) if self.labels is not None else -1
+        return item
+
+
+class FeatureDataset(Dataset):
+    def __init__(self, feats: np.ndarray):
+        self.feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+
+    def __len__(self):
+        return len(self.feats)
+
+    def __getitem__(self, i):
+        return {"features": self.feats[i], "index": i, "labels": -1}
+
+
+@dataclass
+class Inputs:
+    """What a torch model reads: one dataset over train+test rows and how to batch it."""
+
+    dataset: Dataset          # rows 0..n_train-1 are train (fold-file order), then the test rows
+    n_train: int
+    collate: object
+    lengths: np.ndarray | None = None   # token lengths, for length-grouped batches
+    batch_transform: object = None
+    model_kwargs: dict | None = None
+
+
+def field_texts(df: pd.DataFrame, cfg) -> list[str]:
+    prefix = cfg.data.get("prefix", "") or ""
+    return [prefix + t for t in df[cfg.data.field].tolist()]
+
+
+def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
+    from rakuten.data.text_dataset import TokenDataset, cached_tokens
+    from rakuten.models.backbones import load_tokenizer
+    from rakuten.training.samplers import pad_collate
+
+    texts = field_texts(fd.train, cfg) + field_texts(fd.test, cfg)
+    # The tiny tokenizer is fitted on the training text of all folds: label-free, and one shared
+    # vocabulary keeps the token cache shared across folds.
+    tok = load_tokenizer(cfg.model.backbone, train_texts=texts[: len(fd.train)],
+                         cache_dir=paths.cache_dir / "tokenizers", vocab_size=int(cfg.model.tokenizer_vocab))
+    tokens = cached_tokens(tok, texts, int(cfg.data.max_len), paths.cache_dir,
+                           tag=f"{cfg.data.field}_{fd.data_key}")
+    return Inputs(TokenDataset(tokens), len(fd.train), pad_collate(tok.pad_token_id), tokens.lengths,
+                  model_kwargs={"tokenizer": tok})
+
+
+def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
+    from rakuten.data.image_cache import (CachedImageDataset, GpuImageAugment, build_image_cache,
+                                          load_image_cache, make_image_batch_transform)
+
+    size = int(cfg.data.cache_size)
+    files = [p or None for p in fd.train["image_path"].tolist() + fd.test["image_path"].tolist()]
+    cache_file = paths.cache_dir / "images" / f"{fd.data_key}_{size}.npy"
+    try:
+        arr = load_image_cache(cache_file)
+        if len(arr) != len(files):
+            raise ArtifactError("row count differs")
+    except Exception as e:  # missing, truncated or stale cache: rebuild it
+        if cache_file.exists():
+            log.warning("image cache %s unusable (%s); rebuilding", cache_file, e)
+        report = build_image_cache(files, size, cache_file, workers=int(cfg.train.num_workers))
+        log.info("image cache: %d images, %d missing, %d unreadable (blank inputs)",
+                 report["n"], report["missing"], report["unreadable"])
+        arr = load_image_cache(cache_file)
+    aug = cfg.augment
+    augment = GpuImageAugment(int(cfg.data.image_size), mean, std, train_crop_scale=tuple(aug.crop_scale),
+                              hflip=bool(aug.hflip), max_rotate_deg=float(aug.max_rotate_deg),
+                              channels_last=bool(cfg.train.channels_last))
+    return Inputs(CachedImageDataset(arr), len(fd.train), None,
+                  batch_transform=make_image_batch_transform(augment))
+
+
+# ------------------------------------------------------------------------------------------- training
+def _loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, seed: int = 0):
+    from rakuten.training.samplers import ClassBalancedBatchSampler, LengthGroupedBatchSampler
+
+    bs = int(cfg.train.batch_size if train else cfg.train.eval_batch_size)
+    workers = int(cfg.train.num_workers)
+    kw = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+              persistent_workers=workers > 0)
+    sampler_kind = cfg.train.sampler if train else "length"
+    if sampler_kind == "balanced" and train:
+        bsampler = ClassBalancedBatchSampler(labels, bs, power=float(cfg.train.balanced_power), seed=seed)
+    elif lengths is not None and sampler_kind in ("length", "balanced"):
+        bsampler = LengthGroupedBatchSampler(lengths, bs, shuffle=train, seed=seed)
+    else:
+        bsampler = None
+    if bsampler is not None:
+        return DataLoader(ds, batch_sampler=bsampler, **kw), bsampler
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(ds, batch_size=bs, shuffle=train, generator=g, **kw), None
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(obj, tmp)
+
+
+def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr_rows, va_rows, y_tr, y_va,
+                      progress: bool = True) -> tuple[Predictions, Predictions, list[dict]]:
+    """The epoch loop: train, score fold k, checkpoint, early-stop; then predict with the best weights."""
+    from rakuten.training.engine import Engine, make_optimizer, make_scheduler, resolve_device
+    from rakuten.training.losses import make_loss
+
+    t = cfg.train
+    device = resolve_device(t.device)
+    seed = int(t.seed) + fold
+    lengths = inputs.lengths
+    tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)
+    va_ds = RowSubset(inputs.dataset, va_rows, y_va)
+    te_rows = np.arange(inputs.n_train, len(inputs.dataset))
+    te_ds = RowSubset(inputs.dataset, te_rows, None)
+    sub = (lambda rows: None if lengths is None else lengths[rows])
+    train_loader, train_sampler = _loader(tr_ds, cfg, True, inputs.collate, sub(tr_rows), y_tr, seed)
+    val_loader, _ = _loader(va_ds, cfg, False, inputs.collate, sub(va_rows))
+    test_loader, _ = _loader(te_ds, cfg, False, inputs.collate, sub(te_rows))
+
+    model = model.to(device)
+    criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES).to(device)
+    optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay))
+    steps = math.ceil(len(train_loader) / int(t.grad_accum)) * int(t.epochs)
+    scheduler = make_scheduler(optimizer, steps, warmup_ratio=float(t.warmup_ratio), kind=t.scheduler)
+    engine = Engine(model, criterion, optimizer, scheduler, device=device, precision=t.precision,
+                    grad_accum=int(t.grad_accum), clip_grad=t.clip_grad, batch_transform=inputs.batch_transform,
+                    compile=bool(t.compile), channels_last=bool(t.channels_last), progress=progress)
+
+    ckpt, best_path = exp.checkpoint_path(fold), exp.checkpoint_path(fold).with_name(f"fold{fold}_best.pt")
+    start, best, bad, history = 0, -1.0, 0, []
+    if t.checkpoint and ckpt.exists():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            engine.load_state_dict(state["engine"])
+            _set_rng_state(state["rng"])
+            start, best, bad, history = state["epoch"] + 1, state["best"], state["bad"], state["history"]
+            log.info("%s fold %d: resumed after epoch %d (best macro-F1 %.4f)", exp.name, fold, start, best)
+        except Exception as e:
+            log.warning("checkpoint %s unusable (%s); training from scratch", ckpt, e)
+            start, best, bad, history = 0, -1.0, 0, []
+    for epoch in range(start, int(t.epochs)):
+        if bad >= int(t.patience):
+            break
+        if train_sampler is not None and hasattr(train_sampler, "set_epoch"):
+            train_sampler.set_epoch(epoch)
+        t0 = time.time()
+        tr = engine.train_epoch(train_loader, epoch)
+        va_logits, _ = engine.predict(val_loader)
+        s = scores(y_va, va_logits)
+        improved = s["macro_f1"] > best
+        if improved:
+            best, bad = s["macro_f1"], 0
+            _atomic_torch_save(model.state_dict(), best_path)
+        else:
+            bad += 1
+        row = {"epoch": epoch, "train_loss": tr.get("loss"), **{f"val_{k}": v for k, v in s.items()},
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2), "best": improved}
+        history.append(row)
+        log.info("%s fold %d epoch %d: loss %.4f val macro-F1 %.4f%s", exp.name, fold, epoch, row["train_loss"],
+                 s["macro_f1"], " *" if improved else "")
+        atomic_write_csv(exp.summary_path(fold), pd.DataFrame(history), index=False)
+        if t.checkpoint:
+            _atomic_torch_save({"engine": engine.state_dict(), "rng": _rng_state(), "epoch": epoch, "best": best,
+                                "bad": bad, "history": history}, ckpt)
+    if best_path.exists():
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    va_logits, va_emb = engine.predict(val_loader)
+    te_logits, te_emb = engine.predict(test_loader)
+    return (Predictions(np.zeros(len(va_rows)), va_logits, va_emb, y_va),
+            Predictions(np.zeros(len(te_rows)), te_logits, te_emb), history)
+
+
+# -------------------------------------------------------------------------------------- frozen features
+def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> np.ndarray:
+    """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2)."""
+    import hashlib
+
+    from rakuten.artifacts import atomic_save_npz
+    from rakuten.models.registry import create_model
+    from rakuten.training.engine import Engine, resolve_device
+
+    m = cfg.model
+    key = hashlib.sha256(f"{m.name}|{m.backbone}|{cfg.kind}|{cfg.data.get('field')}|{cfg.data.max_len}|"
+                         f"{cfg.data.get('prefix')}|{cfg.data.image_size}|{fd.data_key}".encode()).hexdigest()[:12]
+    path = paths.cache_dir / "features" / f"{cfg.kind}_{key}.npz"
+    n = len(fd.train) + len(fd.test)
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                if len(z["features"]) == n:
+                    return z["features"]
+        except Exception as e:
+            log.warning("feature cache %s unusable (%s); recomputing", path, e)
+    inputs, model = build_inputs_and_model(cfg, paths, fd, frozen_backbone=True)
+    device = resolve_device(cfg.train.device)
+    engine = Engine(model.to(device), None, device=device, precision=cfg.train.precision,
+                    batch_transform=inputs.batch_transform, channels_last=bool(cfg.train.channels_last),
+                    progress=progress)
+    rows = np.arange(n)
+    loader, _ = _loader(RowSubset(inputs.dataset, rows, None), cfg, False, inputs.collate,
+                        None if inputs.lengths is None else inputs.lengths)
+    _, emb = engine.predict(loader)
+    atomic_save_npz(path, features=emb.astype(np.float32))
+    return emb
+
+
+def build_inputs_and_model(cfg, paths: Paths, fd: FoldData, frozen_backbone: bool = False):
+    from rakuten.models.registry import create_model
+
+    if cfg.kind == "text":
+        inputs = text_inputs(cfg, paths, fd)
+        model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, **inputs.model_kwargs)
+    else:
+        from rakuten.models.image import image_norm, load_image_backbone
+        backbone = load_image_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
+                                       drop_path_rate=cfg.model.get("drop_path_rate", 0.0))
+        mean, std = image_norm(backbone)
+        inputs = image_inputs(cfg, paths, fd, mean, std)
+        model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, backbone=backbone)
+    return inputs, model
+
+
+# ------------------------------------------------------------------------------------------ the stage
+def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force: bool = False) -> dict:
+    """Train fold ``fold`` of experiment ``cfg`` (skipped when its artifacts are complete)."""
+    from rakuten.training.engine import seed_everything
+
+    fd = prepare_fold_data(cfg, paths, ds)
+    if fold not in set(fd.folds["fold"].tolist()):
+        raise RakutenError(f"fold {fold} is not in {fd.fold_file.name} (folds 0..{fd.folds['fold'].max()})")
+    exp = Experiment(paths.oof_dir, cfg.name)
+    check_experiment_folds(exp, fd, force)
+    if not force and exp.fold_done(fold, fd.fold_hash):
+        log.info("%s fold %d: artifacts complete, skipping", cfg.name, fold)
+        return exp.read_meta()["folds"][str(fold)]
+    seed_everything(int(cfg.train.seed) + fold, deterministic=bool(cfg.train.deterministic))
+    t0 = time.time()
+    va_mask = (fd.folds["fold"] == fold).to_numpy()
+    tr_rows, va_rows = np.flatnonzero(~va_mask), np.flatnonzero(va_mask)
+    labels = fd.train["label"].to_numpy(np.int64)
+    y_tr, y_va = labels[tr_rows], labels[va_rows]
+
+    if cfg.kind == "tfidf":
+        from rakuten.models.tfidf import TfidfLinear
+        from rakuten.training.losses import class_weights
+        texts = np.asarray(field_texts(fd.train, cfg), dtype=object)
+        w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
+        model = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed)).fit(
+            list(texts[tr_rows]), y_tr, None if w is None else w.numpy()[y_tr])
+        va = Predictions(np.zeros(len(va_rows)), model.predict_logits(list(texts[va_rows]), NUM_CLASSES), None, y_va)
+        te = Predictions(np.zeros(len(fd.test)), model.predict_logits(field_texts(fd.test, cfg), NUM_CLASSES), None)
+        history = []
+    elif cfg.model.freeze_backbone:
+        from rakuten.models.registry import create_model
+        feats = frozen_features(cfg, paths, fd, progress)
+        inputs = Inputs(FeatureDataset(feats), len(fd.train), None)
+        head_cfg = dict(cfg.model)
+        model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
+        va, te, history = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+    else:
+        inputs, model = build_inputs_and_model(cfg, paths, fd)
+        va, te, history = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+
+    va.ids = fd.train["id"].to_numpy(np.int64)[va_rows]
+    te.ids = fd.test["id"].to_numpy(np.int64)
+    va.save(exp.oof_path(fold))
+    te.save(exp.test_path(fold))
+    s = scores(y_va, va.logits)
+    s.update(seconds=round(time.time() - t0, 1), epochs=len(history),
+             best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None)
+    meta = exp.update_meta(
+        name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
+        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(),
+        fold_file=str(fd.fold_file), fold_hash=fd.fold_hash, folds={fold: s})
+    if all(str(k) in meta["folds"] for k in sorted(fd.folds["fold"].unique())):
+        oof = exp.load_oof(fd.folds)
+        exp.update_meta(oof=scores(oof.labels, oof.logits))
+    ckdir = exp.checkpoint_path(fold).parent
+    for p in ckdir.glob(f"fold{fold}_*.pt") if ckdir.exists() else []:
+        p.unlink()  # artifacts are written: the checkpoints have served their purpose
+    log.info("%s fold %d: macro-F1 %.4f weighted-F1 %.4f acc %.4f (%.0fs)", cfg.name, fold, s["macro_f1"],
+             s["weighted_f1"], s["accuracy"], s["seconds"])
+    return s
