@@ -155,20 +155,21 @@ def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
 
 # ------------------------------------------------------------------------------------------- training
 def _loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, seed: int = 0):
-    from rakuten.training.samplers import ClassBalancedBatchSampler, LengthGroupedBatchSampler
+    """(DataLoader, sampler-with-set_epoch or None). Eval loaders sort by length when lengths exist;
+    the engine restores the original order through each batch's ``index``."""
+    from rakuten.training.samplers import ClassBalancedSampler, LengthGroupedBatchSampler
 
     bs = int(cfg.train.batch_size if train else cfg.train.eval_batch_size)
     workers = int(cfg.train.num_workers)
     kw = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
               persistent_workers=workers > 0)
-    sampler_kind = cfg.train.sampler if train else "length"
-    if sampler_kind == "balanced" and train:
-        bsampler = ClassBalancedBatchSampler(labels, bs, power=float(cfg.train.balanced_power), seed=seed)
-    elif lengths is not None and sampler_kind in ("length", "balanced"):
+    kind = cfg.train.sampler if train else "length"
+    if train and kind == "balanced":
+        # rare classes drawn more often (probability ~ count^-power); pairs with an unweighted loss
+        sampler = ClassBalancedSampler(labels, power=float(cfg.train.balanced_power), seed=seed)
+        return DataLoader(ds, batch_size=bs, sampler=sampler, **kw), sampler
+    if lengths is not None and kind == "length":
         bsampler = LengthGroupedBatchSampler(lengths, bs, shuffle=train, seed=seed)
-    else:
-        bsampler = None
-    if bsampler is not None:
         return DataLoader(ds, batch_sampler=bsampler, **kw), bsampler
     g = torch.Generator()
     g.manual_seed(seed)

@@ -1,0 +1,86 @@
+"""The whole pipeline, stage by stage: data -> folds -> unimodal OOF -> fusion -> tuning -> stack ->
+submission -> leaderboard. Each stage reads and writes artifacts and skips what is already complete,
+so a killed run, rerun, redoes only the unfinished work.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+
+from rakuten.data.challenge import CD_FILES
+from rakuten.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def stage(name: str, timings: dict):
+    print(f"\n===== {name} =====", flush=True)
+    t0 = time.time()
+    yield
+    timings[name] = round(time.time() - t0, 1)
+    print(f"----- {name}: {timings[name]:.1f}s", flush=True)
+
+
+def ensure_demo_data(paths: Paths, preset) -> None:
+    """Generate the demo dataset into ``<workdir>/data/demo`` unless it is there already."""
+    from rakuten.data.demo import generate_demo_dataset
+
+    if (paths.demo_data_dir / CD_FILES["x_train"]).exists():
+        print(f"demo data present at {paths.demo_data_dir}")
+        return
+    d = preset.get("demo_data") or {}
+    summary = generate_demo_dataset(paths.demo_data_dir, n_train=int(d.get("n_train", 3000)),
+                                    n_test=int(d.get("n_test", 600)), seed=int(d.get("seed", 0)),
+                                    image_size=int(d.get("image_size", 500)))
+    print(f"generated demo data: {summary}")
+
+
+def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None = None,
+            skip_tuning: bool = False, submit_format: str | None = None) -> dict:
+    from rakuten.data.prepared import describe, load_dataset
+    from rakuten.experiment import load_experiment
+    from rakuten.folds import folds_path, make_folds, write_folds
+    from rakuten.presets import experiment_overrides
+    from rakuten.second_level import api
+    from rakuten.training.fold import run_fold
+
+    timings: dict = {}
+    t_start = time.time()
+    with stage("data", timings):
+        if paths.data_dir is None:
+            ensure_demo_data(paths, preset)
+        ds = load_dataset(paths)
+        print(describe(ds))
+    with stage("folds", timings):
+        k, seed = int(preset.folds.k), int(preset.folds.seed)
+        fp = folds_path(paths.folds_dir, k, seed)
+        wrote = write_folds(make_folds(ds.train, k, seed), fp, k, seed, extra={"data_dir": str(ds.data_dir)})
+        print(f"{'wrote' if wrote else 'reusing'} {fp}")
+    with stage("unimodal", timings):
+        for name in preset.experiments:
+            cfg = load_experiment(name, experiment_overrides(preset, name))
+            for fold in range(int(cfg.folds.k)):
+                s = run_fold(cfg, paths, fold, ds=ds, progress=progress)
+                print(f"  {name:28s} fold {fold}: macro-F1 {s['macro_f1']:.4f}")
+    with stage("fusion", timings):
+        for name in preset.fusion:
+            api.fuse(name, paths, progress=progress)
+    stacks = list(preset.stack)
+    with stage("stack", timings):
+        for name in stacks:
+            api.stack(name, paths)
+    if not skip_tuning:
+        with stage("tuning", timings):
+            for name, opts in (preset.get("tune") or {}).items():
+                n = tune_trials if tune_trials is not None else int(opts.get("trials", 10))
+                api.tune_and_refit(name, paths, n_trials=n, timeout=opts.get("timeout"))
+    with stage("submission", timings):
+        sub = api.submit_best(paths, preset.get("submit"), fmt=submit_format or ds.fmt)
+        print(f"submission: {sub}")
+    with stage("leaderboard", timings):
+        board = api.leaderboard(paths)
+    timings["total"] = round(time.time() - t_start, 1)
+    print(f"\nall stages done in {timings['total']:.0f}s: {timings}")
+    return {"timings": timings, "submission": str(sub), "leaderboard": board}

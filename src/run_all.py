@@ -1,0 +1,38 @@
+"""The whole pipeline from raw files to a validated submission and the leaderboard.
+
+    python src/run_all.py --preset demo                      # generated demo data (what `make demo` runs)
+    python src/run_all.py --preset cpu --data-dir DATA       # real data, offline pretrained features
+    python src/run_all.py --preset gpu --data-dir DATA       # the thesis's fine-tuned models (GPU)
+
+Stages: data, folds, unimodal K-fold OOF, fusion, stack, tuning, submission, leaderboard. Every stage
+skips work whose artifacts are complete; a killed run restarts where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+
+from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--preset", default="demo", help="configs/presets/<name>.yaml (demo, cpu, gpu)")
+    p.add_argument("--trials", type=int, default=None, help="Optuna trials per tuned model (default: the preset's)")
+    p.add_argument("--no-tuning", action="store_true", help="skip the Optuna stage")
+    p.add_argument("--format", choices=["challengedata", "sigir"], default=None,
+                   help="submission format (default: that of the input data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    with one_line_errors():
+        from rakuten.pipeline import run_all
+        from rakuten.presets import load_preset
+
+        run_all(load_preset(args.preset), paths_from_args(args), progress=not args.no_progress,
+                tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
