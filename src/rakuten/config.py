@@ -109,6 +109,12 @@ def parse_override(item: str) -> tuple[str, Any, bool]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        # YAML 1.1 reads "3e-5" (no dot) as a string; on the command line it always means a number
+        try:
+            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
     return key, value, add
 
 

@@ -73,8 +73,8 @@ def load_text_backbone(source: str, tokenizer=None, max_len: int = 512, attn_imp
             return _from_config(transformers, cfg, attn_implementation)
         try:
             return transformers.AutoModel.from_pretrained(source, attn_implementation=attn_implementation)
-        except (ValueError, TypeError):  # architectures without SDPA (FlauBERT) take the default
-            return transformers.AutoModel.from_pretrained(source)
+        except (ValueError, TypeError):  # architectures without SDPA (FlauBERT) run eager attention
+            return transformers.AutoModel.from_pretrained(source, attn_implementation="eager")
     except (OSError, EnvironmentError) as e:
         raise _hub_hint(source, e) from None
 
@@ -82,8 +82,8 @@ def load_text_backbone(source: str, tokenizer=None, max_len: int = 512, attn_imp
 def _from_config(transformers, cfg, attn_implementation):
     try:
         return transformers.AutoModel.from_config(cfg, attn_implementation=attn_implementation)
-    except (ValueError, TypeError):
-        return transformers.AutoModel.from_config(cfg)
+    except (ValueError, TypeError):  # architectures without SDPA (FlauBERT) run eager attention
+        return transformers.AutoModel.from_config(cfg, attn_implementation="eager")
 
 
 def load_tokenizer(source: str, train_texts=None, cache_dir: Path | None = None, vocab_size: int = 8000):
