@@ -1,0 +1,45 @@
+"""The benchmark harness end to end at tiny sizes on CPU: it runs and writes the expected JSON.
+
+No timing is asserted: CPU figures at tiny sizes say nothing about a GPU.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_throughput_tiny_writes_results(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--all", "--tiny", "--device", "cpu",
+         "--out-dir", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    files = list((tmp_path / "results").glob("*.json"))
+    assert len(files) == 1 and files[0].name.startswith("cpu-") and files[0].name.endswith("-tiny.json")
+    res = json.loads(files[0].read_text())
+    assert {"device", "date", "versions", "args", "length_fit", "peak", "benchmarks", "errors", "skipped",
+            "projection", "markdown"} <= set(res)
+    assert res["device"] == "cpu" and res["errors"] == {} and res["skipped"] == []
+    assert set(res["benchmarks"]) == {"image-loader", "camembert-base", "flaubert/flaubert_base_cased",
+                                      "seresnext50_32x4d"}
+    for name in ("camembert-base", "flaubert/flaubert_base_cased", "seresnext50_32x4d"):
+        r = res["benchmarks"][name]
+        for loop in ("naive", "project"):
+            assert r[loop]["train_samples_per_s"] > 0 and r[loop]["eval_samples_per_s"] > 0
+            assert "train_mfu_vs_measured" in r[loop]
+        assert r["speedup_train"] > 0 and r["flops"]
+    assert res["benchmarks"]["camembert-base"]["project"]["attn"] == "sdpa"
+    assert res["benchmarks"]["camembert-base"]["project"]["eval_order_ok"] is True
+    loader = res["benchmarks"]["image-loader"]
+    assert loader["naive_jpeg_images_per_s"] > 0 and loader["cached_uint8_images_per_s"] > 0
+    assert loader["cache_counts"]["missing"] == 0 and loader["cache_counts"]["unreadable"] == 0
+    scenarios = res["projection"]["scenarios"]
+    assert set(scenarios) == {"text_10ep_image_20ep", "text_4ep_image_20ep", "text_3ep_image_20ep"}
+    for sc in scenarios.values():
+        assert sc["naive"]["total_hours"] > 0 and sc["project"]["total_hours"] > 0 and "speedup" in sc
+    assert any("seresnext50_32x4d" in row for row in res["markdown"])
+    assert "| cpu | camembert-base |" in proc.stdout
