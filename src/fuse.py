@@ -1,0 +1,61 @@
+"""Train a fusion model on upstream OOF embeddings / probabilities, K-fold on the same folds.
+
+    python src/fuse.py --config configs/fusion/fusion_hier_avg_avg.yaml
+    python src/fuse.py --config fusion_baseline_concat --fold 0 train.lr=3e-4 fusion.head=mlp
+
+Writes oof/<name>/fold<k>.npz, test_fold<k>.npz and meta.json (kind "fusion"). Folds already done
+with the same config, upstream artifacts and fold file are skipped unless --force.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+from rakuten.errors import RakutenError
+
+
+def parse_folds(value: str) -> list[int] | None:
+    if value == "all":
+        return None
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise RakutenError(f"--fold must be an integer, a comma list or 'all' (got {value!r})") from None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--config", required=True, help="fusion config (path, or name under configs/fusion)")
+    p.add_argument("--fold", default="all", help="fold index, comma list, or 'all' (default all)")
+    p.add_argument("--force", action="store_true", help="recompute folds whose artifacts are already current")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. train.lr=3e-4)")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    with one_line_errors():
+        from rakuten.config import load_config
+        from rakuten.second_level.fusion import FUSION_DEFAULTS, run_fusion
+
+        cfg = load_config(args.config, args.overrides, defaults=copy.deepcopy(FUSION_DEFAULTS))
+        t0 = time.time()
+        res = run_fusion(cfg, paths_from_args(args), folds=parse_folds(args.fold), force=args.force,
+                         progress=not args.no_progress)
+        print(f"***** fusion {res['name']} ({cfg.fusion.variant}) *****")
+        for k, s in sorted(res["folds"].items()):
+            print(f"  fold {k}: macro-F1 {s['macro_f1']:.4f}  weighted-F1 {s['weighted_f1']:.4f}  "
+                  f"acc {s['accuracy']:.4f}")
+        if res["skipped"]:
+            print(f"  skipped (already done): folds {', '.join(map(str, res['skipped']))}")
+        if res["oof"]:
+            o = res["oof"]
+            print(f"  OOF: macro-F1 {o['macro_f1']:.4f}  weighted-F1 {o['weighted_f1']:.4f}  "
+                  f"acc {o['accuracy']:.4f}")
+        print(f"  {res['dir']}  ({time.time() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""Score every finished experiment in oof/ from its artifacts and write the leaderboard.
+
+    python src/leaderboard.py [--workdir DIR]
+
+Writes submissions/leaderboard.md, leaderboard.json, leaderboard.png (ours beside published figures,
+which are marked as measured on other data), and per_class_<best>.csv + confusion_<best>.png.
+"""
+from __future__ import annotations
+
+import argparse
+
+from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    with one_line_errors():
+        from rakuten.reporting.leaderboard import build_leaderboard
+
+        paths = paths_from_args(args)
+        rows = build_leaderboard(paths)
+        print(f"{'rank':>4}  {'experiment':<36} {'kind':<9} {'macro-F1':>8} {'wF1':>7} {'acc':>7}")
+        for r in rows:
+            print(f"{r['rank']:>4}  {r['experiment']:<36} {r['kind']:<9} {r['macro_f1']:>8.4f} "
+                  f"{r['weighted_f1']:>7.4f} {r['accuracy']:>7.4f}")
+        print(f"wrote {paths.submissions_dir / 'leaderboard.md'} (+ .json, .png)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

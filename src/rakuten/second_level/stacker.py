@@ -1,0 +1,280 @@
+"""LightGBM stacking over the class probabilities of any set of experiments (unimodal and fusion).
+
+Features: softmax(logits) of every input experiment (27 columns each) and, optionally, four
+meta-features of the product (description present, image present, title length, description length).
+K-fold on the inputs' own fold file: fold k's booster is fitted on the other folds' OOF rows only.
+Early stopping watches an inner stratified split of those training rows, never fold k. Test
+predictions (``stack.test_input: per_fold``) apply fold k's booster to the upstream fold-k models'
+test probabilities, which are distributed like the OOF rows it is scored on; the fold boosters' test
+probabilities are then averaged. Output logits are log-probabilities; no embeddings.
+
+Stacking a fusion experiment on the same folds is the usual multi-level practice: the stacker never
+sees fold k's labels, though fold j's fusion outputs (j != k) come from a fusion model that did; that
+second-order effect is small and the same at every level of a Kaggle stack.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Callable, Mapping
+
+import lightgbm as lgb
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from tqdm.auto import tqdm
+
+from rakuten.artifacts import Predictions, softmax
+from rakuten.config import Config, ConfigError, deep_merge
+from rakuten.labels import NUM_CLASSES
+from rakuten.paths import Paths
+from rakuten.reporting.metrics import scores
+from rakuten.second_level.upstream import (SecondLevelData, class_weights, config_hash, finish_experiment,
+                                           fold_is_current, inner_split, load_upstreams, open_experiment,
+                                           save_fold, upstream_signature)
+
+log = logging.getLogger(__name__)
+
+META_FEATURES = ("has_description", "has_image", "title_len", "description_len")
+
+STACK_DEFAULTS: dict = {
+    "kind": "stack",
+    "folds": {"k": 5, "seed": 42},
+    "stack": {
+        "inputs": [],
+        "meta_features": False,      # the four META_FEATURES (needs the dataset)
+        "test_input": "per_fold",    # per_fold | averaged (see module docstring)
+    },
+    "lgbm": {
+        "num_leaves": 31,
+        "learning_rate": 0.05,
+        "min_data_in_leaf": 20,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 1.0,
+        "bagging_freq": 0,
+        "lambda_l2": 1.0,
+        "max_bin": 255,
+        "num_boost_round": 2000,
+        "early_stopping_rounds": 50,  # 0: no early stopping, exactly num_boost_round rounds
+        "inner_frac": 0.1,
+        "class_weight_power": 0.0,    # sample weight (1 / class frequency) ** power
+        "num_threads": 2,
+        "seed": 42,
+    },
+}
+
+
+def stack_config(cfg) -> Config:
+    """The config over STACK_DEFAULTS, validated."""
+    d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
+    c = Config(deep_merge(STACK_DEFAULTS, d))
+    if not c.get("name"):
+        raise ConfigError("stack config has no name")
+    if c.kind != "stack":
+        raise ConfigError(f"{c.name}: kind must be stack (got {c.kind!r})")
+    if not c.stack.inputs:
+        raise ConfigError(f"{c.name}: stack.inputs must name the experiments to stack")
+    if c.stack.test_input not in ("per_fold", "averaged"):
+        raise ConfigError(f"{c.name}: stack.test_input must be per_fold or averaged")
+    unknown = set(c.lgbm) - set(STACK_DEFAULTS["lgbm"])
+    if unknown:
+        raise ConfigError(f"{c.name}: unknown lgbm key(s) {', '.join(sorted(unknown))}")
+    return c
+
+
+class LGBMStacker(BaseEstimator, ClassifierMixin):
+    """Multiclass LightGBM with inner-split early stopping; an sklearn estimator (clonable).
+
+    ``fit`` splits its own training rows into fit / inner-validation parts when
+    ``early_stopping_rounds > 0``; with 0 it trains exactly ``num_boost_round`` rounds on all of them.
+    """
+
+    def __init__(self, num_leaves=31, learning_rate=0.05, min_data_in_leaf=20, feature_fraction=0.8,
+                 bagging_fraction=1.0, bagging_freq=0, lambda_l2=1.0, max_bin=255, num_boost_round=2000,
+                 early_stopping_rounds=50, inner_frac=0.1, class_weight_power=0.0, num_threads=2, seed=42,
+                 num_class=NUM_CLASSES):
+        self.num_leaves = num_leaves
+        self.learning_rate = learning_rate
+        self.min_data_in_leaf = min_data_in_leaf
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.bagging_freq = bagging_freq
+        self.lambda_l2 = lambda_l2
+        self.max_bin = max_bin
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.inner_frac = inner_frac
+        self.class_weight_power = class_weight_power
+        self.num_threads = num_threads
+        self.seed = seed
+        self.num_class = num_class
+
+    def _params(self) -> dict:
+        return {
+            "objective": "multiclass", "num_class": int(self.num_class), "metric": "multi_logloss",
+            "num_leaves": int(self.num_leaves), "learning_rate": float(self.learning_rate),
+            "min_data_in_leaf": int(self.min_data_in_leaf), "feature_fraction": float(self.feature_fraction),
+            "bagging_fraction": float(self.bagging_fraction), "bagging_freq": int(self.bagging_freq),
+            "lambda_l2": float(self.lambda_l2), "max_bin": int(self.max_bin),
+            "num_threads": int(self.num_threads), "seed": int(self.seed), "deterministic": True,
+            "force_row_wise": True, "verbose": -1,
+        }
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        w = class_weights(y, float(self.class_weight_power), int(self.num_class))[y]
+        params = self._params()
+        rounds = int(self.num_boost_round)
+        if int(self.early_stopping_rounds) > 0 and float(self.inner_frac) > 0:
+            fit_idx, val_idx = inner_split(np.arange(len(y)), y, float(self.inner_frac), int(self.seed))
+            dtr = lgb.Dataset(X[fit_idx], y[fit_idx], weight=w[fit_idx], free_raw_data=True)
+            dva = lgb.Dataset(X[val_idx], y[val_idx], weight=w[val_idx], reference=dtr)
+            self.booster_ = lgb.train(params, dtr, num_boost_round=rounds, valid_sets=[dva], valid_names=["inner"],
+                                      callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False),
+                                                 lgb.log_evaluation(0)])
+            self.best_iteration_ = int(self.booster_.best_iteration or rounds)
+        else:
+            self.booster_ = lgb.train(params, lgb.Dataset(X, y, weight=w), num_boost_round=rounds)
+            self.best_iteration_ = rounds
+        self.classes_ = np.arange(int(self.num_class))
+        return self
+
+    def predict_proba(self, X):
+        return self.booster_.predict(np.asarray(X, dtype=np.float32), num_iteration=self.best_iteration_)
+
+    def predict(self, X):
+        return self.predict_proba(X).argmax(1)
+
+
+def _proba_full(model, X, num_classes: int) -> np.ndarray:
+    """predict_proba with columns placed by ``model.classes_`` (a class absent in training -> 0)."""
+    p = model.predict_proba(X)
+    classes = np.asarray(getattr(model, "classes_", np.arange(p.shape[1])), dtype=np.int64)
+    out = np.zeros((p.shape[0], num_classes), dtype=np.float64)
+    out[:, classes] = p
+    return out
+
+
+def fit_predict_oof(model_factory: Callable[[], object], X: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                    X_test: np.ndarray | Mapping[int, np.ndarray] | None = None,
+                    fold_ids: list[int] | None = None, num_classes: int | None = None,
+                    on_fold: Callable[[int, np.ndarray, np.ndarray, np.ndarray | None, object], None] | None = None,
+                    progress: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Out-of-fold class probabilities of a fresh ``model_factory()`` per fold (the stacking loop).
+
+    Fold k's model is fitted on rows with ``folds != k`` and predicts rows with ``folds == k`` (and the
+    test rows: one array for every fold, or ``{k: array}``). Equal to
+    ``cross_val_predict(model, X, y, cv=PredefinedSplit(folds), method="predict_proba")``.
+    ``on_fold(k, rows, proba, test_proba, model)`` runs after each fold (artifact writes, pruning).
+    Rows of folds not in ``fold_ids`` stay NaN.
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    folds = np.asarray(folds)
+    c = int(num_classes or (y.max() + 1))
+    oof = np.full((len(y), c), np.nan)
+    tests: dict[int, np.ndarray] = {}
+    todo = sorted(int(k) for k in np.unique(folds)) if fold_ids is None else list(fold_ids)
+    for k in tqdm(todo, desc="folds", leave=False, disable=not progress):
+        tr = np.flatnonzero(folds != k)
+        te = np.flatnonzero(folds == k)
+        model = model_factory()
+        model.fit(X[tr], y[tr])
+        oof[te] = _proba_full(model, X[te], c)
+        xt = X_test.get(k) if isinstance(X_test, Mapping) else X_test
+        tests[k] = None if xt is None else _proba_full(model, xt, c)
+        if on_fold is not None:
+            on_fold(k, te, oof[te], tests[k], model)
+    return oof, tests
+
+
+def stacker_factory(cfg) -> Callable[[], LGBMStacker]:
+    """A factory of fresh LGBMStacker estimators from the config's ``lgbm`` section."""
+    params = dict(stack_config(cfg).lgbm)
+    return lambda: LGBMStacker(**params)
+
+
+def _meta_features(paths: Paths, ids: np.ndarray, test_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from rakuten.data.prepared import load_dataset
+
+    ds = load_dataset(paths)
+
+    def feats(df, want):
+        df = df.set_index("id")
+        missing = np.setdiff1d(want, df.index.to_numpy(np.int64))
+        if len(missing):
+            raise ConfigError(f"stack.meta_features: product id {missing[0]} is not in the dataset "
+                              f"{ds.data_dir} (artifacts made on another dataset?)")
+        df = df.loc[want]
+        return np.column_stack([df["has_description"].to_numpy(np.float32),
+                                df["has_image"].to_numpy(np.float32),
+                                df["title"].str.len().to_numpy(np.float32),
+                                df["description"].str.len().to_numpy(np.float32)])
+
+    return feats(ds.train, ids), feats(ds.test, test_ids)
+
+
+def stack_features(cfg, data: SecondLevelData, paths: Paths | None = None
+                   ) -> tuple[np.ndarray, dict[int, np.ndarray], list[str]]:
+    """(train features [n, F] in fold-file order, test features per fold model, feature names)."""
+    cfg = stack_config(cfg)
+    names = list(cfg.stack.inputs)
+    X = np.hstack([softmax(data.inputs[n].oof.logits) for n in names]).astype(np.float32)
+    Xt = {k: np.hstack([softmax(data.inputs[n].test_input(k, cfg.stack.test_input).logits) for n in names])
+          .astype(np.float32) for k in data.fold_ids}
+    feat_names = [f"{n}:p{c}" for n in names for c in range(NUM_CLASSES)]
+    if cfg.stack.meta_features:
+        if paths is None:
+            raise ConfigError(f"{cfg.name}: stack.meta_features needs the dataset (paths)")
+        m, mt = _meta_features(paths, data.ids, data.test_ids)
+        X = np.hstack([X, m])
+        Xt = {k: np.hstack([v, mt]) for k, v in Xt.items()}
+        feat_names += list(META_FEATURES)
+    return X, Xt, feat_names
+
+
+def load_stack_data(cfg, paths: Paths) -> SecondLevelData:
+    cfg = stack_config(cfg)
+    return load_upstreams(paths, cfg, list(cfg.stack.inputs))
+
+
+def _log_proba(p: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(p, 1e-12, None)).astype(np.float32)
+
+
+def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = False,
+              progress: bool = True, data: SecondLevelData | None = None) -> dict:
+    """Fit the LightGBM stacker fold by fold and write ``oof/<name>/``; done folds are skipped."""
+    cfg = stack_config(cfg)
+    data = data or load_stack_data(cfg, paths)
+    names = list(cfg.stack.inputs)
+    chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
+    X, Xt, feat_names = stack_features(cfg, data, paths)
+    exp = open_experiment(paths, cfg, "stack", data, chash, {"inputs": names, "features": len(feat_names)})
+    todo = data.fold_ids if folds is None else [int(k) for k in folds]
+    bad = [k for k in todo if k not in data.fold_ids]
+    if bad:
+        raise ConfigError(f"fold {bad[0]} is not in {data.fold_file.name} (folds {data.fold_ids})")
+    skipped = [k for k in todo if not force and fold_is_current(exp, k, data.fold_hash, chash)]
+    todo = [k for k in todo if k not in skipped]
+    done: dict[int, dict] = {}
+    y = data.y
+    t0 = [time.time()]
+
+    def write(k, rows, proba, test_proba, model):
+        s = scores(y[rows], proba)
+        oof = Predictions(data.ids[rows], _log_proba(proba), None, y[rows])
+        test = Predictions(data.test_ids, _log_proba(test_proba), None)
+        save_fold(exp, k, oof, test, {**s, "best_iteration": int(getattr(model, "best_iteration_", 0)),
+                                      "seconds": round(time.time() - t0[0], 2)})
+        done[k] = s
+        t0[0] = time.time()
+        log.info("%s fold %d: macro-F1 %.4f (%d rounds)", cfg.name, k, s["macro_f1"],
+                 getattr(model, "best_iteration_", 0))
+
+    if todo:
+        fit_predict_oof(stacker_factory(cfg), X, y, data.fold, Xt, fold_ids=todo, num_classes=NUM_CLASSES,
+                        on_fold=write, progress=progress)
+    return {"name": cfg.name, "kind": "stack", "folds": done, "skipped": skipped,
+            "oof": finish_experiment(exp, data), "dir": str(exp.dir)}

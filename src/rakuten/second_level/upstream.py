@@ -1,0 +1,265 @@
+"""What every second-level stage (fusion, stacker, bias tuning) reads: upstream OOF artifacts on one fold file.
+
+A second-level model learns only from out-of-fold outputs, on the same folds as the models that made
+them. This module loads those outputs, refuses to mix experiments made on different fold files, and
+holds the bookkeeping shared by the fusion and stacking stages (config hash, per-fold artifact writes,
+meta.json).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json, file_hash
+from rakuten.config import ConfigError
+from rakuten.folds import folds_path, read_folds
+from rakuten.labels import NUM_CLASSES
+from rakuten.paths import Paths
+from rakuten.reporting.metrics import scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Upstream:
+    """One upstream experiment: OOF rows in fold-file order, test predictions per fold model."""
+
+    name: str
+    meta: dict
+    oof: Predictions                   # rows ordered as the fold file
+    test: dict[int, Predictions]       # fold k -> test_fold<k>, rows ordered as ``test_ids``
+
+    @property
+    def has_embeddings(self) -> bool:
+        return self.oof.embeddings is not None
+
+    def test_input(self, fold: int, mode: str) -> Predictions:
+        """The test rows fold ``fold``'s second-level model is applied to.
+
+        ``per_fold``: the upstream fold-``fold`` model's own test output. That model produced the
+        fold-``fold`` OOF rows this second-level model is scored on, so test inputs follow the same
+        distribution as the scored OOF inputs (same model, same confidence, same embedding space).
+        ``averaged``: the mean over upstream fold models (logits and embeddings); smoother inputs than
+        any row seen in training, and averaging embeddings of independently trained models is only
+        meaningful when their spaces are aligned (fine-tuned from one checkpoint).
+        """
+        if mode == "per_fold":
+            return self.test[fold]
+        if mode == "averaged":
+            parts = list(self.test.values())
+            emb = None if parts[0].embeddings is None else np.mean([p.embeddings for p in parts], axis=0)
+            return Predictions(parts[0].ids, np.mean([p.logits for p in parts], axis=0), emb)
+        raise ConfigError(f"test_input must be per_fold or averaged (got {mode!r})")
+
+
+@dataclass
+class SecondLevelData:
+    """Upstream OOF + test predictions, aligned on product ids, and the fold file they share."""
+
+    fold_file: Path
+    fold_hash: str
+    folds_df: pd.DataFrame             # id, label, fold
+    test_ids: np.ndarray               # int64 [T]
+    inputs: dict[str, Upstream] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.folds_df["id"].to_numpy(np.int64)
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.folds_df["label"].to_numpy(np.int64)
+
+    @property
+    def fold(self) -> np.ndarray:
+        return self.folds_df["fold"].to_numpy(np.int64)
+
+    @property
+    def fold_ids(self) -> list[int]:
+        return sorted(int(k) for k in np.unique(self.fold))
+
+
+def fold_file_for(cfg, paths: Paths) -> tuple[Path, pd.DataFrame, str]:
+    """(path, table, hash) of the fold file named by the config's ``folds: {k, seed}``."""
+    k = int(cfg["folds"]["k"])
+    seed = int(cfg["folds"]["seed"])
+    path = folds_path(paths.folds_dir, k, seed)
+    df = read_folds(path)
+    return path, df, file_hash(path)
+
+
+def resolve_fold_file(paths: Paths, recorded: str | None) -> Path | None:
+    """The fold file a meta.json names; a moved workdir is tolerated by looking in ``folds/`` by name."""
+    if not recorded:
+        return None
+    p = Path(recorded)
+    if not p.is_absolute():
+        p = paths.workdir / p
+    if p.exists():
+        return p
+    alt = paths.folds_dir / Path(recorded).name
+    return alt if alt.exists() else None
+
+
+def folds_of_experiment(paths: Paths, exp: Experiment) -> tuple[Path, pd.DataFrame, str]:
+    """The fold file an experiment was made on, checked against the hash its meta.json records."""
+    meta = exp.read_meta()
+    path = resolve_fold_file(paths, meta.get("fold_file"))
+    if path is None:
+        raise ArtifactError(f"{exp.dir}: fold file {meta.get('fold_file')!r} of meta.json not found")
+    h = file_hash(path)
+    if meta.get("fold_hash") and meta["fold_hash"] != h:
+        raise ArtifactError(f"{exp.name}: made on fold file hash {meta['fold_hash']}, but {path.name} now "
+                            f"hashes to {h}; rerun the experiment")
+    return path, read_folds(path), h
+
+
+def check_complete(exp: Experiment, fold_ids: list[int], fold_hash: str) -> None:
+    missing = [k for k in fold_ids if not exp.fold_done(k, fold_hash)]
+    if missing:
+        raise ArtifactError(f"{exp.name}: fold(s) {', '.join(map(str, missing))} not finished on this fold "
+                            f"file (hash {fold_hash}); run them first")
+
+
+def load_upstreams(paths: Paths, cfg, names: list[str], need_embeddings: tuple[str, ...] = ()) -> SecondLevelData:
+    """Load every named experiment's OOF and per-fold test predictions on the config's fold file.
+
+    Refuses experiments whose meta.json records another fold hash (their OOF rows would have been
+    predicted by models that saw this fold file's held-out rows) and experiments with missing folds.
+    """
+    if not names:
+        raise ConfigError(f"{cfg.get('name', '?')}: no upstream experiments named")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{cfg.get('name', '?')}: an upstream experiment is named twice ({names})")
+    fpath, folds_df, fhash = fold_file_for(cfg, paths)
+    fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
+    hashes = {}
+    for name in names:
+        exp = Experiment(paths.oof_dir, name)
+        if not exp.meta_path.exists():
+            raise ArtifactError(f"{name}: no {exp.meta_path} (run the experiment first)")
+        hashes[name] = exp.read_meta().get("fold_hash")
+    distinct = sorted(set(map(str, hashes.values())))
+    if len(distinct) > 1:
+        raise ArtifactError("refusing to combine experiments made on different fold files: "
+                            + ", ".join(f"{n}={h}" for n, h in hashes.items()))
+    if distinct[0] != fhash:
+        raise ArtifactError(f"upstream experiments were made on fold hash {distinct[0]}, but {fpath.name} "
+                            f"hashes to {fhash}; rerun them on the current fold file")
+    data = SecondLevelData(fpath, fhash, folds_df.reset_index(drop=True), np.zeros(0, np.int64))
+    test_ids = None
+    for name in names:
+        exp = Experiment(paths.oof_dir, name)
+        check_complete(exp, fold_ids, fhash)
+        oof = exp.load_oof(data.folds_df)
+        if name in need_embeddings and oof.embeddings is None:
+            raise ArtifactError(f"{name}: has no embeddings (e.g. TF-IDF); it can be stacked or late-fused, "
+                                "not embedding-fused")
+        if oof.logits.shape[1] != NUM_CLASSES:
+            raise ArtifactError(f"{name}: logits have {oof.logits.shape[1]} columns, expected {NUM_CLASSES}")
+        tests = {}
+        for k in fold_ids:
+            t = Predictions.load(exp.test_path(k))
+            if test_ids is None:
+                test_ids = t.ids.copy()
+            elif len(t.ids) != len(test_ids) or set(t.ids.tolist()) != set(test_ids.tolist()):
+                raise ArtifactError(f"{exp.test_path(k)}: test ids differ from those of {names[0]}")
+            tests[k] = t.reindex(test_ids)
+        data.inputs[name] = Upstream(name, exp.read_meta(), oof, tests)
+    data.test_ids = test_ids
+    return data
+
+
+def upstream_signature(paths: Paths, names: list[str]) -> dict:
+    """Sizes and mtimes of upstream artifacts: a rerun upstream invalidates what was built on it.
+
+    Cheap on purpose (no hashing of ~GB embedding files on every idempotence check).
+    """
+    sig = {}
+    for name in names:
+        d = Experiment(paths.oof_dir, name).dir
+        files = sorted(list(d.glob("fold*.npz")) + list(d.glob("test_fold*.npz")))
+        sig[name] = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return sig
+
+
+def config_hash(cfg, extra: dict | None = None) -> str:
+    """Hash of everything that changes a second-level model's outputs (not its name or tuning space)."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    for k in ("_source_", "name", "tune"):
+        d.pop(k, None)
+    blob = json.dumps({"cfg": d, "extra": extra or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of training rows into (fit, inner validation) for early stopping.
+
+    Early stopping on the held-out fold itself would leak: the epoch/round count would be chosen by
+    the very rows the OOF score is computed on. Classes too small to stratify stay in the fit part.
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(y):
+        rows = idx[y == c]
+        n_val = int(round(len(rows) * frac))
+        if len(rows) >= 2 and n_val >= 1:
+            val.append(rng.choice(rows, size=min(n_val, len(rows) - 1), replace=False))
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    fit = np.setdiff1d(idx, val, assume_unique=False)
+    return fit, val
+
+
+def class_weights(y: np.ndarray, power: float, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Per-class weight (1 / frequency) ** power, normalised so the weighted mean over ``y`` is 1."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, np.maximum(counts, 1.0) ** (-float(power)), 0.0)
+    w *= len(y) / max((w * counts).sum(), 1e-12)
+    return w
+
+
+# ------------------------------------------------------------------------------ artifact bookkeeping
+def open_experiment(paths: Paths, cfg, kind: str, data: SecondLevelData, chash: str, extra: dict) -> Experiment:
+    """Create or reuse ``oof/<name>/``; a changed config or fold file starts the per-fold record afresh."""
+    exp = Experiment(paths.oof_dir, cfg["name"])
+    base = {"name": cfg["name"], "kind": kind, "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
+            "config_hash": chash, "fold_file": str(data.fold_file), "fold_hash": data.fold_hash,
+            "upstream": {n: {"fold_hash": u.meta.get("fold_hash"), "kind": u.meta.get("kind")}
+                         for n, u in data.inputs.items()}, **extra}
+    old = exp.read_meta() if exp.meta_path.exists() else None
+    if old is not None and old.get("config_hash") == chash and old.get("fold_hash") == data.fold_hash:
+        exp.update_meta(**{k: v for k, v in base.items() if k != "folds"})
+    else:
+        if old is not None:
+            log.info("%s: config, upstream or fold file changed; recomputing every fold", exp.name)
+        atomic_write_json(exp.meta_path, {**base, "folds": {}})
+    return exp
+
+
+def fold_is_current(exp: Experiment, fold: int, fold_hash: str, chash: str) -> bool:
+    if not exp.fold_done(fold, fold_hash):
+        return False
+    return exp.read_meta().get("config_hash") == chash
+
+
+def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, fold_scores: dict) -> None:
+    """Both npz files first, the meta record last: a fold counts as done only once all three exist."""
+    oof.save(exp.oof_path(fold))
+    test.save(exp.test_path(fold))
+    exp.update_meta(folds={fold: fold_scores})
+
+
+def finish_experiment(exp: Experiment, data: SecondLevelData) -> dict | None:
+    """OOF scores over every fold once all are done (written to meta.json as ``oof``), else None."""
+    if not all(exp.fold_done(k, data.fold_hash) for k in data.fold_ids):
+        return None
+    oof = exp.load_oof(data.folds_df)
+    s = scores(data.y, oof.logits)
+    exp.update_meta(oof=s)
+    return s

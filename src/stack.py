@@ -1,0 +1,57 @@
+"""Stack experiments' class probabilities with LightGBM, K-fold on the same folds.
+
+    python src/stack.py --config configs/stack/stack_lgbm.yaml
+    python src/stack.py --config stack_lgbm lgbm.num_leaves=15 stack.meta_features=false
+
+Writes oof/<name>/fold<k>.npz, test_fold<k>.npz (logits = log-probabilities) and meta.json (kind
+"stack"). Folds already done with the same config, upstream artifacts and fold file are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+from rakuten.errors import RakutenError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--config", required=True, help="stack config (path, or name under configs/stack)")
+    p.add_argument("--fold", default="all", help="fold index, comma list, or 'all' (default all)")
+    p.add_argument("--force", action="store_true", help="recompute folds whose artifacts are already current")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. lgbm.num_leaves=15)")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    with one_line_errors():
+        from rakuten.config import load_config
+        from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack
+
+        cfg = load_config(args.config, args.overrides, defaults=copy.deepcopy(STACK_DEFAULTS))
+        folds = None
+        if args.fold != "all":
+            try:
+                folds = [int(v) for v in args.fold.split(",")]
+            except ValueError:
+                raise RakutenError(f"--fold must be an integer, a comma list or 'all' (got {args.fold!r})") from None
+        t0 = time.time()
+        res = run_stack(cfg, paths_from_args(args), folds=folds, force=args.force, progress=not args.no_progress)
+        print(f"***** stack {res['name']}: LightGBM over {len(cfg.stack.inputs)} experiment(s) *****")
+        for k, s in sorted(res["folds"].items()):
+            print(f"  fold {k}: macro-F1 {s['macro_f1']:.4f}  weighted-F1 {s['weighted_f1']:.4f}  "
+                  f"acc {s['accuracy']:.4f}")
+        if res["skipped"]:
+            print(f"  skipped (already done): folds {', '.join(map(str, res['skipped']))}")
+        if res["oof"]:
+            o = res["oof"]
+            print(f"  OOF: macro-F1 {o['macro_f1']:.4f}  weighted-F1 {o['weighted_f1']:.4f}  "
+                  f"acc {o['accuracy']:.4f}")
+        print(f"  {res['dir']}  ({time.time() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

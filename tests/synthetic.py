@@ -1,0 +1,112 @@
+"""Synthetic upstream experiments for the second-level tests (fusion, stacker, tuning, reports).
+
+Complementary by construction: the text experiments separate classes 0..13 and see classes 14..26 as
+one blob; the image experiment does the opposite. Each upstream's logits are the Gaussian class
+posterior of its own embedding, so embeddings and logits agree. Fusion of text and image (or
+stacking their probabilities) should beat every single input by a wide margin.
+
+A tiny ChallengeData-format dataset with the same product ids is written too, so submission and
+meta-feature code can run on it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rakuten.artifacts import Experiment, Predictions, atomic_write_json, file_hash
+from rakuten.folds import folds_path, make_folds, write_folds
+from rakuten.labels import CODES, NUM_CLASSES
+from rakuten.paths import Paths
+from rakuten.reporting.metrics import scores
+
+TEXT_CLASSES = np.arange(0, 14)
+IMAGE_CLASSES = np.arange(14, NUM_CLASSES)
+K, SEED = 5, 42
+
+
+def _posterior_logits(emb: np.ndarray, means: np.ndarray, sigma: float) -> np.ndarray:
+    d2 = ((emb[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    return (-d2 / (2 * sigma ** 2)).astype(np.float32)
+
+
+def _view(rng, dim: int, informative: np.ndarray, sep: float):
+    """Class means in ``dim`` dims: distinct for ``informative`` classes, one shared blob for the rest."""
+    means = np.zeros((NUM_CLASSES, dim))
+    means[informative] = rng.normal(0, sep, size=(len(informative), dim))
+    return means
+
+
+def write_dataset(data_dir: Path, train_ids, train_labels, test_ids, image_ids_train, image_ids_test, rng) -> None:
+    """A tiny ChallengeData download (X_train_update.csv, Y_train_CVw08PX.csv, X_test_update.csv)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    n, t = len(train_ids), len(test_ids)
+
+    def x(ids, imgs, start):
+        desc = [f"<p>description {i}</p>" if rng.random() < 0.6 else "" for i in ids]
+        return pd.DataFrame({"designation": [f"produit {i} titre" for i in ids], "description": desc,
+                             "productid": ids, "imageid": imgs}, index=pd.RangeIndex(start, start + len(ids)))
+
+    x(train_ids, image_ids_train, 0).to_csv(data_dir / "X_train_update.csv")
+    pd.DataFrame({"prdtypecode": [CODES[int(l)] for l in train_labels]},
+                 index=pd.RangeIndex(0, n)).to_csv(data_dir / "Y_train_CVw08PX.csv")
+    x(test_ids, image_ids_test, n).to_csv(data_dir / "X_test_update.csv")
+
+
+def make_synthetic(workdir: Path, per_class: int = 40, test_per_class: int = 10, seed: int = 0,
+                   sigma: float = 1.0) -> Paths:
+    """Write folds/, oof/<upstream>/ and data/ for the five demo upstream names; return the Paths."""
+    rng = np.random.default_rng(seed)
+    workdir = Path(workdir)
+    data_dir = workdir / "data" / "synthetic"
+    paths = Paths.make(workdir, data_dir)
+    y = np.repeat(np.arange(NUM_CLASSES), per_class)
+    y_test = np.repeat(np.arange(NUM_CLASSES), test_per_class)
+    all_ids = rng.choice(np.arange(10_000, 10_000_000), size=len(y) + len(y_test), replace=False)
+    ids, test_ids = all_ids[:len(y)].astype(np.int64), all_ids[len(y):].astype(np.int64)
+    imgs = rng.choice(np.arange(1, 10_000_000), size=len(all_ids), replace=False)
+    write_dataset(data_dir, ids, y, test_ids, imgs[:len(y)], imgs[len(y):], rng)
+
+    folds = make_folds(pd.DataFrame({"id": ids, "label": y}), K, SEED)
+    fpath = folds_path(paths.folds_dir, K, SEED)
+    write_folds(folds, fpath, K, SEED)
+    fhash = file_hash(fpath)
+
+    # (name, modality, field, informative classes, dim, separation, noise, has embeddings)
+    specs = [
+        ("text_tiny_title", "text", "title", TEXT_CLASSES, 32, 0.8, 1.0, True),
+        ("text_tiny_description", "text", "description", TEXT_CLASSES, 24, 0.7, 1.2, True),
+        ("text_tiny_text", "text", "text", TEXT_CLASSES, 32, 0.9, 1.0, True),
+        ("image_tiny", "image", None, IMAGE_CLASSES, 48, 0.7, 1.0, True),
+        ("tfidf_text", "text", "text", TEXT_CLASSES, 20, 1.1, 1.0, False),
+    ]
+    fold_of = folds.set_index("id")["fold"].reindex(ids).to_numpy()
+    for name, modality, fld, informative, dim, sep, noise, has_emb in specs:
+        means = _view(rng, dim, informative, sep)
+        emb = (means[y] + rng.normal(0, noise * sigma, size=(len(y), dim))).astype(np.float32)
+        emb_test = (means[y_test] + rng.normal(0, noise * sigma, size=(len(y_test), dim))).astype(np.float32)
+        logits = _posterior_logits(emb, means, noise * sigma)
+        exp = Experiment(paths.oof_dir, name)
+        fold_scores = {}
+        for k in range(K):
+            rows = np.flatnonzero(fold_of == k)
+            Predictions(ids[rows], logits[rows], emb[rows] if has_emb else None, y[rows]).save(exp.oof_path(k))
+            # each fold model sees the test rows slightly differently
+            et = (emb_test + rng.normal(0, 0.1 * noise, size=emb_test.shape)).astype(np.float32)
+            Predictions(test_ids, _posterior_logits(et, means, noise * sigma),
+                        et if has_emb else None).save(exp.test_path(k))
+            fold_scores[str(k)] = scores(y[rows], logits[rows])
+        atomic_write_json(exp.meta_path, {
+            "name": name, "kind": "unimodal", "modality": modality, "field": fld,
+            "config": {"name": name, "folds": {"k": K, "seed": SEED}}, "fold_file": str(fpath),
+            "fold_hash": fhash, "folds": fold_scores})
+    return paths
+
+
+def single_scores(paths: Paths, names: list[str]) -> dict[str, float]:
+    """OOF macro-F1 of each upstream experiment, recomputed from its files."""
+    from rakuten.folds import read_folds
+    folds = read_folds(folds_path(paths.folds_dir, K, SEED))
+    return {n: scores(folds["label"].to_numpy(), Experiment(paths.oof_dir, n).load_oof(folds).logits)["macro_f1"]
+            for n in names}

@@ -1,0 +1,219 @@
+"""Fusion: every variant on complementary synthetic OOF data, leakage, idempotence, refusals, the script."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rakuten.artifacts import ArtifactError, Experiment, Predictions
+from rakuten.config import CONFIG_DIR, ConfigError, load_config
+from rakuten.labels import NUM_CLASSES
+from rakuten.second_level.fusion import (FUSION_DEFAULTS, FUSION_VARIANTS, HierarchicalFusion, create_fusion,
+                                         fit_predict_fold, fusion_config, fusion_inputs, load_fusion_data,
+                                         run_fusion)
+from synthetic import make_synthetic, single_scores
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["train.lr=0.01", "train.epochs=60"]
+FUSION_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "fusion").glob("*.yaml"))
+
+
+def cfg_of(name: str, *overrides: str):
+    return load_config(f"fusion/{name}.yaml", [*FAST, *overrides], defaults=copy.deepcopy(FUSION_DEFAULTS))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("fusion"))
+
+
+@pytest.fixture()
+def synth_copy(synth, tmp_path):
+    """A private copy for tests that alter upstream artifacts."""
+    shutil.copytree(synth.workdir, tmp_path / "w")
+    from rakuten.paths import Paths
+    return Paths.make(tmp_path / "w", tmp_path / "w" / "data" / "synthetic")
+
+
+# ---------------------------------------------------------------------------------- networks alone
+def test_image_projection_is_the_thesis_conv1d():
+    """The fast matmul path gives exactly what nn.Conv1d(kernel 1) gives on [B, D_img, 1]."""
+    fcfg = fusion_config({"name": "t", "fusion": {"text_groups": [["a", "b"]], "image": "img"}}).fusion
+    net = create_fusion(fcfg, {"a": 8, "b": 8, "img": 20})
+    assert isinstance(net.image_proj, torch.nn.Conv1d) and net.image_proj.kernel_size == (1,)
+    x = torch.randn(5, 20)
+    ours = torch.nn.functional.linear(x, net.image_proj.weight.squeeze(-1), net.image_proj.bias)
+    torch.testing.assert_close(ours, net.image_proj(x.unsqueeze(-1)).squeeze(-1))
+
+
+@pytest.mark.parametrize("op1", ["add", "concat", "average"])
+@pytest.mark.parametrize("op2", ["add", "concat", "average"])
+@pytest.mark.parametrize("head", ["linear", "dropout", "mlp"])
+def test_hierarchical_forward_every_op_and_head(op1, op2, head):
+    """Unequal widths (title 8, description 6, second backbone 10, image 20) are projected as needed."""
+    fcfg = fusion_config({"name": "t", "fusion": {
+        "text_groups": [["t1", "d1"], ["t2", "d2"]], "image": "img", "level1_op": op1, "level2_op": op2,
+        "head": head, "dropout": 0.2, "hidden": 16}}).fusion
+    dims = {"t1": 8, "d1": 6, "t2": 10, "d2": 10, "img": 20}
+    net = create_fusion(fcfg, dims)
+    batch = {k: torch.randn(4, d) for k, d in dims.items()}
+    batch["label"] = torch.tensor([0, 1, 2, 26])
+    out = net(batch)
+    assert out["logits"].shape == (4, NUM_CLASSES)
+    assert out["features"].shape == (4, net.out_width)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+
+
+@pytest.mark.parametrize("variant", sorted(FUSION_VARIANTS))
+def test_registry_forward_smoke(variant):
+    fusion = {"hierarchical": {"text_groups": [["a", "b"]], "image": "img"},
+              "baseline": {"text": ["a"], "image": "img"},
+              "late": {"inputs": ["a", "b", "img"], "op": "weighted"}}[variant]
+    cfg = fusion_config({"name": "t", "fusion": {"variant": variant, **fusion}})
+    specs = FUSION_VARIANTS[variant].inputs(cfg.fusion)
+    dims = {n: (NUM_CLASSES if f == "logits" else 12) for n, f in specs}
+    net = create_fusion(cfg.fusion, dims)
+    out = net({n: torch.randn(3, d) for n, d in dims.items()})
+    assert out["logits"].shape == (3, NUM_CLASSES) and torch.isfinite(out["logits"]).all()
+
+
+def test_bad_config_fails_loudly():
+    with pytest.raises(ConfigError, match="level1_op"):
+        fusion_config({"name": "t", "fusion": {"text_groups": [["a"]], "level1_op": "max"}})
+    with pytest.raises(ConfigError, match="variant"):
+        fusion_config({"name": "t", "fusion": {"variant": "attention"}})
+    with pytest.raises(ConfigError, match="text_groups"):
+        fusion_config({"name": "t", "fusion": {"variant": "hierarchical"}})
+
+
+# ------------------------------------------------------------------------------ on synthetic OOF data
+@pytest.mark.parametrize("name", FUSION_CONFIGS)
+def test_every_fusion_config_beats_its_best_input(synth, name):
+    """The shipped configs, on complementary data: text knows classes 0-13, the image 14-26."""
+    cfg = cfg_of(name)
+    res = run_fusion(cfg, synth, progress=False)
+    names, _ = fusion_inputs(cfg)
+    best_single = max(single_scores(synth, names).values())
+    assert res["oof"]["macro_f1"] > best_single + 0.2, (res["oof"], best_single)
+    exp = Experiment(synth.oof_dir, cfg.name)
+    meta = exp.read_meta()
+    assert meta["kind"] == "fusion" and set(meta["upstream"]) == set(names)
+    assert all(u["fold_hash"] == meta["fold_hash"] for u in meta["upstream"].values())
+    assert sorted(meta["folds"]) == ["0", "1", "2", "3", "4"]
+    t = Predictions.load(exp.test_path(0))
+    assert t.logits.shape == (270, NUM_CLASSES) and np.isfinite(t.logits).all()
+
+
+def test_fold_k_model_is_fitted_only_on_other_folds(synth):
+    cfg = cfg_of("fusion_hier_avg_avg")
+    data = load_fusion_data(cfg, synth)
+    for k in (0, 3):
+        out = fit_predict_fold(cfg, data, k)
+        fit, val, pred = out.info["fit_idx"], out.info["val_idx"], out.info["pred_idx"]
+        assert (data.fold[fit] != k).all() and (data.fold[val] != k).all()
+        assert np.array_equal(pred, np.flatnonzero(data.fold == k))
+        assert len(np.intersect1d(fit, val)) == 0
+        assert len(fit) + len(val) == (data.fold != k).sum()     # inner split = the training folds
+        assert np.array_equal(out.oof.ids, data.ids[pred])
+
+
+def _altered(data, rows, rng, labels=True, embeddings=True):
+    d = copy.copy(data)
+    d.folds_df = data.folds_df.copy()
+    if labels:
+        lab = d.folds_df["label"].to_numpy().copy()
+        lab[rows] = rng.integers(0, NUM_CLASSES, size=len(rows))
+        d.folds_df["label"] = lab
+    d.inputs = {}
+    for n, u in data.inputs.items():
+        u2 = copy.copy(u)
+        if embeddings and u.oof.embeddings is not None:
+            emb = u.oof.embeddings.copy()
+            emb[rows] = rng.normal(0, 50, size=(len(rows), emb.shape[1]))
+            u2.oof = Predictions(u.oof.ids, u.oof.logits, emb, u.oof.labels)
+        d.inputs[n] = u2
+    return d
+
+
+@pytest.mark.parametrize("name", ["fusion_hier_avg_avg", "fusion_late_weighted"])
+def test_fold_k_rows_do_not_reach_fold_k_model(synth, name):
+    """Noise in fold k's labels and embeddings leaves fold k's model (its test output) bit-identical;
+    the same noise in another fold changes it (so the check has power)."""
+    cfg = cfg_of(name)
+    data = load_fusion_data(cfg, synth)
+    rng = np.random.default_rng(1)
+    k = 2
+    ref = fit_predict_fold(cfg, data, k)
+    same = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == k), rng), k)
+    np.testing.assert_array_equal(ref.test.logits, same.test.logits)
+    labels_only = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == k), rng, embeddings=False), k)
+    np.testing.assert_array_equal(ref.oof.logits, labels_only.oof.logits)
+    other = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == 0), rng), k)
+    assert not np.array_equal(ref.test.logits, other.test.logits)
+
+
+def test_test_predictions_use_the_matching_upstream_fold(synth):
+    """Fold k's fusion reads each upstream's test_fold<k>: changing test_fold2 changes only fold 2."""
+    cfg = cfg_of("fusion_baseline_concat")
+    data = load_fusion_data(cfg, synth)
+    ref = {k: fit_predict_fold(cfg, data, k).test.logits for k in (1, 2)}
+    for u in data.inputs.values():
+        t = u.test[2]
+        u.test[2] = Predictions(t.ids, t.logits, t.embeddings[::-1].copy())
+    assert np.array_equal(fit_predict_fold(cfg, data, 1).test.logits, ref[1])
+    assert not np.array_equal(fit_predict_fold(cfg, data, 2).test.logits, ref[2])
+
+
+def test_idempotent_and_recomputes_on_change(synth_copy):
+    cfg = cfg_of("fusion_late_average", "name=late_idem")
+    first = run_fusion(cfg, synth_copy, progress=False)
+    assert sorted(first["folds"]) == [0, 1, 2, 3, 4]
+    again = run_fusion(cfg, synth_copy, progress=False)
+    assert again["folds"] == {} and again["skipped"] == [0, 1, 2, 3, 4]
+    changed = run_fusion(cfg_of("fusion_late_average", "name=late_idem", "fusion.op=weighted"), synth_copy,
+                         progress=False)
+    assert sorted(changed["folds"]) == [0, 1, 2, 3, 4]
+    forced = run_fusion(cfg_of("fusion_late_average", "name=late_idem", "fusion.op=weighted"), synth_copy,
+                        folds=[1], force=True, progress=False)
+    assert list(forced["folds"]) == [1]
+
+
+def test_refuses_experiments_on_different_fold_files(synth_copy):
+    exp = Experiment(synth_copy.oof_dir, "image_tiny")
+    exp.update_meta(fold_hash="0123456789abcdef")
+    with pytest.raises(ArtifactError, match="different fold files"):
+        run_fusion(cfg_of("fusion_hier_avg_avg"), synth_copy, progress=False)
+
+
+def test_tfidf_cannot_be_embedding_fused_but_can_be_late_fused(synth):
+    with pytest.raises(ArtifactError, match="no embeddings"):
+        run_fusion(cfg_of("fusion_baseline_concat", "fusion.text=[tfidf_text]", "name=bad"), synth, progress=False)
+    res = run_fusion(cfg_of("fusion_late_weighted", "fusion.inputs=[tfidf_text,image_tiny]", "name=late_tfidf"),
+                     synth, progress=False)
+    assert res["oof"]["macro_f1"] > 0.9
+
+
+def test_class_weight_power_runs(synth):
+    res = run_fusion(cfg_of("fusion_hier_concat_concat", "train.class_weight_power=0.5", "name=cw"), synth,
+                     progress=False)
+    assert res["oof"]["macro_f1"] > 0.8
+
+
+def test_fuse_script(synth):
+    cmd = [sys.executable, str(REPO / "src" / "fuse.py"), "--config", "fusion_late_average", "--workdir",
+           str(synth.workdir), "--data-dir", str(synth.data_dir), "--no-progress", "name=late_script"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "OOF: macro-F1" in r.stdout
+    meta = json.loads((synth.oof_dir / "late_script" / "meta.json").read_text())
+    assert meta["kind"] == "fusion" and meta["oof"]["macro_f1"] > 0.9
+    bad = subprocess.run(cmd[:-1] + ["fusion.nope=1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "fusion.nope" in bad.stderr
