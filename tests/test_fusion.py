@@ -15,7 +15,7 @@ import torch
 from rakuten.artifacts import ArtifactError, Experiment, Predictions
 from rakuten.config import CONFIG_DIR, ConfigError, load_config
 from rakuten.labels import NUM_CLASSES
-from rakuten.second_level.fusion import (FUSION_DEFAULTS, FUSION_VARIANTS, HierarchicalFusion, create_fusion,
+from rakuten.second_level.fusion import (FUSION_DEFAULTS, FUSION_VARIANTS, create_fusion,
                                          fit_predict_fold, fusion_config, fusion_inputs, load_fusion_data,
                                          run_fusion)
 from synthetic import make_synthetic, single_scores
