@@ -66,18 +66,19 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
                 print(f"  {name:28s} fold {fold}: macro-F1 {s['macro_f1']:.4f}")
     with stage("fusion", timings):
         for name in preset.fusion:
-            api.fuse(name, paths, progress=progress)
+            api.fuse(name, paths, preset, progress=progress)
     stacks = list(preset.stack)
     with stage("stack", timings):
         for name in stacks:
-            api.stack(name, paths)
+            api.stack(name, paths, preset, progress=progress)
     if not skip_tuning:
         with stage("tuning", timings):
             for name, opts in (preset.get("tune") or {}).items():
                 n = tune_trials if tune_trials is not None else int(opts.get("trials", 10))
-                api.tune_and_refit(name, paths, n_trials=n, timeout=opts.get("timeout"))
+                api.tune_and_refit(name, paths, preset, n_trials=n, timeout=opts.get("timeout"), progress=progress)
     with stage("submission", timings):
-        sub = api.submit_best(paths, preset.get("submit"), fmt=submit_format or ds.fmt)
+        sub = api.submit_best(paths, preset.get("submit"), fmt=submit_format or ds.fmt,
+                              bias=bool(preset.get("submit_bias", False)))
         print(f"submission: {sub}")
     with stage("leaderboard", timings):
         board = api.leaderboard(paths)

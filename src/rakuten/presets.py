@@ -21,8 +21,11 @@ def load_preset(name: str | None = None) -> Config:
 
 
 def experiment_overrides(preset: Config, exp_name: str) -> list[str]:
-    """``key=value`` strings the preset applies to one experiment (plus ``all``), preset first."""
+    """``key=value`` strings the preset applies to one experiment: its fold file, then ``all``, then
+    the experiment's own entry."""
     out = []
+    if preset.get("folds"):
+        out += [f"folds.k={int(preset.folds.k)}", f"folds.seed={int(preset.folds.seed)}"]
     for scope in ("all", exp_name):
         for k, v in (preset.overrides.get(scope) or {}).items():
             out.append(f"{k}={v}")

@@ -657,6 +657,9 @@ def _render_rows(tasks: list[tuple[str, str, int, int, int]]) -> int:
 
 
 # ------------------------------------------------------------------------------------------- tables
+MIN_TRAIN_PER_CLASS = 8  # floor per code on train rows (stratified folds need >= K)
+
+
 def make_tables(n_train: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """The three CSV tables plus per-row generation info (true class, visual pattern).
 
@@ -673,6 +676,16 @@ def make_tables(n_train: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.
     noisy[n_train:] = False
     shift = rng.integers(1, len(CODES), size=n)  # never 0, so a noisy label is always a different class
     label = np.where(noisy, (content + shift) % len(CODES), content)
+    # Small demo sets would leave the rarest codes with a row or two, and a stratified K-fold split
+    # needs at least K of each: move rows of the commonest class to any class below the floor.
+    floor = min(MIN_TRAIN_PER_CLASS, n_train // (2 * len(CODES)))
+    for c in range(len(CODES)):
+        short = floor - int((label[:n_train] == c).sum())
+        if short > 0:
+            donors = np.flatnonzero(label[:n_train] == np.bincount(label[:n_train]).argmax())[:short]
+            content[donors] = c
+            label[donors] = c
+            noisy[donors] = False
     # Ids: unique, 9-10 digits, drawn jointly for train+test so the two sets never collide.
     productid = _unique_ints(rng, n, 100_000_000, 4_300_000_000)
     imageid = _unique_ints(rng, n, 100_000_000, 1_400_000_000)

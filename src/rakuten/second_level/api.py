@@ -1,0 +1,146 @@
+"""The second level as ``run_all`` (and ``launch``) call it: by config name, with the preset's folds.
+
+Each function is idempotent: folds already done on the same fold file, config and upstream
+artifacts are skipped by the functions it calls.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+from rakuten.artifacts import Experiment
+from rakuten.config import load_config
+from rakuten.paths import Paths
+
+log = logging.getLogger(__name__)
+
+
+def preset_overrides(preset, name: str | None = None) -> list[str]:
+    """Every second-level config follows the preset's fold file, then the preset's entry for it
+    (``overrides: {<name>: {key: value}}``; the ``all`` entry is for unimodal experiments only)."""
+    if preset is None:
+        return []
+    out = []
+    if preset.get("folds"):
+        out += [f"folds.k={int(preset.folds.k)}", f"folds.seed={int(preset.folds.seed)}"]
+    base = name[:-len("_tuned")] if name and name.endswith("_tuned") else name
+    for k, v in ((preset.get("overrides") or {}).get(base) or {}).items():
+        out.append(f"{k}={v}")
+    return out
+
+
+def _name_of(name: str) -> str:
+    return Path(str(name)).stem if str(name).endswith((".yaml", ".yml")) else str(name)
+
+
+def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
+    from rakuten.second_level.fusion import FUSION_DEFAULTS
+    ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
+    return load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
+
+
+def load_stack(name: str, preset=None, overrides: list[str] | None = None):
+    from rakuten.second_level.stacker import STACK_DEFAULTS
+    ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
+    return load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
+
+
+def load_second_level(name: str, preset=None, overrides: list[str] | None = None):
+    """A fusion or stack config by name or path (its ``kind`` decides the defaults)."""
+    raw = load_config(name)
+    return (load_stack if raw.get("kind") == "stack" else load_fusion)(name, preset, overrides)
+
+
+def run_second_level(cfg, paths: Paths, progress: bool = True) -> dict:
+    if cfg.get("kind") == "stack":
+        from rakuten.second_level.stacker import run_stack
+        return run_stack(cfg, paths, progress=progress)
+    from rakuten.second_level.fusion import run_fusion
+    return run_fusion(cfg, paths, progress=progress)
+
+
+def _report(res: dict) -> None:
+    o = res.get("oof") or {}
+    skipped = f" (skipped folds {res['skipped']})" if res.get("skipped") else ""
+    if o:
+        print(f"  {res['name']:32s} OOF macro-F1 {o['macro_f1']:.4f}  weighted-F1 {o['weighted_f1']:.4f}  "
+              f"acc {o['accuracy']:.4f}{skipped}")
+
+
+def fuse(name: str, paths: Paths, preset=None, progress: bool = True) -> dict:
+    res = run_second_level(load_fusion(name, preset), paths, progress)
+    _report(res)
+    return res
+
+
+def stack(name: str, paths: Paths, preset=None, progress: bool = True) -> dict:
+    res = run_second_level(load_stack(name, preset), paths, progress)
+    _report(res)
+    return res
+
+
+def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, timeout: float | None = None,
+                   progress: bool = True) -> dict | None:
+    """Optuna study for ``name`` (SQLite beside it), then the best config refitted as ``<name>_tuned``.
+
+    The tuned model's OOF score is optimistic: its parameters were chosen on those OOF rows. The
+    leaderboard marks it; per-class bias tuning (below) reports its gain on held-out folds instead.
+    """
+    from rakuten.second_level.tuning import tune
+
+    cfg = load_second_level(name, preset)
+    res = tune(cfg, paths, n_trials=n_trials, timeout=timeout, progress=progress)
+    print(f"  study {res['study_name']}: {res['n_trials']} trials ({res['n_complete']} complete, "
+          f"{res['n_pruned']} pruned); best OOF macro-F1 {res['best_value'] if res['best_value'] is None else round(res['best_value'], 4)}")
+    if not res.get("best_config"):
+        return None
+    tuned = load_second_level(res["best_config"], preset)
+    out = run_second_level(tuned, paths, progress)
+    _report(out)
+    return out
+
+
+def submit_best(paths: Paths, exp: str | None, fmt: str | None = None, bias: bool = False) -> Path:
+    """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
+    leaderboard; a file with the same name and content from an earlier run is reused."""
+    from rakuten.reporting.submission import SubmissionError, make_submission, submission_path, validate_submission
+
+    if exp is None:
+        from rakuten.reporting.leaderboard import build_leaderboard
+        board = build_leaderboard(paths, write=False)
+        if not board:
+            raise SubmissionError("no complete experiment to submit")
+        exp = board[0]["experiment"]
+    elif Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
+        exp = f"{exp}_tuned"
+    if bias:
+        # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
+        # other folds): on small or well-calibrated data they can hurt, and the check says so.
+        from rakuten.second_level.tuning import tune_biases
+        gain = tune_biases(paths, exp)["heldout"]["mean_gain"]
+        print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
+              f"{'applied' if gain > 0 else 'not applied'}")
+        bias = gain > 0
+    try:
+        return make_submission(paths, exp, fmt, bias=bias)
+    except SubmissionError as e:
+        if "already exists" not in str(e):
+            raise
+        # Same experiment, same score in the name: a rerun of a finished pipeline. Check, then reuse.
+        path = Path(str(e).split(" already exists")[0])
+        from rakuten.data.prepared import load_dataset
+        validate_submission(path, load_dataset(paths), fmt)
+        print(f"  {path.name} exists and validates: reused")
+        return path
+
+
+def leaderboard(paths: Paths) -> list[dict]:
+    from rakuten.reporting.leaderboard import build_leaderboard
+    board = build_leaderboard(paths, write=True)
+    print(f"{'rank':>4}  {'experiment':<36} {'kind':<9} {'macro-F1':>8} {'wF1':>7} {'acc':>7}")
+    for r in board:
+        print(f"{r['rank']:>4}  {r['experiment']:<36} {r['kind']:<9} {r['macro_f1']:>8.4f} "
+              f"{r['weighted_f1']:>7.4f} {r['accuracy']:>7.4f}")
+    print(f"wrote {paths.submissions_dir / 'leaderboard.md'} (+ .json, .png)")
+    return board
