@@ -55,8 +55,13 @@ def write_dataset(data_dir: Path, train_ids, train_labels, test_ids, image_ids_t
 
 
 def make_synthetic(workdir: Path, per_class: int = 40, test_per_class: int = 10, seed: int = 0,
-                   sigma: float = 1.0) -> Paths:
-    """Write folds/, oof/<upstream>/ and data/ for the five demo upstream names; return the Paths."""
+                   sigma: float = 1.0, rotate_spaces: bool = False) -> Paths:
+    """Write folds/, oof/<upstream>/ and data/ for the five demo upstream names; return the Paths.
+
+    ``rotate_spaces``: every upstream fold model k gets its own random rotation and offset of the
+    embedding space (its OOF rows and its test_fold<k> rows), as independently initialised networks
+    do; logits are unaffected.
+    """
     rng = np.random.default_rng(seed)
     workdir = Path(workdir)
     data_dir = workdir / "data" / "synthetic"
@@ -91,11 +96,16 @@ def make_synthetic(workdir: Path, per_class: int = 40, test_per_class: int = 10,
         fold_scores = {}
         for k in range(K):
             rows = np.flatnonzero(fold_of == k)
-            Predictions(ids[rows], logits[rows], emb[rows] if has_emb else None, y[rows]).save(exp.oof_path(k))
             # each fold model sees the test rows slightly differently
             et = (emb_test + rng.normal(0, 0.1 * noise, size=emb_test.shape)).astype(np.float32)
-            Predictions(test_ids, _posterior_logits(et, means, noise * sigma),
-                        et if has_emb else None).save(exp.test_path(k))
+            t_logits = _posterior_logits(et, means, noise * sigma)
+            e_oof = emb[rows]
+            if rotate_spaces:
+                q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+                shift = rng.normal(0, 2.0, size=dim)
+                e_oof, et = (e_oof @ q + shift).astype(np.float32), (et @ q + shift).astype(np.float32)
+            Predictions(ids[rows], logits[rows], e_oof if has_emb else None, y[rows]).save(exp.oof_path(k))
+            Predictions(test_ids, t_logits, et if has_emb else None).save(exp.test_path(k))
             fold_scores[str(k)] = scores(y[rows], logits[rows])
         atomic_write_json(exp.meta_path, {
             "name": name, "kind": "unimodal", "modality": modality, "field": fld,

@@ -161,8 +161,9 @@ def test_fold_k_rows_do_not_reach_fold_k_model(synth, name):
 
 
 def test_test_predictions_use_the_matching_upstream_fold(synth):
-    """Fold k's fusion reads each upstream's test_fold<k>: changing test_fold2 changes only fold 2."""
-    cfg = cfg_of("fusion_baseline_concat")
+    """Fold k's fusion reads each upstream's test_fold<k>: changing test_fold2 changes only fold 2
+    (without alignment; aligning fits maps on every fold model's test rows)."""
+    cfg = cfg_of("fusion_baseline_concat", "fusion.align=none")
     data = load_fusion_data(cfg, synth)
     ref = {k: fit_predict_fold(cfg, data, k).test.logits for k in (1, 2)}
     for u in data.inputs.values():
@@ -217,3 +218,30 @@ def test_fuse_script(synth):
     assert meta["kind"] == "fusion" and meta["oof"]["macro_f1"] > 0.9
     bad = subprocess.run(cmd[:-1] + ["fusion.nope=1"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "fusion.nope" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("rotated"), rotate_spaces=True)
+
+
+@pytest.mark.parametrize("name", ["fusion_hier_concat_concat", "fusion_baseline_concat"])
+def test_alignment_rescues_unaligned_fold_spaces(synth, rotated, name):
+    """Each upstream fold model with its own rotated embedding space (as random-init models have):
+    raw OOF embeddings train a fusion that fails on the held-out fold; test-anchored maps recover the
+    score of the shared-space data."""
+    shared = run_fusion(cfg_of(name, "name=shared_space"), synth, progress=False)["oof"]["macro_f1"]
+    raw = run_fusion(cfg_of(name, "name=raw", "fusion.align=none"), rotated, progress=False)["oof"]["macro_f1"]
+    aligned = run_fusion(cfg_of(name, "name=aligned"), rotated, progress=False)["oof"]["macro_f1"]
+    assert raw < 0.5 * shared
+    assert aligned > shared - 0.05, (raw, aligned, shared)
+
+
+def test_alignment_map_is_identity_on_shared_spaces_and_exact_on_rotations():
+    from rakuten.second_level.fusion import fit_alignment
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    assert fit_alignment(x, x.copy(), 1e-3) is None
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    a, b = fit_alignment(x, x @ q + 1.0, 1e-6)
+    np.testing.assert_allclose(x @ a + b, x @ q + 1.0, atol=1e-3)

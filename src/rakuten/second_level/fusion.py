@@ -24,12 +24,23 @@ stratified split of the training rows; ``fixed`` trains ``train.epochs`` epochs.
 to choose epochs: that would select the model on the rows it is scored on. Embeddings are
 standardised with the mean and standard deviation of the rows the network is fitted on.
 
+Embedding spaces (``fusion.align``). OOF embeddings of fold j come from upstream model j, a
+different network for every fold. Class scores are comparable across these models, embeddings need
+not be: for independently initialised models (the demo's random-init tiny models) a classifier fitted
+on fold 1's OOF embeddings scores at chance on fold 0's. Fine-tuning from one checkpoint keeps spaces
+closer, frozen backbones keep them identical, but nothing guarantees it. ``test_anchor`` (default)
+therefore maps, for fold k's model, every other fold j's OOF embeddings into model k's space with a
+ridge least-squares map fitted on the test rows, which every upstream fold model has embedded (the
+same products, no labels involved). Fold k's own OOF rows and its ``test_fold<k>`` rows stay in their
+native space k, untouched; only training rows are moved. Spaces that are identical on the test rows
+(frozen backbones) are left as they are. ``none`` uses the raw embeddings.
+
 Test predictions (``test_input: per_fold``, the default): fold k's fusion model is applied to each
 upstream experiment's ``test_fold<k>`` outputs, i.e. to outputs of the same upstream models that
-produced fold k's OOF rows, so the test inputs match the inputs the reported OOF score was measured
-on. Averaging upstream embeddings over fold models instead (``averaged``) feeds the network vectors it
-never saw in training (shrunk towards the mean and, for independently initialised models, averaged
-across unaligned spaces). Fold models are bagged afterwards, on the class scores.
+produced fold k's OOF rows (same space, same confidence), so the test inputs match the inputs the
+reported OOF score was measured on. ``averaged`` feeds the mean over fold models (each mapped into
+space k first when aligning): smoother vectors than any the network was fitted on. Fold models are
+bagged afterwards, on the class scores.
 """
 from __future__ import annotations
 
@@ -73,6 +84,8 @@ FUSION_DEFAULTS: dict = {
         "op": "concat",              # baseline: add | concat | average; late: average | weighted
         "space": "logprob",          # late weighted: prob (convex mix) | logprob (weighted geometric mean)
         "width": None,               # common width every embedding is projected to first (null: native)
+        "align": "test_anchor",      # test_anchor | none: map other folds' embedding spaces (see docstring)
+        "align_ridge": 1e-3,         # ridge of the alignment maps, relative to the mean feature variance
         "head": "linear",            # linear | dropout | mlp
         "dropout": 0.0,
         "hidden": 256,               # mlp head
@@ -114,6 +127,8 @@ def fusion_config(cfg) -> Config:
         raise ConfigError(f"{c.name}: train.early_stopping must be inner or fixed")
     if c.train.monitor not in ("macro_f1", "loss"):
         raise ConfigError(f"{c.name}: train.monitor must be macro_f1 or loss")
+    if c.fusion.align not in ("test_anchor", "none"):
+        raise ConfigError(f"{c.name}: fusion.align must be test_anchor or none (got {c.fusion.align!r})")
     if c.test_input not in ("per_fold", "averaged"):
         raise ConfigError(f"{c.name}: test_input must be per_fold or averaged")
     return c
@@ -346,6 +361,46 @@ class FoldOutput:
     info: dict = field(default_factory=dict)
 
 
+def fit_alignment(src: np.ndarray, dst: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Ridge least-squares affine map ``x -> x @ A + b`` taking ``src`` rows onto ``dst`` rows.
+
+    ``src`` and ``dst`` are the same products embedded by two models; None when they already agree.
+    """
+    if src.shape == dst.shape and np.allclose(src, dst, rtol=1e-5, atol=1e-6):
+        return None
+    xs = src.astype(np.float64)
+    xd = dst.astype(np.float64)
+    mu_s, mu_d = xs.mean(0), xd.mean(0)
+    xs -= mu_s
+    xd -= mu_d
+    gram = xs.T @ xs
+    lam = float(ridge) * max(np.trace(gram) / gram.shape[0], 1e-12)
+    a = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xs.T @ xd)
+    return a.astype(np.float32), (mu_d - mu_s @ a).astype(np.float32)
+
+
+def aligned_inputs(up, fold_vec: np.ndarray, fold: int, test_mode: str, ridge: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(OOF embeddings with fold j != ``fold`` rows mapped into model ``fold``'s space, its test input).
+
+    Maps are fitted on the test rows (embedded by every upstream fold model): no label, and nothing
+    of fold ``fold``'s rows, is used.
+    """
+    ref = up.test[fold].embeddings
+    out = up.oof.embeddings.copy()
+    mapped_tests = [ref]
+    for j, t in up.test.items():
+        if j == fold:
+            continue
+        m = fit_alignment(t.embeddings, ref, ridge)
+        rows = fold_vec == j
+        if m is not None:
+            out[rows] = up.oof.embeddings[rows] @ m[0] + m[1]
+        mapped_tests.append(t.embeddings if m is None else t.embeddings @ m[0] + m[1])
+    test = ref if test_mode == "per_fold" else np.mean(mapped_tests, axis=0).astype(np.float32)
+    return out, test
+
+
 def _standardise(arrays: dict[str, np.ndarray], tests: dict[str, np.ndarray], fit_idx: np.ndarray,
                  keys: list[str]) -> tuple[dict, dict]:
     """Embeddings scaled by the statistics of the fitted rows only (never fold k's or the test's)."""
@@ -448,9 +503,12 @@ def fit_predict_fold(cfg, data: SecondLevelData, fold: int, progress: bool = Fal
     arrays, tests = {}, {}
     for name, fld in specs:
         up = data.inputs[name]
-        t = up.test_input(fold, cfg.test_input)
-        arrays[name] = getattr(up.oof, fld)
-        tests[name] = getattr(t, fld)
+        if fld == "embeddings" and fcfg.align == "test_anchor":
+            arrays[name], tests[name] = aligned_inputs(up, fold_vec, fold, cfg.test_input, float(fcfg.align_ridge))
+        else:
+            t = up.test_input(fold, cfg.test_input)
+            arrays[name] = getattr(up.oof, fld)
+            tests[name] = getattr(t, fld)
     emb_keys = [n for n, f in specs if f == "embeddings"]
     arrays, tests = _standardise(arrays, tests, fit_idx, emb_keys)
     in_dims = {k: v.shape[1] for k, v in arrays.items()}
