@@ -199,14 +199,32 @@ class Experiment:
         return read_json(self.meta_path)
 
     def update_meta(self, **fields) -> dict:
-        """Merge ``fields`` into meta.json (``folds`` dicts merge per fold) and write it atomically."""
-        meta = self.read_meta() if self.meta_path.exists() else {}
-        for k, v in fields.items():
-            if k == "folds" and isinstance(v, dict):
-                meta.setdefault("folds", {}).update({str(f): s for f, s in v.items()})
-            else:
-                meta[k] = v
-        atomic_write_json(self.meta_path, meta)
+        """Merge ``fields`` into meta.json (``folds`` dicts merge per fold) and write it atomically.
+
+        The read-modify-write holds an exclusive ``flock`` on ``meta.json.lock``: folds of one
+        experiment running in parallel (``launch.py``, one process per GPU) each add their own entry,
+        and without the lock two writers that read the same old file would drop one another's fold.
+        The lock file is never removed (removing it would let two writers lock different inodes).
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX (Windows): parallel folds are not supported there
+            fcntl = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "meta.json.lock", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                meta = self.read_meta() if self.meta_path.exists() else {}
+                for k, v in fields.items():
+                    if k == "folds" and isinstance(v, dict):
+                        meta.setdefault("folds", {}).update({str(f): s for f, s in v.items()})
+                    else:
+                        meta[k] = v
+                atomic_write_json(self.meta_path, meta)
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
         return meta
 
     def fold_done(self, fold: int, fold_hash: str | None = None) -> bool:
