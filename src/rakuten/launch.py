@@ -120,20 +120,20 @@ def parse_folds(value: str | None) -> list[int] | None:
 
 def _second_level_config(stage: str, name: str, folds_spec: tuple[int, int] | None, preset,
                          overrides: list[str]) -> tuple[Config, list[str]]:
-    """The fusion/stack config as fuse.py / stack.py load it, on the unimodal experiments' fold file.
+    """The fusion/stack config exactly as ``run_all`` loads it (``second_level.api``: the preset's
+    folds and its entry for ``name``), then the unimodal experiments' ``folds.k``/``folds.seed`` (a
+    second level must use its inputs' fold file, also when ``folds.k=...`` was overridden), then the
+    command line's overrides. Returns (config, input experiment names)."""
+    from rakuten.second_level import api
 
-    Overrides, later wins: ``folds.k``/``folds.seed`` of the unimodal experiments (a second-level
-    model must use its upstreams' folds), the preset's overrides scoped to this name, the command line.
-    """
-    scoped = [f"{k}={v}" for k, v in ((preset.get("overrides") or {}).get(name) or {}).items()]
-    fold_ovr = [f"folds.k={folds_spec[0]}", f"folds.seed={folds_spec[1]}"] if folds_spec else []
+    extra = ([f"folds.k={folds_spec[0]}", f"folds.seed={folds_spec[1]}"] if folds_spec else []) + overrides
     if stage == "fusion":
-        from rakuten.second_level.fusion import FUSION_DEFAULTS, fusion_config, fusion_inputs
-        cfg = load_config(name, fold_ovr + scoped + overrides, defaults=copy.deepcopy(FUSION_DEFAULTS))
+        from rakuten.second_level.fusion import fusion_config, fusion_inputs
+        cfg = api.load_fusion(name, preset, extra)
         fusion_config(cfg)  # validate now, not in a worker an hour later
         return cfg, fusion_inputs(cfg)[0]
-    from rakuten.second_level.stacker import STACK_DEFAULTS, stack_config
-    cfg = load_config(name, fold_ovr + scoped + overrides, defaults=copy.deepcopy(STACK_DEFAULTS))
+    from rakuten.second_level.stacker import stack_config
+    cfg = api.load_stack(name, preset, extra)
     return cfg, list(stack_config(cfg).stack.inputs)
 
 
@@ -191,9 +191,11 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
                                              fd.fold_hash))
 
     produced: dict[str, bool] = {}   # name -> fully written once this launch's tasks finish
+    lacking: dict[str, list[int]] = {}
     for j in plan.unimodal:
-        produced[j.name] = all(k in j.todo or k in j.done or Experiment(paths.oof_dir, j.name).fold_done(
-            k, j.fold_hash) for k in j.folds)
+        exp = Experiment(paths.oof_dir, j.name)
+        lacking[j.name] = [k for k in j.folds if k not in j.todo + j.done and not exp.fold_done(k, j.fold_hash)]
+        produced[j.name] = not lacking[j.name]
     folds_spec = specs[0] if len(specs) == 1 else None
     for stage, extra in (("fusion", fusion_overrides), ("stack", stack_overrides)):
         if stage not in stages:
@@ -205,7 +207,8 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
                 if produced.get(up):
                     continue
                 if up in produced:
-                    why = f"{up} has folds neither complete nor in this launch"
+                    why = (f"input {up}: fold(s) {','.join(map(str, lacking.get(up, [])))} neither complete "
+                           "nor in this launch" if up in lacking else f"input {up} is not run")
                     break
                 try:   # not in this launch: usable if complete on disk on this fold file
                     _, fdf, fhash = fold_file_for(cfg, paths)
