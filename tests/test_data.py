@@ -124,6 +124,10 @@ def _break(d: Path, what: str) -> str:
         y.loc[y.index[3], "prdtypecode"] = 1234
         y.to_csv(yp)
         return "prdtypecode 1234 is not one of the 27 codes"
+    if what == "empty_test_set":
+        tp = d / "X_test_update.csv"
+        pd.read_csv(tp, index_col=0).iloc[:0].to_csv(tp)
+        return "X_test_update.csv: header only, no data rows"
     if what == "empty_file":
         xp.write_text("")
         return "file is empty"
@@ -137,7 +141,7 @@ def _break(d: Path, what: str) -> str:
 
 
 BAD = ["missing_file", "missing_column", "renamed_column", "xy_mismatch", "duplicate_id", "duplicate_index",
-       "unknown_code", "empty_file", "non_integer_id"]
+       "unknown_code", "empty_file", "non_integer_id", "empty_test_set"]
 
 
 @pytest.mark.parametrize("what", BAD)
@@ -182,3 +186,11 @@ def test_latin1_bytes_are_read(tmp_path):
     (d / "X_train_update.csv").write_bytes(raw.encode("latin-1"))
     ds = load_challenge(d)
     assert ds.train["title"].iloc[0].startswith("Café")
+
+
+def test_test_set_without_any_image_is_kept_and_counted(tmp_path):
+    d = write_cd(tmp_path / "d")
+    (d / "image_test").mkdir()  # folder present, no file in it
+    ds = load_challenge(d)
+    assert len(ds.test) == 10 and not ds.test["has_image"].any()
+    assert ds.report["test_images_missing"] == 10

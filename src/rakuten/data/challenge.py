@@ -96,6 +96,9 @@ def _read_x(path: Path, fmt: str) -> pd.DataFrame:
         df = _read_table(path, "\t", None)
         _require_columns(df, SIGIR_X_COLUMNS, path)
         df = df.set_index("Integer_id").rename(columns=SIGIR_RENAME)
+    if len(df) == 0:
+        # An empty test set would train every fold model only to predict nothing: say so up front.
+        raise DataError(f"{path}: header only, no data rows")
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()][0]
         raise DataError(f"{path}: duplicate row index {dup}")

@@ -1,0 +1,105 @@
+"""The whole pipeline (`run_all.py --preset smoke`) on generated data: every stage's artifacts, a
+validated submission and the leaderboard; a rerun reuses everything; a run killed during the stacker
+reuses every finished stage when restarted."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+UNIMODAL = ["tfidf_text", "text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny"]
+
+
+def run_all(wd: Path, *extra, timeout=900) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(REPO / "src" / "run_all.py"), "--preset", "smoke", "--workdir", str(wd),
+                        "--no-progress", *extra], capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert r.returncode == 0, f"run_all failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("pipeline")
+    r = run_all(wd)
+    return wd, r
+
+
+def test_every_stage_writes_its_artifacts(finished):
+    wd, r = finished
+    for name in UNIMODAL + ["fusion_hier_avg_avg", "fusion_late_weighted", "stack_lgbm", "stack_lgbm_tuned"]:
+        meta = json.loads((wd / "oof" / name / "meta.json").read_text())
+        assert sorted(meta["folds"]) == ["0", "1", "2"], name
+        for k in range(3):
+            assert (wd / "oof" / name / f"fold{k}.npz").exists() and (wd / "oof" / name / f"test_fold{k}.npz").exists()
+    assert (wd / "oof" / "stack_lgbm" / "study.db").exists()
+    assert (wd / "oof" / "stack_lgbm" / "best_config.yaml").exists()
+    subs = sorted((wd / "submissions").glob("stack_lgbm_tuned*_cv*.csv"))
+    assert len(subs) == 1
+    sub = pd.read_csv(subs[0], index_col=0)
+    x_test = pd.read_csv(wd / "data" / "demo" / "X_test_update.csv", index_col=0)
+    assert list(sub.index) == list(x_test.index) and list(sub.columns) == ["prdtypecode"]
+    v = subprocess.run([sys.executable, str(REPO / "src" / "validate_submission.py"), str(subs[0]),
+                        "--workdir", str(wd)], capture_output=True, text=True, env=ENV)
+    assert v.returncode == 0, v.stderr
+
+
+def test_leaderboard_scores_above_chance(finished):
+    wd, _ = finished
+    board = json.loads((wd / "submissions" / "leaderboard.json").read_text())
+    rows = board if isinstance(board, list) else board["rows"]
+    kinds = {r["experiment"]: r["kind"] for r in rows}
+    assert {kinds[n] for n in UNIMODAL} == {"unimodal"}
+    assert kinds["stack_lgbm"] == "stack" and kinds["fusion_late_weighted"] == "fusion"
+    for r in rows:
+        assert {"experiment", "kind", "macro_f1", "weighted_f1", "accuracy"} <= set(r)
+    from rakuten.reporting.metrics import chance_macro_f1
+    labels = pd.read_csv(wd / "folds" / "folds_k3_seed42.csv")["label"]
+    best = max(r["macro_f1"] for r in rows)
+    assert best > 10 * chance_macro_f1(labels)
+    assert (wd / "submissions" / "leaderboard.png").exists() and (wd / "submissions" / "leaderboard.md").exists()
+
+
+def test_rerun_reuses_everything(finished):
+    wd, _ = finished
+    before = {p: p.stat().st_mtime_ns for p in (wd / "oof").rglob("*.npz")}
+    t0 = time.time()
+    r = run_all(wd, "--no-tuning", "-v")
+    assert all(p.stat().st_mtime_ns == m for p, m in before.items())
+    assert "exists and validates: reused" in r.stdout
+    assert time.time() - t0 < 120
+
+
+def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_path):
+    src, _ = finished
+    wd = tmp_path / "wd"
+    # Start from the finished unimodal + fusion artifacts, with no stack yet.
+    shutil.copytree(src, wd, ignore=shutil.ignore_patterns("stack_lgbm*", "submissions"))
+    (wd / "submissions").mkdir()
+    before = {p: p.stat().st_mtime_ns for p in (wd / "oof").rglob("*.npz")}
+    proc = subprocess.Popen([sys.executable, str(REPO / "src" / "run_all.py"), "--preset", "smoke", "--workdir",
+                             str(wd), "--no-progress"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "===== stack =====" in line:
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    r = run_all(wd, "--no-tuning")
+    assert all(p.stat().st_mtime_ns == m for p, m in before.items()), "a finished stage was redone"
+    meta = json.loads((wd / "oof" / "stack_lgbm" / "meta.json").read_text())
+    assert sorted(meta["folds"]) == ["0", "1", "2"]
+    assert list((wd / "submissions").glob("stack_lgbm*_cv*.csv"))
