@@ -22,7 +22,20 @@ from synthetic import make_synthetic, single_scores
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["train.lr=0.01", "train.epochs=60"]
-FUSION_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "fusion").glob("*.yaml"))
+DEMO_UPSTREAMS = {"text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny", "tfidf_text"}
+
+
+def _demo_configs() -> list[str]:
+    """Every shipped fusion config over the demo upstream names (the cpu/gpu ones name real models)."""
+    out = []
+    for p in sorted((CONFIG_DIR / "fusion").glob("*.yaml")):
+        names, _ = fusion_inputs(load_config(p, defaults=copy.deepcopy(FUSION_DEFAULTS)))
+        if set(names) <= DEMO_UPSTREAMS:
+            out.append(p.stem)
+    return out
+
+
+FUSION_CONFIGS = _demo_configs()
 
 
 def cfg_of(name: str, *overrides: str):
@@ -95,6 +108,14 @@ def test_bad_config_fails_loudly():
 
 
 # ------------------------------------------------------------------------------ on synthetic OOF data
+def test_demo_configs_cover_every_variant():
+    assert {"fusion_hier_avg_avg", "fusion_hier_concat_concat", "fusion_baseline_concat",
+            "fusion_late_weighted"} <= set(FUSION_CONFIGS)
+    variants = {load_config(f"fusion/{n}.yaml", defaults=copy.deepcopy(FUSION_DEFAULTS)).fusion.variant
+                for n in FUSION_CONFIGS}
+    assert variants == set(FUSION_VARIANTS)
+
+
 @pytest.mark.parametrize("name", FUSION_CONFIGS)
 def test_every_fusion_config_beats_its_best_input(synth, name):
     """The shipped configs, on complementary data: text knows classes 0-13, the image 14-26."""
@@ -245,3 +266,17 @@ def test_alignment_map_is_identity_on_shared_spaces_and_exact_on_rotations():
     q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
     a, b = fit_alignment(x, x @ q + 1.0, 1e-6)
     np.testing.assert_allclose(x @ a + b, x @ q + 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("overrides", [("test_input=averaged",), ("test_input=averaged", "fusion.align=none"),
+                                       ("train.early_stopping=fixed", "train.epochs=20")])
+def test_other_modes_run(rotated, overrides):
+    res = run_fusion(cfg_of("fusion_baseline_concat", "name=modes", *overrides), rotated, progress=False)
+    meta = Experiment(rotated.oof_dir, "modes").read_meta()
+    assert all(np.isfinite(Predictions.load(Experiment(rotated.oof_dir, "modes").test_path(k)).logits).all()
+               for k in range(5))
+    if "train.early_stopping=fixed" in overrides:
+        assert all(meta["folds"][str(k)]["n_inner_val"] == 0 and meta["folds"][str(k)]["epochs_run"] == 20
+                   for k in range(5))
+    else:
+        assert res["oof"]["macro_f1"] > 0.5 or "fusion.align=none" in overrides

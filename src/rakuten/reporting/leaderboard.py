@@ -110,6 +110,9 @@ def _write_reports(paths: Paths, rows: list[dict], skipped: list[dict], details:
                             "accuracy": r["accuracy"], "rows": r["n_rows"], "folds": r["n_folds"],
                             "fold file": r["fold_file"]} for r in rows])
         md += [_md_table(df), ""]
+        if any(r["experiment"].endswith("_tuned") for r in rows):
+            md += ["`*_tuned` experiments run the best of several Optuna trials compared on these same OOF "
+                   "rows: their scores are optimistic by the selection.", ""]
     else:
         md += ["No complete experiment found in `oof/`.", ""]
     md += ["## Published figures", "",

@@ -224,6 +224,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
     space = search_space(cfg)
     if not space:
         raise ConfigError(f"{cfg.name}: empty search space")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or default_storage(paths, cfg.name)
     name = study_name or cfg.name
     store = _storage(url)
@@ -235,7 +236,6 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
         pruner=optuna.pruners.MedianPruner(n_startup_trials=int(cfg.tune.n_startup_trials),
                                            n_warmup_steps=int(cfg.tune.n_warmup_steps)))
     objective = _Objective(cfg, paths, space, progress)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress,
                        gc_after_trial=False)
