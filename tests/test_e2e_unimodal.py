@@ -86,6 +86,13 @@ def test_bad_fold_and_override_give_one_line(workdir):
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     r = run("run_fold.py", "--workdir", workdir, "--config", "tfidf_text", "--fold", "0", "train.epoch=1", check=False)
     assert r.returncode == 2 and "no key 'train.epoch'" in r.stderr
+    # finished folds made with another config are never reused silently
+    r = run("run_fold.py", "--workdir", workdir, "--config", "tfidf_text", "--fold", "0", "folds.k=3", "tfidf.C=1.5",
+            check=False)
+    assert r.returncode == 2 and "trained with a different config" in r.stderr
+    r = run("run_fold.py", "--workdir", workdir, "--config", "tfidf_text", "--fold", "0", "folds.k=3",
+            "train.num_workers=0", "-v")
+    assert "artifacts complete, skipping" in r.stderr  # runtime-only keys do not invalidate
 
 
 def _oof(wd: Path, name: str) -> Predictions:

@@ -54,15 +54,35 @@ def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
                     data_fingerprint(resolve_data_dir(paths)))
 
 
-def check_experiment_folds(exp: Experiment, fd: FoldData, force: bool = False) -> None:
-    """An experiment's folds must all come from one fold file: refuse to mix, or start afresh."""
+# Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
+_RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_size", "compile")}
+
+
+def config_hash(cfg) -> str:
+    import hashlib
+    import json
+    d = cfg.to_dict()
+    d.pop("_source_", None)
+    for sec, keys in _RUNTIME_KEYS.items():
+        for k in keys:
+            d.get(sec, {}).pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = False) -> None:
+    """All folds of an experiment come from one fold file and one config: refuse to mix, or start afresh."""
     if not exp.meta_path.exists():
         return
     meta = exp.read_meta()
+    reason = None
     if meta.get("fold_hash") not in (None, fd.fold_hash):
+        reason = f"made on another fold file ({meta.get('fold_file')})"
+    elif meta.get("config_hash") not in (None, config_hash(cfg)):
+        reason = "trained with a different config"
+    if reason:
         if not force:
-            raise ArtifactError(f"{exp.dir}: made on another fold file ({meta.get('fold_file')}); "
-                                "pass --force to discard it and retrain")
+            raise ArtifactError(f"{exp.dir}: {reason}; pass --force to discard it and retrain, "
+                                "or give the changed config another name")
         shutil.rmtree(exp.dir)
 
 
@@ -325,7 +345,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     if fold not in set(fd.folds["fold"].tolist()):
         raise RakutenError(f"fold {fold} is not in {fd.fold_file.name} (folds 0..{fd.folds['fold'].max()})")
     exp = Experiment(paths.oof_dir, cfg.name)
-    check_experiment_folds(exp, fd, force)
+    check_experiment_folds(exp, fd, cfg, force)
     if not force and exp.fold_done(fold, fd.fold_hash):
         log.info("%s fold %d: artifacts complete, skipping", cfg.name, fold)
         return exp.read_meta()["folds"][str(fold)]
@@ -366,7 +386,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
              best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None)
     meta = exp.update_meta(
         name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
-        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(),
+        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg),
         fold_file=str(fd.fold_file), fold_hash=fd.fold_hash, folds={fold: s})
     if all(str(k) in meta["folds"] for k in sorted(fd.folds["fold"].unique())):
         oof = exp.load_oof(fd.folds)
