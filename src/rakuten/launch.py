@@ -178,8 +178,8 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
         for cfg in cfgs:
             fd = prepare_fold_data(cfg, paths, ds)
             exp = Experiment(paths.oof_dir, cfg.name)
-            # once, here: in parallel folds, --force on another fold file would delete siblings' work
-            check_experiment_folds(exp, fd, force)
+            # once, here: in parallel folds, --force on another fold file or config would delete siblings' work
+            check_experiment_folds(exp, fd, cfg, force)
             all_folds = sorted(int(k) for k in fd.folds["fold"].unique())
             want = all_folds if folds is None else folds
             missing = [k for k in want if k not in all_folds]
@@ -486,6 +486,13 @@ def launch(preset: str, paths: Paths, *, address: str | None = None, experiments
     started = ray_init(ray, address, num_cpus, num_gpus)
     try:
         cluster = ray.cluster_resources()
+        wants_gpu = any(j.todo and j.cfg.kind != "tfidf" for j in plan.unimodal)
+        if wants_gpu and res.resolved_gpus(cluster) > cluster.get("GPU", 0):
+            msg = (f"--gpus-per-task {res.resolved_gpus(cluster):g} but the Ray cluster has "
+                   f"{cluster.get('GPU', 0):g} GPU(s): the fold tasks would wait forever")
+            if address is None:
+                raise ConfigError(msg)
+            echo(f"warning: {msg} (unless an autoscaler adds GPU nodes)")
         echo(f"***** Ray: {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU; per fold task "
              f"{res.resolved_gpus(cluster):g} GPU + {res.cpus_per_task:g} CPU *****")
         tasks = submit(ray, plan, paths, res, force)
