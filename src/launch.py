@@ -70,7 +70,9 @@ def main(argv=None) -> int:
         print("\n***** Results *****")
         print(format_table(out["rows"]))
         if out["failed"]:
-            print(f"error: {len(out['failed'])} task(s) failed: {', '.join(out['failed'])}", file=sys.stderr)
+            root = [k for k in out["failed"] if out["outcomes"][k]["status"] == "failed"]
+            print(f"error: {len(root)} task(s) failed ({', '.join(root)}); {len(out['failed']) - len(root)} "
+                  "more not run because an upstream task failed", file=sys.stderr)
             return 1
     return 0
 

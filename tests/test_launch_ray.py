@@ -17,6 +17,7 @@ from rakuten.artifacts import Experiment
 
 REPO = Path(__file__).resolve().parents[1]
 UNIMODAL = ["tfidf_text", "text_tiny_title"]
+BROKEN = "text_tiny_description"
 OVERRIDES = ["folds.k=2", "train.epochs=1"]
 STACK_FAST = ["lgbm.num_leaves=7", "lgbm.max_bin=31", "lgbm.num_threads=1", "lgbm.early_stopping_rounds=0",
               "lgbm.num_boost_round=10", "stack.meta_features=false"]
@@ -64,17 +65,18 @@ def _env(**extra) -> dict:
     return env
 
 
-def _run(args: list[str], timeout: int = 240, **env) -> subprocess.CompletedProcess:
+def _run(args: list[str], timeout: int = 240, rc: int = 0, **env) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                        env=_env(**env))
-    assert r.returncode == 0, f"{args[0]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == rc, f"{args[0]} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """Tiny demo data shared by two workdirs, each with its own 2-fold file; a preset of two tiny
-    experiments, a late fusion of both and a stack of all three (the stack depends on the fusion)."""
+    experiments, a late fusion of both and a stack of all three (the stack depends on the fusion),
+    plus an experiment that fails (unknown backbone) and a fusion that needs it."""
     from rakuten.data.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("launch")
@@ -84,9 +86,11 @@ def demo(tmp_path_factory):
         _run(["src/make_folds.py", "--workdir", str(root / wd), "--data-dir", str(data), "--k", "2"])
     preset = root / "launch_test.yaml"
     preset.write_text(yaml.safe_dump({
-        "name": "launch_test", "folds": {"k": 2, "seed": 42}, "experiments": UNIMODAL,
-        "fusion": ["fusion_late_average"], "stack": ["stack_lgbm"],
-        "overrides": {"fusion_late_average": {"fusion.inputs": UNIMODAL},
+        "name": "launch_test", "folds": {"k": 2, "seed": 42}, "experiments": UNIMODAL + [BROKEN],
+        "fusion": ["fusion_late_average", "fusion_late_weighted"], "stack": ["stack_lgbm"],
+        "overrides": {BROKEN: {"model.backbone": "tiny:nonexistent"},
+                      "fusion_late_average": {"fusion.inputs": UNIMODAL},
+                      "fusion_late_weighted": {"fusion.inputs": ["tfidf_text", BROKEN]},
                       "stack_lgbm": {"stack.inputs": UNIMODAL + ["fusion_late_average"]}}}))
     return root, data, preset
 
@@ -118,7 +122,8 @@ def test_dry_run_plans_stages_without_ray(demo):
 # ------------------------------------------------------------------------------- launch.py on Ray
 def test_ray_launch_equals_serial_run(demo):
     """2 folds x 2 experiments + a fusion + a stack as Ray tasks; the same stages one by one through
-    run_fold.py / fuse.py / stack.py in another workdir on the same data: identical artifacts."""
+    run_fold.py / fuse.py / stack.py in another workdir on the same data: identical artifacts. A
+    failing experiment fails alone: what needs it does not run, everything else completes."""
     pytest.importorskip("ray")
     root, data, preset = demo
     ray_wd, ser_wd = root / "ray", root / "serial"
@@ -126,8 +131,11 @@ def test_ray_launch_equals_serial_run(demo):
     stack_args = STACK_FAST
     r = _run(["src/launch.py", "--preset", str(preset), "--workdir", str(ray_wd), "--data-dir", str(data),
               "--num-cpus", "2", "--cpus-per-task", "1",
-              *[f"--stack-override={o}" for o in stack_args], *OVERRIDES], timeout=300)
+              *[f"--stack-override={o}" for o in stack_args], *OVERRIDES], timeout=300, rc=1)
     out = r.stdout
+    assert r.stderr.strip().splitlines()[-1] == (f"error: 1 task(s) failed ({BROKEN}/prepare); 3 more not run "
+                                                 "because an upstream task failed")
+    assert re.search(rf"failed  {BROKEN}/prepare: BackboneError: unknown tiny backbone 'tiny:nonexistent'", out)
     table = out[out.index("***** Results *****"):]
     for name in UNIMODAL:
         for k in (0, 1):
@@ -139,6 +147,9 @@ def test_ray_launch_equals_serial_run(demo):
     assert order.index("fusion_late_average") > max(order.index(f"{n}/fold{k}") for n in UNIMODAL for k in (0, 1))
     assert order.index("stack_lgbm") > order.index("fusion_late_average")
     assert all(f"unimodal  {n}" in table for n in UNIMODAL) and "stack     stack_lgbm" in table
+    assert re.search(rf"unimodal  {BROKEN}\s+0\s+upstream failed\s+prepare: BackboneError", table)
+    assert re.search(r"fusion    fusion_late_weighted\s+-\s+upstream failed\s+needs " + BROKEN, table)
+    assert not (ray_wd / "oof" / "fusion_late_weighted").exists()
 
     # The serial path, stage by stage. Ray sets a task's OMP_NUM_THREADS to its CPUs (1 here); with
     # the same thread count the float reductions, and so the files, are bit for bit the same.
@@ -171,4 +182,5 @@ def test_ray_launch_equals_serial_run(demo):
     # Rerun: every fold and stage is complete, nothing is retrained.
     r2 = _run(["src/launch.py", "--preset", str(preset), "--workdir", str(ray_wd), "--data-dir", str(data),
                "--dry-run", *[f"--stack-override={o}" for o in stack_args], *OVERRIDES])
-    assert "unimodal fold tasks: 0 over 2 experiment(s)" in r2.stdout
+    assert "unimodal fold tasks: 2 over 3 experiment(s)" in r2.stdout   # only the broken one's folds
+    assert f"{BROKEN:32s} kind text   folds to run: 0,1" in r2.stdout

@@ -28,7 +28,6 @@ shared filesystem) and have the same Python environment; ``src/`` is put on the 
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
@@ -36,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rakuten.config import Config, ConfigError, load_config
+from rakuten.config import Config, ConfigError
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
 
@@ -475,13 +474,14 @@ def launch(preset: str, paths: Paths, *, address: str | None = None, experiments
            stages: list[str] | None = None, force: bool = False, resources: Resources | None = None,
            num_cpus: int | None = None, num_gpus: int | None = None, dry_run: bool = False,
            echo=print) -> dict:
-    """Plan, submit, wait, report. Returns ``{"plan", "rows", "failed"}`` (failed: task keys)."""
+    """Plan, submit, wait, report. Returns ``{"plan", "rows", "failed", "outcomes"}`` (failed: the keys
+    of tasks that failed or did not run because an upstream task failed)."""
     ray = None if dry_run else require_ray()   # before the plan: a missing ray fails in a second
     plan = build_plan(preset, paths, experiments, folds, overrides, fusion_overrides, stack_overrides,
                       stages, force)
     echo(plan.describe())
     if dry_run:
-        return {"plan": plan, "rows": [], "failed": []}
+        return {"plan": plan, "rows": [], "failed": [], "outcomes": {}}
     res = resources or Resources()
     started = ray_init(ray, address, num_cpus, num_gpus)
     try:
@@ -502,4 +502,4 @@ def launch(preset: str, paths: Paths, *, address: str | None = None, experiments
             ray.shutdown()
     rows = result_rows(plan, tasks, outcomes, paths)
     failed = [k for k, o in outcomes.items() if o["status"] != "ok"]
-    return {"plan": plan, "rows": rows, "failed": failed}
+    return {"plan": plan, "rows": rows, "failed": failed, "outcomes": outcomes}
