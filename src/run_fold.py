@@ -4,12 +4,16 @@
     python src/run_fold.py --fold 0            # fold 0 of every experiment of the preset
     python src/run_fold.py --fold all          # every fold of every experiment of the preset
 
+Data-parallel inside a fold, same artifacts (rank 0 writes):
+    accelerate launch --multi_gpu --num_processes 2 src/run_fold.py --config ... --fold 0
+
 Each fold writes oof/<experiment>/fold<k>.npz, test_fold<k>.npz, summary_fold<k>.csv and updates
 meta.json. A killed run resumes from its last epoch checkpoint; a finished fold is skipped.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
 from rakuten.errors import RakutenError
@@ -55,14 +59,23 @@ def main(argv=None) -> int:
             preset = load_preset(args.preset)
             cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(args.overrides))
                     for e in preset.experiments]
+        # Under `accelerate launch` / `torchrun` every rank runs this; rank 0 alone reports and writes.
+        main = os.environ.get("RANK", "0") == "0"
         ds = load_dataset(paths)
-        print(describe(ds))
+        if main:
+            print(describe(ds))
         for cfg in cfgs:
             for fold in parse_folds(args.fold, int(cfg.folds.k)):
-                print(f"***** {cfg.name} fold {fold} *****")
+                if main:
+                    print(f"***** {cfg.name} fold {fold} *****")
                 s = run_fold(cfg, paths, fold, ds=ds, progress=not args.no_progress, force=args.force)
-                print(f"{cfg.name} fold {fold}: macro-F1 {s['macro_f1']:.4f}  weighted-F1 {s['weighted_f1']:.4f}  "
-                      f"accuracy {s['accuracy']:.4f}")
+                if main:
+                    print(f"{cfg.name} fold {fold}: macro-F1 {s['macro_f1']:.4f}  "
+                          f"weighted-F1 {s['weighted_f1']:.4f}  accuracy {s['accuracy']:.4f}")
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
     return 0
 
 

@@ -28,6 +28,10 @@ class TextClassifier(nn.Module):
         self.encoder = backbone if backbone is not None else load_text_backbone(
             cfg["backbone"], tokenizer=tokenizer, max_len=self.max_len,
             attn_implementation=cfg.get("attn_implementation", "sdpa"), pretrained=cfg.get("pretrained", True))
+        if getattr(self.encoder, "pooler", None) is not None:
+            # BERT/CamemBERT's pooler is never used by these heads: dropping it saves its weights and
+            # keeps DDP from waiting for gradients that never come.
+            self.encoder.pooler = None
         if cfg.get("grad_checkpointing", False) and hasattr(self.encoder, "gradient_checkpointing_enable"):
             self.encoder.gradient_checkpointing_enable()
         hidden = _hidden_size(self.encoder.config)

@@ -174,9 +174,14 @@ def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
 
 
 # ------------------------------------------------------------------------------------------- training
-def _loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, seed: int = 0):
-    """(DataLoader, sampler-with-set_epoch or None). Eval loaders sort by length when lengths exist;
-    the engine restores the original order through each batch's ``index``."""
+def _loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, seed: int = 0, dist_info=None):
+    """(DataLoader, its batch sampler). Every order is a function of (seed, epoch) via ``set_epoch``,
+    so a resumed run replays it; eval loaders sort by length when lengths exist and the engine
+    restores the original order through each batch's ``index``. Under DDP, training batches are
+    sharded across ranks."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from rakuten.training.distributed import EpochShuffleSampler, ShardedBatchSampler
     from rakuten.training.samplers import ClassBalancedSampler, LengthGroupedBatchSampler
 
     bs = int(cfg.train.batch_size if train else cfg.train.eval_batch_size)
@@ -186,14 +191,26 @@ def _loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, s
     kind = cfg.train.sampler if train else "length"
     if train and kind == "balanced":
         # rare classes drawn more often (probability ~ count^-power); pairs with an unweighted loss
-        sampler = ClassBalancedSampler(labels, power=float(cfg.train.balanced_power), seed=seed)
-        return DataLoader(ds, batch_size=bs, sampler=sampler, **kw), sampler
-    if lengths is not None and kind == "length":
+        bsampler = _EpochBatchSampler(ClassBalancedSampler(labels, power=float(cfg.train.balanced_power), seed=seed), bs)
+    elif lengths is not None and kind == "length":
         bsampler = LengthGroupedBatchSampler(lengths, bs, shuffle=train, seed=seed)
-        return DataLoader(ds, batch_sampler=bsampler, **kw), bsampler
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(ds, batch_size=bs, shuffle=train, generator=g, **kw), None
+    elif train:
+        bsampler = _EpochBatchSampler(EpochShuffleSampler(len(ds), seed), bs)
+    else:
+        bsampler = BatchSampler(SequentialSampler(ds), bs, drop_last=False)
+    if train and dist_info is not None and dist_info.enabled:
+        bsampler = ShardedBatchSampler(bsampler, dist_info)
+    return DataLoader(ds, batch_sampler=bsampler, **kw), bsampler
+
+
+class _EpochBatchSampler(torch.utils.data.BatchSampler):
+    """BatchSampler that forwards ``set_epoch`` to its sampler."""
+
+    def __init__(self, sampler, batch_size: int):
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
 
 def _rng_state() -> dict:
@@ -220,8 +237,12 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     from rakuten.training.engine import Engine, make_optimizer, make_scheduler, resolve_device
     from rakuten.training.losses import make_loss
 
+    from rakuten.training.distributed import barrier, device_for, init_distributed
+
     t = cfg.train
-    device = resolve_device(t.device)
+    dist_info = init_distributed()
+    device = device_for(dist_info, resolve_device(t.device))
+    main = dist_info.is_main
     seed = int(t.seed) + fold
     lengths = inputs.lengths
     tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)
@@ -229,18 +250,24 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     te_rows = np.arange(inputs.n_train, len(inputs.dataset))
     te_ds = RowSubset(inputs.dataset, te_rows, None)
     sub = (lambda rows: None if lengths is None else lengths[rows])
-    train_loader, train_sampler = _loader(tr_ds, cfg, True, inputs.collate, sub(tr_rows), y_tr, seed)
+    train_loader, train_sampler = _loader(tr_ds, cfg, True, inputs.collate, sub(tr_rows), y_tr, seed, dist_info)
     val_loader, _ = _loader(va_ds, cfg, False, inputs.collate, sub(va_rows))
     test_loader, _ = _loader(te_ds, cfg, False, inputs.collate, sub(te_rows))
 
     model = model.to(device)
+    net = model
+    if dist_info.enabled:
+        # DDP averages gradients across ranks; it broadcasts rank 0's initial weights at construction
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=bool(t.get("ddp_find_unused_parameters", False)))
     criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES).to(device)
     optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay))
     steps = math.ceil(len(train_loader) / int(t.grad_accum)) * int(t.epochs)
     scheduler = make_scheduler(optimizer, steps, warmup_ratio=float(t.warmup_ratio), kind=t.scheduler)
-    engine = Engine(model, criterion, optimizer, scheduler, device=device, precision=t.precision,
+    engine = Engine(net, criterion, optimizer, scheduler, device=device, precision=t.precision,
                     grad_accum=int(t.grad_accum), clip_grad=t.clip_grad, batch_transform=inputs.batch_transform,
-                    compile=bool(t.compile), channels_last=bool(t.channels_last), progress=progress)
+                    compile=bool(t.compile), channels_last=bool(t.channels_last), progress=progress and main)
 
     ckpt, best_path = exp.checkpoint_path(fold), exp.checkpoint_path(fold).with_name(f"fold{fold}_best.pt")
     start, best, bad, history = 0, -1.0, 0, []
@@ -266,7 +293,8 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         improved = s["macro_f1"] > best
         if improved:
             best, bad = s["macro_f1"], 0
-            _atomic_torch_save(model.state_dict(), best_path)
+            if main:
+                _atomic_torch_save(model.state_dict(), best_path)
         else:
             bad += 1
         row = {"epoch": epoch, "train_loss": tr.get("loss"), **{f"val_{k}": v for k, v in s.items()},
@@ -274,10 +302,14 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         history.append(row)
         log.info("%s fold %d epoch %d: loss %.4f val macro-F1 %.4f%s", exp.name, fold, epoch, row["train_loss"],
                  s["macro_f1"], " *" if improved else "")
-        atomic_write_csv(exp.summary_path(fold), pd.DataFrame(history), index=False)
-        if t.checkpoint:
-            _atomic_torch_save({"engine": engine.state_dict(), "rng": _rng_state(), "epoch": epoch, "best": best,
-                                "bad": bad, "history": history}, ckpt)
+        if main:
+            atomic_write_csv(exp.summary_path(fold), pd.DataFrame(history), index=False)
+            if t.checkpoint:
+                _atomic_torch_save({"engine": engine.state_dict(), "rng": _rng_state(), "epoch": epoch,
+                                    "best": best, "bad": bad, "history": history}, ckpt)
+        barrier(dist_info)  # ranks stay in step with the checkpoint on disk
+    if not main:
+        return None  # rank 0 predicts and writes; the others' work is done
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     va_logits, va_emb = engine.predict(val_loader)
@@ -339,13 +371,20 @@ def build_inputs_and_model(cfg, paths: Paths, fd: FoldData, frozen_backbone: boo
 # ------------------------------------------------------------------------------------------ the stage
 def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force: bool = False) -> dict:
     """Train fold ``fold`` of experiment ``cfg`` (skipped when its artifacts are complete)."""
+    from rakuten.training.distributed import barrier, init_distributed
     from rakuten.training.engine import seed_everything
 
+    dist_info = init_distributed()
+    if dist_info.enabled and cfg.kind == "tfidf":
+        if not dist_info.is_main:
+            return {"rank": dist_info.rank}  # nothing to parallelise: rank 0 fits it alone
     fd = prepare_fold_data(cfg, paths, ds)
     if fold not in set(fd.folds["fold"].tolist()):
         raise RakutenError(f"fold {fold} is not in {fd.fold_file.name} (folds 0..{fd.folds['fold'].max()})")
     exp = Experiment(paths.oof_dir, cfg.name)
-    check_experiment_folds(exp, fd, cfg, force)
+    if dist_info.is_main:
+        check_experiment_folds(exp, fd, cfg, force)
+    barrier(dist_info)
     if not force and exp.fold_done(fold, fd.fold_hash):
         log.info("%s fold %d: artifacts complete, skipping", cfg.name, fold)
         return exp.read_meta()["folds"][str(fold)]
@@ -368,14 +407,28 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
         history = []
     elif cfg.model.freeze_backbone:
         from rakuten.models.registry import create_model
-        feats = frozen_features(cfg, paths, fd, progress)
+        if not dist_info.is_main:
+            barrier(dist_info)  # rank 0 extracts (and caches) the features once
+        feats = frozen_features(cfg, paths, fd, progress and dist_info.is_main)
+        if dist_info.is_main:
+            barrier(dist_info)
         inputs = Inputs(FeatureDataset(feats), len(fd.train), None)
         head_cfg = dict(cfg.model)
         model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
-        va, te, history = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+        out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+        if out is None:
+            return {"rank": dist_info.rank}
+        va, te, history = out
     else:
+        if not dist_info.is_main:
+            barrier(dist_info)  # rank 0 builds the token/image caches first; the others then read them
         inputs, model = build_inputs_and_model(cfg, paths, fd)
-        va, te, history = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+        if dist_info.is_main:
+            barrier(dist_info)
+        out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+        if out is None:
+            return {"rank": dist_info.rank}
+        va, te, history = out
 
     va.ids = fd.train["id"].to_numpy(np.int64)[va_rows]
     te.ids = fd.test["id"].to_numpy(np.int64)

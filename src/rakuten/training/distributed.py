@@ -1,0 +1,94 @@
+"""Data-parallel training inside one fold, launched by ``accelerate launch`` or ``torchrun``.
+
+Both launchers start one process per device and set ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+nothing changes in the configs. Training batches are sharded across ranks and gradients averaged by
+``DistributedDataParallel``; every rank evaluates the whole held-out fold with identical weights, so
+early-stopping decisions agree without communication; only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group the launcher describes (gloo on CPU, NCCL on GPUs); no-op alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return info
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def device_for(info: DistInfo, device: torch.device) -> torch.device:
+    """Each rank drives its own GPU."""
+    if info.enabled and device.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+class EpochShuffleSampler(Sampler):
+    """A shuffle that is a function of (seed, epoch): a resumed run replays the same order, which a
+    DataLoader's own generator (advanced each epoch, reset on restart) does not."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+
+class ShardedBatchSampler(Sampler):
+    """Rank r takes batches r, r+W, r+2W, ... of the wrapped batch sampler; every rank gets the same
+    number of batches (DDP would hang on an extra one), so up to W-1 batches an epoch are dropped."""
+
+    def __init__(self, batch_sampler, info: DistInfo):
+        self.inner, self.info = batch_sampler, info
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner) // self.info.world
+
+    def __iter__(self):
+        batches = list(self.inner)
+        usable = len(batches) // self.info.world * self.info.world
+        return iter(batches[self.info.rank:usable:self.info.world])
