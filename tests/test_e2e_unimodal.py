@@ -77,7 +77,8 @@ def test_tiny_text_and_image_all_folds(workdir):
     summary = pd.read_csv(Experiment(workdir / "oof", "image_tiny").summary_path(0))
     assert {"epoch", "train_loss", "val_macro_f1", "lr", "seconds"} <= set(summary.columns)
     # a finished fold is skipped, not retrained
-    r = run("run_fold.py", "--workdir", workdir, "--config", "image_tiny", "--fold", "0", "folds.k=3", "-v")
+    r = run("run_fold.py", "--workdir", workdir, "--config", "image_tiny", "--fold", "0", "folds.k=3",
+            "train.epochs=5", "train.batch_size=32", "-v")
     assert "artifacts complete, skipping" in r.stderr
 
 
