@@ -15,21 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
-from rakuten.errors import RakutenError
-
-
-def parse_folds(value: str, k: int) -> list[int]:
-    if value == "all":
-        return list(range(k))
-    try:
-        folds = [int(v) for v in value.split(",")]
-    except ValueError:
-        raise RakutenError(f"--fold must be an integer, a comma list or 'all' (got {value!r})") from None
-    bad = [f for f in folds if not 0 <= f < k]
-    if bad:
-        raise RakutenError(f"--fold {bad[0]} is outside 0..{k - 1}")
-    return folds
+from rakuten.cli import add_common_args, one_line_errors, parse_fold_arg, paths_from_args, setup_logging
 
 
 def main(argv=None) -> int:
@@ -65,7 +51,7 @@ def main(argv=None) -> int:
         if main:
             print(describe(ds))
         for cfg in cfgs:
-            for fold in parse_folds(args.fold, int(cfg.folds.k)):
+            for fold in parse_fold_arg(args.fold, int(cfg.folds.k)):
                 if main:
                     print(f"***** {cfg.name} fold {fold} *****")
                 s = run_fold(cfg, paths, fold, ds=ds, progress=not args.no_progress, force=args.force)

@@ -18,8 +18,8 @@ import time
 # first import of lightgbm / torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
-from rakuten.errors import RakutenError
+from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, print_fold_results,
+                         setup_logging)
 
 
 def main(argv=None) -> int:
@@ -37,25 +37,11 @@ def main(argv=None) -> int:
         from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack
 
         cfg = load_config(args.config, args.overrides, defaults=copy.deepcopy(STACK_DEFAULTS))
-        folds = None
-        if args.fold != "all":
-            try:
-                folds = [int(v) for v in args.fold.split(",")]
-            except ValueError:
-                raise RakutenError(f"--fold must be an integer, a comma list or 'all' (got {args.fold!r})") from None
+        folds = parse_fold_arg(args.fold)
         t0 = time.time()
         res = run_stack(cfg, paths_from_args(args), folds=folds, force=args.force, progress=not args.no_progress)
-        print(f"***** stack {res['name']}: LightGBM over {len(cfg.stack.inputs)} experiment(s) *****")
-        for k, s in sorted(res["folds"].items()):
-            print(f"  fold {k}: macro-F1 {s['macro_f1']:.4f}  weighted-F1 {s['weighted_f1']:.4f}  "
-                  f"acc {s['accuracy']:.4f}")
-        if res["skipped"]:
-            print(f"  skipped (already done): folds {', '.join(map(str, res['skipped']))}")
-        if res["oof"]:
-            o = res["oof"]
-            print(f"  OOF: macro-F1 {o['macro_f1']:.4f}  weighted-F1 {o['weighted_f1']:.4f}  "
-                  f"acc {o['accuracy']:.4f}")
-        print(f"  {res['dir']}  ({time.time() - t0:.1f}s)")
+        print_fold_results(res, f"stack {res['name']}: LightGBM over {len(cfg.stack.inputs)} experiment(s)",
+                           time.time() - t0)
     return 0
 
 

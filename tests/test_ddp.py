@@ -3,12 +3,10 @@ same kind of artifacts as one process, only rank 0 writes, and the macro-F1 is c
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rakuten.artifacts import Experiment

@@ -98,7 +98,7 @@ def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_pat
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
-    r = run_all(wd, "--no-tuning")
+    run_all(wd, "--no-tuning")
     assert all(p.stat().st_mtime_ns == m for p, m in before.items()), "a finished stage was redone"
     meta = json.loads((wd / "oof" / "stack_lgbm" / "meta.json").read_text())
     assert sorted(meta["folds"]) == ["0", "1", "2"]

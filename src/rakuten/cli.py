@@ -44,3 +44,31 @@ def one_line_errors():
     except RakutenError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_fold_arg(value: str, k: int | None = None) -> list[int] | None:
+    """``--fold``: an index, a comma list, or 'all' (``None`` when ``k`` is unknown, else 0..k-1)."""
+    from rakuten.errors import RakutenError
+    if value == "all":
+        return None if k is None else list(range(k))
+    try:
+        folds = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise RakutenError(f"--fold must be an integer, a comma list or 'all' (got {value!r})") from None
+    bad = [f for f in folds if k is not None and not 0 <= f < k]
+    if bad:
+        raise RakutenError(f"--fold {bad[0]} is outside 0..{k - 1}")
+    return folds
+
+
+def print_fold_results(res: dict, header: str, seconds: float) -> None:
+    """The summary block fuse.py and stack.py print: per-fold scores, skipped folds, OOF."""
+    print(f"***** {header} *****")
+    for k, s in sorted(res["folds"].items()):
+        print(f"  fold {k}: macro-F1 {s['macro_f1']:.4f}  weighted-F1 {s['weighted_f1']:.4f}  acc {s['accuracy']:.4f}")
+    if res["skipped"]:
+        print(f"  skipped (already done): folds {', '.join(map(str, res['skipped']))}")
+    if res["oof"]:
+        o = res["oof"]
+        print(f"  OOF: macro-F1 {o['macro_f1']:.4f}  weighted-F1 {o['weighted_f1']:.4f}  acc {o['accuracy']:.4f}")
+    print(f"  {res['dir']}  ({seconds:.1f}s)")

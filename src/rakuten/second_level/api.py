@@ -104,7 +104,7 @@ def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, tim
 def submit_best(paths: Paths, exp: str | None, fmt: str | None = None, bias: bool = False) -> Path:
     """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
     leaderboard; a file with the same name and content from an earlier run is reused."""
-    from rakuten.reporting.submission import SubmissionError, make_submission, submission_path, validate_submission
+    from rakuten.reporting.submission import SubmissionError, make_submission, validate_submission
 
     if exp is None:
         from rakuten.reporting.leaderboard import build_leaderboard

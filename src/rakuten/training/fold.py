@@ -324,7 +324,6 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> n
     import hashlib
 
     from rakuten.artifacts import atomic_save_npz
-    from rakuten.models.registry import create_model
     from rakuten.training.engine import Engine, resolve_device
 
     m = cfg.model
