@@ -411,7 +411,11 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
         feats = frozen_features(cfg, paths, fd, progress and dist_info.is_main)
         if dist_info.is_main:
             barrier(dist_info)
-        inputs = Inputs(FeatureDataset(feats), len(fd.train), None)
+        # Standardise with the training rows' statistics (never fold k's): raw pooled embeddings have
+        # tiny, uneven scales, and a linear head on them stalls for many epochs.
+        mu = feats[tr_rows].mean(0, keepdims=True)
+        sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
+        inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None)
         head_cfg = dict(cfg.model)
         model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
         out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
