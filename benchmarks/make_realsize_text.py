@@ -25,6 +25,9 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=15000, help="train rows")
     p.add_argument("--n-test", type=int, default=2000, help="test rows")
     p.add_argument("--seed", type=int, default=0, help="resampling seed")
+    p.add_argument("--label-noise", type=float, default=0.1,
+                   help="share of train labels replaced by another code, so that no model is perfect on the "
+                        "repeated rows and early stopping behaves as on real data (default 0.1)")
     a = p.parse_args()
     src = Path(a.sample)
     x = pd.read_csv(src / "X_train_update.csv", index_col=0)
@@ -36,7 +39,9 @@ def main() -> None:
     # unique 10-digit ids: a random offset plus distinct strides (no 4-billion-element arange)
     out["productid"] = 10**9 + np.sort(rng.choice(10 * n, size=n, replace=False)) * 7 + 3
     out["imageid"] = 2 * 10**9 + rng.permutation(n).astype(np.int64) * 11 + 5
-    codes = y["prdtypecode"].to_numpy()[take]
+    codes = y["prdtypecode"].to_numpy()[take].copy()
+    noisy = rng.random(n) < a.label_noise
+    codes[noisy] = rng.choice(np.unique(codes), size=int(noisy.sum()))
     d = Path(a.out)
     d.mkdir(parents=True, exist_ok=True)
     tr, te = out.iloc[:a.n_train], out.iloc[a.n_train:]

@@ -128,3 +128,15 @@ def test_sigkill_resume_matches_uninterrupted(workdir, tmp_path):
     np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(a.embeddings, b.embeddings, rtol=0, atol=1e-5)
     assert not ckpt.exists()  # checkpoints are removed once the artifacts are written
+
+
+def test_frozen_features_with_int8_extraction(workdir):
+    """Feature-extraction mode (thesis 5.6.2) with int8 CPU extraction: cached features, head-only
+    training, same artifact format."""
+    run("run_fold.py", "--workdir", workdir, "--config", "text_tiny_title", "--fold", "0", "folds.k=3",
+        "name=text_tiny_title_frozen", "model.name=text_mean", "model.freeze_backbone=true", "model.cpu_int8=true",
+        "train.epochs=3", "--no-progress")
+    feats = list((workdir / "cache" / "features").glob("text_*.npz"))
+    assert feats, "features were not cached"
+    p = Predictions.load(Experiment(workdir / "oof", "text_tiny_title_frozen").oof_path(0))
+    assert p.embeddings is not None and np.isfinite(p.logits).all()

@@ -28,6 +28,7 @@ EXPERIMENT_DEFAULTS: dict = {
         "head_hidden": 0,
         "tokenizer_vocab": 8000,    # tiny:* only
         "grad_checkpointing": False,
+        "cpu_int8": False,          # frozen extraction on CPU with int8 dynamic quantisation
     },
     "train": {
         "epochs": 3,

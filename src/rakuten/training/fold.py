@@ -327,7 +327,8 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> n
     from rakuten.training.engine import Engine, resolve_device
 
     m = cfg.model
-    key = hashlib.sha256(f"{m.name}|{m.backbone}|{cfg.kind}|{cfg.data.get('field')}|{cfg.data.max_len}|"
+    key = hashlib.sha256(f"{m.name}|{m.backbone}|{m.get('cpu_int8', False)}|{cfg.kind}|{cfg.data.get('field')}|"
+                         f"{cfg.data.max_len}|"
                          f"{cfg.data.get('prefix')}|{cfg.data.image_size}|{fd.data_key}".encode()).hexdigest()[:12]
     path = paths.cache_dir / "features" / f"{cfg.kind}_{key}.npz"
     n = len(fd.train) + len(fd.test)
@@ -340,6 +341,10 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> n
             log.warning("feature cache %s unusable (%s); recomputing", path, e)
     inputs, model = build_inputs_and_model(cfg, paths, fd, frozen_backbone=True)
     device = resolve_device(cfg.train.device)
+    if device.type == "cpu" and m.get("cpu_int8", False):
+        # Frozen extraction only: int8 dynamic quantisation of the Linear layers roughly halves CPU
+        # time for BERT-sized encoders; the e5 weights are 4-bit already, so little is lost.
+        model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
     engine = Engine(model.to(device), None, device=device, precision=cfg.train.precision,
                     batch_transform=inputs.batch_transform, channels_last=bool(cfg.train.channels_last),
                     progress=progress)
