@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
-
-# OpenMP threads that spin while waiting make LightGBM ~6x slower when the cores are shared with
-# other processes (measured: 92 s vs 17 s for the demo stack on 2 busy cores); must precede the
-# first import of lightgbm / torch.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, print_fold_results,
                          setup_logging)
