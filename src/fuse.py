@@ -9,7 +9,6 @@ with the same config, upstream artifacts and fold file are skipped unless --forc
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, print_fold_results,
@@ -27,10 +26,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        from rakuten.config import load_config
-        from rakuten.second_level.fusion import FUSION_DEFAULTS, run_fusion
+        from rakuten.second_level.api import load_fusion
+        from rakuten.second_level.fusion import run_fusion
 
-        cfg = load_config(args.config, args.overrides, defaults=copy.deepcopy(FUSION_DEFAULTS))
+        cfg = load_fusion(args.config, overrides=args.overrides)
         t0 = time.time()
         res = run_fusion(cfg, paths_from_args(args), folds=parse_fold_arg(args.fold), force=args.force,
                          progress=not args.no_progress)

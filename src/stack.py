@@ -9,7 +9,6 @@ Writes oof/<name>/fold<k>.npz, test_fold<k>.npz (logits = log-probabilities) and
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, print_fold_results,
@@ -27,10 +26,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        from rakuten.config import load_config
-        from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack
+        from rakuten.second_level.api import load_stack
+        from rakuten.second_level.stacker import run_stack
 
-        cfg = load_config(args.config, args.overrides, defaults=copy.deepcopy(STACK_DEFAULTS))
+        cfg = load_stack(args.config, overrides=args.overrides)
         folds = parse_fold_arg(args.fold)
         t0 = time.time()
         res = run_stack(cfg, paths_from_args(args), folds=folds, force=args.force, progress=not args.no_progress)

@@ -13,7 +13,6 @@ for fuse.py / stack.py.
 from __future__ import annotations
 
 import argparse
-import copy
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
 
@@ -37,19 +36,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        from rakuten.config import load_config
-        from rakuten.config import ConfigError
+        from rakuten.second_level.api import load_second_level
         from rakuten.second_level.tuning import tune, tune_biases
 
         paths = paths_from_args(args)
-        cfg = load_config(args.config, args.overrides)
-        if cfg.get("kind") == "fusion":
-            from rakuten.second_level.fusion import FUSION_DEFAULTS as defaults
-        elif cfg.get("kind") == "stack":
-            from rakuten.second_level.stacker import STACK_DEFAULTS as defaults
-        else:
-            raise ConfigError(f"{args.config}: kind must be fusion or stack (got {cfg.get('kind')!r})")
-        cfg = load_config(args.config, args.overrides, defaults=copy.deepcopy(defaults))
+        cfg = load_second_level(args.config, overrides=args.overrides)
         if args.trials > 0:
             res = tune(cfg, paths, args.trials, timeout=args.timeout, storage=args.storage,
                        study_name=args.study_name, seed=args.seed, progress=not args.no_progress)

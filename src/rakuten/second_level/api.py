@@ -48,8 +48,11 @@ def load_stack(name: str, preset=None, overrides: list[str] | None = None):
 
 def load_second_level(name: str, preset=None, overrides: list[str] | None = None):
     """A fusion or stack config by name or path (its ``kind`` decides the defaults)."""
-    raw = load_config(name)
-    return (load_stack if raw.get("kind") == "stack" else load_fusion)(name, preset, overrides)
+    from rakuten.config import ConfigError
+    kind = load_config(name, overrides).get("kind")
+    if kind not in ("fusion", "stack"):
+        raise ConfigError(f"{name}: kind must be fusion or stack (got {kind!r})")
+    return (load_stack if kind == "stack" else load_fusion)(name, preset, overrides)
 
 
 def run_second_level(cfg, paths: Paths, progress: bool = True) -> dict:
