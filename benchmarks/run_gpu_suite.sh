@@ -42,8 +42,14 @@ PYEOF
 
 # --time-budget: the last benchmark must *start* by then; the outer timeout is the hard stop that
 # keeps a hung run from eating the lease (partial results are saved after every benchmark).
-timeout --signal=INT --kill-after=20 "${SUITE_TIMEOUT:-480}" \
-  "$PY" benchmarks/train_throughput.py --all --out-dir "$OUT_DIR" --time-budget 330 "$@" 2>&1 | tee -a "$LOG"
+# Variants: text at the thesis batch (32): eager, eager with in-process collation (no loader worker
+# IPC), CUDA graphs (compile mode reduce-overhead, lengths padded to multiples of 32), and eager at
+# batch 128 for reference; a 20-step profile of the eager loop. SE-ResNeXt-50 at batch 64 and 256,
+# eager, and compiled at 256. Later flags override these.
+timeout --signal=INT --kill-after=20 "${SUITE_TIMEOUT:-500}" \
+  "$PY" benchmarks/train_throughput.py --all --out-dir "$OUT_DIR" --time-budget "${TIME_BUDGET:-400}" \
+  --text-variants eager,eager-w0,cudagraphs,eager-b128 --profile-steps 20 --image-variants 64,256,256:default \
+  "$@" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 echo "== train_throughput exit code $rc ($(date -Is))" | tee -a "$LOG"
 ls -la "$OUT_DIR" | tee -a "$LOG"

@@ -123,7 +123,9 @@ ALIASES = {
     "seresnext50": "seresnext50_32x4d", "image_loader": "image-loader", "loader": "image-loader",
 }
 IMAGE_MODEL = "seresnext50_32x4d"
-ALL_BENCHMARKS = ["image-loader", "camembert-base", "flaubert/flaubert_base_cased", IMAGE_MODEL]
+# --all order: the image model before FlauBERT, so a tight time budget drops FlauBERT's extra variants
+# first (CamemBERT's figures stand for both: same dimensions)
+ALL_BENCHMARKS = ["image-loader", "camembert-base", IMAGE_MODEL, "flaubert/flaubert_base_cased"]
 
 
 def log(msg: str = "") -> None:
@@ -403,59 +405,184 @@ def bench_text(name: str, args, device: torch.device, peak: dict) -> dict:
     del model, naive_loader, eval_loader, x, m
     free_memory()
 
-    # ---- project: Engine, bf16, fused AdamW, SDPA, length-grouped dynamic padding
+    # ---- project: Engine, bf16, fused AdamW, SDPA, length-grouped dynamic padding; one run per variant
+    res["variants"] = {}
+    for vname in args.text_variants:
+        if _over_budget(args, res, bool(TEXT_VARIANTS[vname]["compile"])):
+            log(f"    {vname:22s}: skipped (time budget)")
+            continue
+        try:
+            res["variants"][vname] = _project_text_variant(name, vname, args, device, peak, ids, labels,
+                                                           lengths, flops_row, pad_id)
+        except Exception:
+            tb = traceback.format_exc()
+            log(f"    {vname:22s}: FAILED\n{tb}")
+            res["variants"][vname] = {"error": tb}
+        free_memory()
+        _pick_best(res, same_batch=True)
+        _partial_save(args, name, res)
+    if "project" not in res:
+        raise RuntimeError(f"no project variant at batch {bs} succeeded: {list(res['variants'])}")
+    return res
+
+
+def _over_budget(args, res: dict, compiles: bool) -> bool:
+    """Skip a variant once the time budget is spent (never the first of a benchmark); a compiled
+    variant (a minute or more of compilation) once less than ``--compile-reserve`` seconds are left."""
+    if not args.time_budget or not res["variants"]:
+        return False
+    left = args.time_budget - (time.perf_counter() - args._t_start)
+    return left < (args.compile_reserve if compiles else 0.0)
+
+
+def _pick_best(res: dict, same_batch: bool = False) -> None:
+    """``project`` = the fastest variant so far (``same_batch``: among those at the benchmark's batch);
+    speedups against the naive loop."""
+    ok = {k: v for k, v in res.get("variants", {}).items() if "train_samples_per_s" in v}
+    for v in ok.values():
+        v["speedup_train"] = v["train_samples_per_s"] / res["naive"]["train_samples_per_s"]
+    if same_batch:
+        ok = {k: v for k, v in ok.items() if v.get("batch", res["batch"]) == res["batch"]}
+    if not ok:
+        return
+    naive = res["naive"]
+    best = max(ok, key=lambda k: ok[k]["train_samples_per_s"])
+    res["project"] = dict(ok[best], variant=best)
+    res["speedup_train"] = res["project"]["speedup_train"]
+    res["speedup_eval"] = res["project"]["eval_samples_per_s"] / naive["eval_samples_per_s"]
+
+
+def _partial_save(args, name: str, res: dict) -> None:
+    """Write what is measured so far: a suite killed in a long variant keeps the earlier ones."""
+    cb = getattr(args, "_partial", None)
+    if cb is not None:
+        cb(name, res)
+
+
+# Project-loop settings compared by --text-variants. pad: pad_to_multiple_of (32 caps a 256-token
+# limit at 8 distinct lengths, so CUDA graphs record 8 graphs); compile: Engine(compile=...).
+TEXT_VARIANTS = {
+    "eager": {"compile": False, "pad": 8},
+    "eager-pad32": {"compile": False, "pad": 32},
+    "compile": {"compile": True, "pad": 8},
+    "cudagraphs": {"compile": "reduce-overhead", "pad": 32},
+    "cudagraphs-static": {"compile": "reduce-overhead", "pad": 64, "dynamic": False},
+    "eager-w0": {"compile": False, "pad": 8, "workers": 0},
+    # off the thesis settings (batch 128, same rows per epoch): what the card does with more work per
+    # launch; reported, never picked as 'project'
+    "eager-b128": {"compile": False, "pad": 8, "batch": 128},
+    "cudagraphs-b128": {"compile": "reduce-overhead", "pad": 32, "batch": 128},
+}
+
+
+def _profile_steps(engine, loader, steps: int, device) -> dict:
+    """torch.profiler over ``steps`` training steps: where the wall time goes (host vs GPU kernels)."""
+    import itertools
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        engine.train_epoch(itertools.islice(iter(loader), steps), epoch=99)
+        sync(device)
+        wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+
+    def dev_self(e):
+        for a in ("self_device_time_total", "self_cuda_time_total"):
+            if hasattr(e, a):
+                return float(getattr(e, a))
+        return 0.0
+    gpu_us = sum(dev_self(e) for e in ka)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = ka.table(sort_by=sort, row_limit=14, max_name_column_width=48)
+    cpu_table = ka.table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=48)
+    out = {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps, "gpu_kernel_ms_per_step": gpu_us / 1e3 / steps,
+           "gpu_busy_frac": (gpu_us / 1e6) / wall if wall > 0 else float("nan"),
+           "n_kernel_launches_per_step": sum(int(getattr(e, "count", 0)) for e in ka
+                                             if "cudaLaunchKernel" in e.key or "cuLaunchKernel" in e.key) / steps}
+    log(f"    profile : {out['wall_ms_per_step']:.1f} ms/step wall, {out['gpu_kernel_ms_per_step']:.1f} ms/step "
+        f"GPU kernels (busy {100 * out['gpu_busy_frac']:.0f}%), {out['n_kernel_launches_per_step']:.0f} launches/step")
+    log(table)
+    log(cpu_table)
+    out["table"] = table
+    out["cpu_table"] = cpu_table
+    return out
+
+
+def _project_text_variant(name, vname, args, device, peak, ids, labels, lengths, flops_row, pad_id) -> dict:
+    v = TEXT_VARIANTS[vname]
+    bs = int(v.get("batch", args.batch_text))
+    if bs != args.batch_text:  # same rows per epoch at another batch
+        n = len(ids) // bs * bs
+        if n == 0:
+            raise ValueError(f"variant {vname}: batch {bs} > the {len(ids)} rows of an epoch")
+        ids, labels, lengths = ids[:n], labels[:n], lengths[:n]
+    t_v = time.perf_counter()
     seed_everything(0, deterministic=args.deterministic)
     model, attn_proj = build_text_model(name, "sdpa", args.tiny)
     model.to(device)
     opt = make_optimizer(model, "adamw", lr=3e-5, weight_decay=0.01)
     engine = Engine(model, nn.CrossEntropyLoss(), opt, device=device, precision=args.precision, clip_grad=1.0,
-                    compile=args.compile, progress=False)
+                    compile=v["compile"], compile_dynamic=v.get("dynamic"), progress=False)
     ds = TokenDataset(ids, labels)
+    mult = v["pad"]
     sampler = LengthGroupedBatchSampler(lengths, bs, shuffle=True, seed=0, drop_last=True)
-    workers = min(2, args.workers)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=pad_collate(pad_id, pad_to_multiple_of=8),
+    workers = v.get("workers", min(2, args.workers))
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=pad_collate(pad_id, pad_to_multiple_of=mult),
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    engine.train_epoch(loader, epoch=0)  # warm-up: CUDA context, cuBLAS handles, allocator, workers
+    t_w = time.perf_counter()
+    engine.train_epoch(loader, epoch=0)  # warm-up: CUDA context, cuBLAS handles, allocator, workers, compile
     sync(device)
+    warm_s = time.perf_counter() - t_w
     t0 = time.perf_counter()
     stats = engine.train_epoch(loader, epoch=1)
     sync(device)
     dt = time.perf_counter() - t0
     sampler.set_epoch(1)
     batches = sampler.batches()
-    padded = [int(-(-lengths[bt].max() // 8) * 8) for bt in batches]
+    padded = [int(-(-lengths[bt].max() // mult) * mult) for bt in batches]
     executed = float(sum(len(bt) * flops_row(Lp) for bt, Lp in zip(batches, padded)))
     useful = float(sum(flops_row(lengths[bt]).sum() for bt in batches))
     n_rows = sum(len(bt) for bt in batches)
     sps_p = n_rows / dt
     proj = {"attn": attn_proj, "precision": str(engine.amp_dtype).replace("torch.", "") if engine.amp_dtype else "fp32",
-            "fused_adamw": bool(opt.defaults.get("fused")), "compile": bool(engine._compiled),
+            "fused_adamw": bool(opt.defaults.get("fused")), "compile": engine.compile_mode if engine._compiled else False,
+            "batch": bs, "pad_to_multiple_of": mult, "workers": workers, "warmup_epoch_seconds": warm_s,
             "train_samples_per_s": sps_p, "train_seconds": dt, "train_steps": stats["steps"],
+            "ms_per_step": 1e3 * dt / max(1, stats["steps"]),
             "mean_padded_len": float(np.mean(padded)),
             **{f"train_{k}": v for k, v in mfu(executed, dt, peak).items()},
             "train_useful_mfu_vs_measured": useful / dt / 1e12 / peak["measured_tflops"]}
-    eval_sampler = LengthGroupedBatchSampler(lengths, 2 * bs, shuffle=False)
-    eval_loader = DataLoader(ds, batch_sampler=eval_sampler, collate_fn=pad_collate(pad_id, pad_to_multiple_of=8),
+    if args.profile_steps and vname == args.text_variants[0]:
+        try:
+            proj["profile"] = _profile_steps(engine, loader, args.profile_steps, device)
+        except Exception:
+            log(f"    profile failed:\n{traceback.format_exc()}")
+    ebs = args.eval_batch_text
+    eval_sampler = LengthGroupedBatchSampler(lengths, ebs, shuffle=False)
+    eval_loader = DataLoader(ds, batch_sampler=eval_sampler, collate_fn=pad_collate(pad_id, pad_to_multiple_of=mult),
                              num_workers=0, pin_memory=device.type == "cuda")
-    warm = DataLoader(Subset(ds, range(min(len(ds), 2 * bs))), batch_size=2 * bs,
-                      collate_fn=pad_collate(pad_id, pad_to_multiple_of=8))
-    engine.predict(warm)
+    if engine._compiled:
+        engine.predict(eval_loader)  # compiled: every eval shape compiles/records once, untimed
+    else:
+        engine.predict(DataLoader(Subset(ds, range(min(len(ds), ebs))), batch_size=ebs,
+                                  collate_fn=pad_collate(pad_id, pad_to_multiple_of=mult)))
     sync(device)
     t0 = time.perf_counter()
-    logits, emb = engine.predict(eval_loader)
+    engine.predict(eval_loader)
     sync(device)
     dte = time.perf_counter() - t0
     proj["eval_samples_per_s"] = len(ds) / dte
+    proj["eval_batch"] = ebs
     proj["eval_order_ok"] = bool(np.array_equal(engine.last_predict_index, np.arange(len(ds))))
-    res["project"] = proj
-    log(f"    project : {sps_p:9.1f} train samples/s  {proj['eval_samples_per_s']:9.1f} eval samples/s  "
-        f"(attn={attn_proj}, {proj['precision']}, mean padded len {proj['mean_padded_len']:.0f}, "
-        f"fused={proj['fused_adamw']})")
-    res["speedup_train"] = sps_p / sps
-    res["speedup_eval"] = proj["eval_samples_per_s"] / naive["eval_samples_per_s"]
+    proj["variant_seconds"] = time.perf_counter() - t_v
+    log(f"    {vname:22s}: {sps_p:9.1f} train samples/s ({proj['ms_per_step']:.1f} ms/step, MFU "
+        f"{100 * proj['train_mfu_vs_measured']:.1f}%)  {proj['eval_samples_per_s']:9.1f} eval samples/s  "
+        f"(attn={attn_proj}, {proj['precision']}, compile={proj['compile']}, pad x{mult}, mean padded len "
+        f"{proj['mean_padded_len']:.0f}; warm-up epoch {warm_s:.0f}s, variant {proj['variant_seconds']:.0f}s)")
     del engine, model, opt, loader, eval_loader
-    free_memory()
-    return res
+    return proj
 
 
 # -------------------------------------------------------------------------------------- image bench
@@ -655,50 +782,85 @@ def bench_image(name: str, args, device: torch.device, peak: dict, state: dict) 
     del model, ev_loader
     free_memory()
 
-    # ---- project: uint8 cache, GPU augmentation, bf16, channels_last, fused AdamW
+    # ---- project: uint8 cache, GPU augmentation, bf16, channels_last, fused AdamW; one run per variant
+    res["variants"] = {}
+    for vb, vmode in args.image_variants:
+        vname = f"b{vb}" + (f"-{vmode}" if vmode else "")
+        if _over_budget(args, res, bool(vmode)):
+            log(f"    {vname:22s}: skipped (time budget)")
+            continue
+        try:
+            res["variants"][vname] = _project_image_variant(name, args, device, peak, d, flops_img, vb, vmode)
+        except Exception:
+            tb = traceback.format_exc()
+            log(f"    {vname:22s}: FAILED\n{tb}")
+            res["variants"][vname] = {"error": tb}
+        free_memory()
+        res["cache_build_images_per_s"] = len(d.paths) / d.cache_seconds
+        _pick_best(res)
+        _partial_save(args, name, res)
+    if "project" not in res:
+        raise RuntimeError(f"every project variant failed: {list(res['variants'])}")
+    res["cache_build_images_per_s"] = len(d.paths) / d.cache_seconds
+    return res
+
+
+def _project_image_variant(name, args, device, peak, d, flops_img, bs: int, mode) -> dict:
+    """The project image loop at batch ``bs``; ``mode``: None (eager) or a torch.compile mode."""
+    w, size = args.workers, args.image_size
+    pin = device.type == "cuda"
+    t_v = time.perf_counter()
     seed_everything(0, deterministic=args.deterministic)
     model = ImageClassifier(name).to(device)
     opt = make_optimizer(model, "adamw", lr=3e-4, weight_decay=0.01)
     aug = GpuImageAugment(size, channels_last=True)
     engine = Engine(model, nn.CrossEntropyLoss(), opt, device=device, precision=args.precision, clip_grad=1.0,
-                    batch_transform=make_image_batch_transform(aug), compile=args.compile,
+                    batch_transform=make_image_batch_transform(aug), compile=mode or False,
                     channels_last=True, progress=False)
-    n_train = args.project_image_steps * bs
+    # the same number of images per epoch whatever the batch (at least 10 steps)
+    steps = max(10 if not args.tiny else 1, args.project_image_steps * args.batch_image // bs)
+    n_train = steps * bs
     idx = np.resize(np.random.default_rng(1).permutation(len(d.paths)), n_train)
     ds = Subset(CachedImageDataset(d.cache, d.labels), idx.tolist())
     loader = DataLoader(ds, batch_size=bs, shuffle=True, num_workers=w, pin_memory=pin, drop_last=True,
                         persistent_workers=w > 0)
-    engine.train_epoch(loader, epoch=0)  # warm-up (cudnn autotuning, workers, allocator)
+    t_w = time.perf_counter()
+    engine.train_epoch(loader, epoch=0)  # warm-up (cudnn autotuning, workers, allocator, compile)
     sync(device)
+    warm_s = time.perf_counter() - t_w
     t0 = time.perf_counter()
     stats = engine.train_epoch(loader, epoch=1)
     sync(device)
     dt = time.perf_counter() - t0
     sps_p = stats["samples"] / dt
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     proj = {"precision": str(engine.amp_dtype).replace("torch.", "") if engine.amp_dtype else "fp32",
-            "memory_format": "channels_last", "fused_adamw": bool(opt.defaults.get("fused")),
-            "compile": bool(engine._compiled), "train_samples_per_s": sps_p, "train_seconds": dt,
-            "train_steps": stats["steps"],
+            "memory_format": "channels_last", "fused_adamw": bool(opt.defaults.get("fused")), "batch": bs,
+            "compile": engine.compile_mode if engine._compiled else False, "train_samples_per_s": sps_p,
+            "train_seconds": dt, "train_steps": stats["steps"], "ms_per_step": 1e3 * dt / max(1, stats["steps"]),
+            "warmup_epoch_seconds": warm_s, "max_memory_gb": mem,
             **{f"train_{k}": v for k, v in mfu(stats["samples"] * flops_img, dt, peak).items()}}
     del loader
-    eval_idx = list(range(min(len(d.paths), args.eval_steps * 2 * bs)))
+    eval_idx = list(range(min(len(d.paths), args.eval_steps * 2 * args.batch_image)))
     ev_ds = Subset(CachedImageDataset(d.cache, d.labels), eval_idx)
     ev_loader = DataLoader(ev_ds, batch_size=2 * bs, shuffle=False, num_workers=w, pin_memory=pin)
-    engine.predict(DataLoader(Subset(ev_ds, range(min(len(ev_ds), 2 * bs))), batch_size=2 * bs))
+    if engine._compiled:
+        engine.predict(ev_loader)  # every eval shape compiles once, untimed
+    else:
+        engine.predict(DataLoader(Subset(ev_ds, range(min(len(ev_ds), 2 * bs))), batch_size=2 * bs))
     sync(device)
     t0 = time.perf_counter()
     engine.predict(ev_loader)
     sync(device)
     proj["eval_samples_per_s"] = len(ev_ds) / (time.perf_counter() - t0)
-    res["project"] = proj
-    log(f"    project : {sps_p:9.1f} train img/s  {proj['eval_samples_per_s']:9.1f} eval img/s  "
-        f"({proj['precision']}, channels_last, cache + GPU augment, fused={proj['fused_adamw']})")
-    res["speedup_train"] = sps_p / sps
-    res["speedup_eval"] = proj["eval_samples_per_s"] / naive["eval_samples_per_s"]
-    res["cache_build_images_per_s"] = len(d.paths) / d.cache_seconds
+    proj["variant_seconds"] = time.perf_counter() - t_v
+    vname = f"b{bs}" + (f"-{mode}" if mode else "")
+    log(f"    {vname:22s}: {sps_p:9.1f} train img/s ({proj['ms_per_step']:.1f} ms/step, MFU "
+        f"{100 * proj['train_mfu_vs_measured']:.1f}%)  {proj['eval_samples_per_s']:9.1f} eval img/s  "
+        f"({proj['precision']}, channels_last, cache + GPU augment; warm-up {warm_s:.0f}s, "
+        f"variant {proj['variant_seconds']:.0f}s" + (f", peak {mem:.1f} GB)" if mem else ")"))
     del engine, model, opt, ev_loader
-    free_memory()
-    return res
+    return proj
 
 
 # --------------------------------------------------------------------------------------- projection
@@ -789,21 +951,29 @@ def versions() -> dict:
 
 
 def markdown_rows(result: dict) -> list[str]:
+    """One row per project variant (text: loop settings at the benchmark's batch; image: batch/compile)."""
     dev = result["device"]
-    rows = ["| device | benchmark | shape | batch | naive samples/s | project samples/s | speedup | "
-            "MFU naive | MFU project |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| device | benchmark | shape | batch | project variant | naive samples/s | project samples/s | "
+            "speedup | MFU naive | MFU project |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["benchmarks"].items():
         if "naive" not in r or "project" not in r:
             continue
         shape = f"seq {r['seq_len']}" if "seq_len" in r else f"{r['image_size']} px"
-        n, p = r["naive"], r["project"]
-        rows.append(f"| {dev} | {name} | {shape} | {r['batch']} | {n['train_samples_per_s']:.1f} | "
-                    f"{p['train_samples_per_s']:.1f} | {r['speedup_train']:.2f}x | "
-                    f"{100 * n['train_mfu_vs_measured']:.1f}% | {100 * p['train_mfu_vs_measured']:.1f}% |")
+        n = r["naive"]
+        variants = r.get("variants") or {"default": r["project"]}
+        for vname, p in variants.items():
+            if "train_samples_per_s" not in p:
+                rows.append(f"| {dev} | {name} | {shape} | {p.get('batch', r['batch'])} | {vname} | "
+                            f"{n['train_samples_per_s']:.1f} | failed | - | - | - |")
+                continue
+            rows.append(f"| {dev} | {name} | {shape} | {p.get('batch', r['batch'])} | {vname} | "
+                        f"{n['train_samples_per_s']:.1f} | {p['train_samples_per_s']:.1f} | "
+                        f"{p['train_samples_per_s'] / n['train_samples_per_s']:.2f}x | "
+                        f"{100 * n['train_mfu_vs_measured']:.1f}% | {100 * p['train_mfu_vs_measured']:.1f}% |")
     lr = result["benchmarks"].get("image-loader")
     if lr and "naive_jpeg_images_per_s" in lr:
         rows.append(f"| {dev} | image loader ({lr['workers']} workers) | {lr['image_size']} px | {lr['batch']} | "
-                    f"{lr['naive_jpeg_images_per_s']:.1f} | {lr['cached_uint8_images_per_s']:.1f} | "
+                    f"uint8 cache | {lr['naive_jpeg_images_per_s']:.1f} | {lr['cached_uint8_images_per_s']:.1f} | "
                     f"{lr['speedup']:.2f}x | - | - |")
     return rows
 
@@ -823,6 +993,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=None, help="batch size for the --model benchmark")
     ap.add_argument("--batch-text", type=int, default=None, help="text batch under --all (default 32)")
     ap.add_argument("--batch-image", type=int, default=None, help="image batch under --all (default 64)")
+    ap.add_argument("--eval-batch-text", type=int, default=None,
+                    help="project loop's text inference batch (default 256, the configs' eval_batch_size; "
+                         "the naive loop predicts at 2x its training batch)")
     ap.add_argument("--image-size", type=int, default=None, help="model input side (default 224)")
     ap.add_argument("--cache-size", type=int, default=None, help="side of the uint8 cache (default 256)")
     ap.add_argument("--image-side", type=int, default=None, help="side of the synthetic JPEGs (default 500)")
@@ -841,7 +1014,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--precision", default="auto", help="project loop precision (auto = bf16 on CUDA)")
     ap.add_argument("--naive-attn", default="eager", help="attention of the naive loop (eager = 2020 HF)")
     ap.add_argument("--naive-tf32", action="store_true", help="let the naive fp32 loop use TF32 matmuls")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the project loop's model")
+    ap.add_argument("--compile", action="store_true",
+                    help="add the 'compile' text variant and a compiled image variant at --batch-image")
+    ap.add_argument("--text-variants", default="eager",
+                    help=f"comma-separated project text loops to compare: {', '.join(TEXT_VARIANTS)}; "
+                         "the fastest is reported as 'project'")
+    ap.add_argument("--image-variants", default=None,
+                    help="comma-separated image loops: BATCH or BATCH:MODE (MODE = default | reduce-overhead | "
+                         "max-autotune-no-cudagraphs), e.g. 64,256,256:default (default: --batch-image, eager)")
+    ap.add_argument("--compile-reserve", type=float, default=150.0,
+                    help="seconds of --time-budget a compiled variant needs left to start")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="torch.profiler over this many steps of the first text variant (0 = off)")
     ap.add_argument("--deterministic", action="store_true", help="deterministic kernels in both loops")
     ap.add_argument("--tokens-per-word", type=float, default=TOKENS_PER_WORD)
     ap.add_argument("--lengths-file", default=None, help=".npy of real token counts (replaces the fit)")
@@ -857,7 +1041,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("give --model NAME or --all")
     tiny = args.tiny
     # tiny: every code path once, at sizes a loaded 2-core CPU gets through in seconds
-    defaults = dict(seq_len=32 if tiny else 256, batch_text=4 if tiny else 32, batch_image=2 if tiny else 64,
+    defaults = dict(seq_len=32 if tiny else 256, batch_text=4 if tiny else 32, eval_batch_text=8 if tiny else 256, batch_image=2 if tiny else 64,
                     image_size=32 if tiny else 224, cache_size=40 if tiny else 256,
                     image_side=64 if tiny else IMAGE_SIDE,
                     n_images=16 if tiny else 2048, steps=2 if tiny else 40, project_steps=4 if tiny else 200,
@@ -878,6 +1062,22 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.image_model = args.image_model or args.model  # any other name: a timm image model
     args.image_model = args.image_model or IMAGE_MODEL
     args.text_epochs = tuple(int(e) for e in str(args.text_epochs).split(",") if e.strip())
+    args.text_variants = [v.strip() for v in str(args.text_variants).split(",") if v.strip()]
+    if args.compile and "compile" not in args.text_variants:
+        args.text_variants.append("compile")
+    bad = [v for v in args.text_variants if v not in TEXT_VARIANTS]
+    if bad or not args.text_variants:
+        ap.error(f"--text-variants: unknown {bad} (choose from {', '.join(TEXT_VARIANTS)})")
+    variants = []
+    for item in (str(args.image_variants).split(",") if args.image_variants else [str(args.batch_image)]):
+        b, _, mode = item.strip().partition(":")
+        try:
+            variants.append((int(b), mode or None))
+        except ValueError:
+            ap.error(f"--image-variants: {item!r} is not BATCH or BATCH:MODE")
+    if args.compile and not args.image_variants:
+        variants.append((args.batch_image, "default"))
+    args.image_variants = variants
     return args
 
 
@@ -894,6 +1094,7 @@ def result_path(out_dir: Path, dev_name: str, tiny: bool) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
+    args._t_start = t_start  # the variants check the time budget too
     device = resolve_device(args.device)
     threads = args.threads if args.threads is not None else (1 if args.tiny else None)
     if threads:
@@ -906,10 +1107,10 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_file = result_path(out_dir, dev_name, args.tiny)
-    names = ALL_BENCHMARKS[:-1] + [args.image_model] if args.all else [args.model]
+    names = [args.image_model if n == IMAGE_MODEL else n for n in ALL_BENCHMARKS] if args.all else [args.model]
     log(f"== train_throughput on {dev_name} ({device}); benchmarks: {', '.join(names)}")
     result = {"device": dev_name, "date": _dt.datetime.now().isoformat(timespec="seconds"),
-              "versions": versions(), "args": {k: v for k, v in vars(args).items()},
+              "versions": versions(), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
               "length_fit": dict(zip(("mu", "sigma"), lognormal_fit()), median_words=MEDIAN_WORDS,
                                  max_words=MAX_WORDS, tokens_per_word=args.tokens_per_word,
                                  special_tokens=SPECIAL_TOKENS),
@@ -917,6 +1118,13 @@ def main(argv=None) -> int:
 
     def save():
         atomic_write_json(out_file, result)
+
+    def partial(name, r):
+        result["benchmarks"][name] = r
+        result["projection"] = project_full_run(result["benchmarks"], args.text_epochs, args.image_epochs,
+                                                args.image_model)
+        save()
+    args._partial = partial
 
     try:
         result["peak"] = measure_matmul_tflops(device, args.tiny)

@@ -15,7 +15,9 @@ def test_train_throughput_tiny_writes_results(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--all", "--tiny", "--device", "cpu",
-         "--out-dir", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data")],
+         "--out-dir", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"),
+         # two loops per model, as the GPU suite compares them (CUDA-graph modes fall back to eager on CPU)
+         "--text-variants", "eager,cudagraphs", "--image-variants", "2,4:default", "--profile-steps", "2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     files = list((tmp_path / "results").glob("*.json"))
@@ -32,6 +34,15 @@ def test_train_throughput_tiny_writes_results(tmp_path):
             assert r[loop]["train_samples_per_s"] > 0 and r[loop]["eval_samples_per_s"] > 0
             assert "train_mfu_vs_measured" in r[loop]
         assert r["speedup_train"] > 0 and r["flops"]
+    for name in ("camembert-base", "flaubert/flaubert_base_cased"):
+        assert set(res["benchmarks"][name]["variants"]) == {"eager", "cudagraphs"}
+    assert set(res["benchmarks"]["seresnext50_32x4d"]["variants"]) == {"b2", "b4-default"}
+    best = res["benchmarks"]["camembert-base"]["project"]
+    assert best["variant"] in ("eager", "cudagraphs")
+    assert best["train_samples_per_s"] == max(v["train_samples_per_s"]
+                                              for v in res["benchmarks"]["camembert-base"]["variants"].values())
+    prof = res["benchmarks"]["camembert-base"]["variants"]["eager"]["profile"]
+    assert prof["steps"] == 2 and prof["wall_ms_per_step"] > 0 and "Self CPU" in prof["table"]
     assert res["benchmarks"]["camembert-base"]["project"]["attn"] == "sdpa"
     assert res["benchmarks"]["camembert-base"]["project"]["eval_order_ok"] is True
     loader = res["benchmarks"]["image-loader"]

@@ -142,6 +142,18 @@ def test_bf16_autocast_and_batch_transform_on_cpu():
     assert calls == [True, True, False, False]
 
 
+def test_compile_modes_parse_and_bad_mode_is_rejected():
+    from rakuten.training.engine import _compile_mode
+    assert _compile_mode(False) is None and _compile_mode("false") is None and _compile_mode(None) is None
+    assert _compile_mode(True) == "default" and _compile_mode("true") == "default"
+    assert _compile_mode("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(ValueError, match="unknown compile mode"):
+        _compile_mode("fastest")
+    with pytest.warns(UserWarning, match="compile"):
+        eng = make_engine(MLP(), compile="reduce-overhead")
+    assert eng._compiled is False and eng._cudagraphs is False
+
+
 def test_compile_on_cpu_is_skipped_with_warning():
     with pytest.warns(UserWarning, match="compile"):
         eng = make_engine(MLP(), compile=True)

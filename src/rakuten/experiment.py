@@ -15,6 +15,7 @@ EXPERIMENT_DEFAULTS: dict = {
     "data": {
         "field": "title",           # title | description | text (title + description)
         "max_len": 128,
+        "pad_to_multiple_of": 8,    # text batches pad to a multiple of this (32/64: fewer shapes for CUDA graphs)
         "prefix": "",               # E5 wants "passage: "
         "image_size": 224,          # network input
         "cache_size": 256,          # decoded uint8 cache; crops are taken from it
@@ -43,7 +44,8 @@ EXPERIMENT_DEFAULTS: dict = {
         "grad_accum": 1,
         "clip_grad": 1.0,
         "precision": "auto",        # bf16 autocast on CUDA, fp32 on CPU
-        "compile": False,
+        "compile": False,           # false | true | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs
+        "compile_dynamic": None,    # torch.compile(dynamic=...): null lets dynamo decide
         "channels_last": True,
         "num_workers": 0,
         "sampler": "length",        # length (grouped by length; text) | random | balanced

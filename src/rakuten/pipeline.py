@@ -37,6 +37,18 @@ def ensure_demo_data(paths: Paths, preset) -> None:
     print(f"generated demo data: {summary}")
 
 
+def _text_only_fallback(preset, ds):
+    """A preset with image models, on data with no training image at all (the text CSVs downloaded
+    without the image archive): its ``no_images`` twin, if it names one. Image models would train on
+    blank inputs, cost minutes and add nothing."""
+    twin = preset.get("no_images")
+    if not twin or "has_image" not in ds.train or bool(ds.train["has_image"].any()):
+        return preset
+    from rakuten.presets import load_preset
+    print(f"no training image found: preset {preset.get('name')} -> {twin} (its text-only twin)")
+    return load_preset(twin)
+
+
 def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None = None,
             skip_tuning: bool = False, submit_format: str | None = None) -> dict:
     from rakuten.data.prepared import describe, load_dataset
@@ -53,6 +65,7 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
             ensure_demo_data(paths, preset)
         ds = load_dataset(paths)
         print(describe(ds))
+        preset = _text_only_fallback(preset, ds)
     with stage("folds", timings):
         k, seed = int(preset.folds.k), int(preset.folds.seed)
         fp = folds_path(paths.folds_dir, k, seed)
@@ -75,7 +88,9 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
         with stage("tuning", timings):
             for name, opts in (preset.get("tune") or {}).items():
                 n = tune_trials if tune_trials is not None else int(opts.get("trials", 10))
-                api.tune_and_refit(name, paths, preset, n_trials=n, timeout=opts.get("timeout"), progress=progress)
+                # total=True: a rerun of a finished pipeline runs no new trial (the study already has n)
+                api.tune_and_refit(name, paths, preset, n_trials=n, timeout=opts.get("timeout"), progress=progress,
+                                   total=True)
     with stage("submission", timings):
         sub = api.submit_best(paths, preset.get("submit"), fmt=submit_format or ds.fmt,
                               bias=bool(preset.get("submit_bias", False)))

@@ -84,8 +84,9 @@ def stack(name: str, paths: Paths, preset=None, progress: bool = True) -> dict:
 
 
 def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, timeout: float | None = None,
-                   progress: bool = True) -> dict | None:
+                   progress: bool = True, total: bool = False) -> dict | None:
     """Optuna study for ``name`` (SQLite beside it), then the best config refitted as ``<name>_tuned``.
+    ``total``: ``n_trials`` is the study's target size, so a rerun of a finished study adds no trial.
 
     The tuned model's OOF score is optimistic: its parameters were chosen on those OOF rows. The
     leaderboard marks it; per-class bias tuning (below) reports its gain on held-out folds instead.
@@ -93,7 +94,7 @@ def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, tim
     from rakuten.second_level.tuning import tune
 
     cfg = load_second_level(name, preset)
-    res = tune(cfg, paths, n_trials=n_trials, timeout=timeout, progress=progress)
+    res = tune(cfg, paths, n_trials=n_trials, timeout=timeout, progress=progress, total=total)
     print(f"  study {res['study_name']}: {res['n_trials']} trials ({res['n_complete']} complete, "
           f"{res['n_pruned']} pruned); best OOF macro-F1 {res['best_value'] if res['best_value'] is None else round(res['best_value'], 4)}")
     if not res.get("best_config"):

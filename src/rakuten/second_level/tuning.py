@@ -214,8 +214,12 @@ def write_best_config(cfg: Config, params: dict, path: Path, header: str) -> Pat
 
 
 def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage: str | None = None,
-         study_name: str | None = None, seed: int | None = None, progress: bool = True) -> dict:
+         study_name: str | None = None, seed: int | None = None, progress: bool = True,
+         total: bool = False) -> dict:
     """Run ``n_trials`` more trials of the config's study and write ``oof/<name>/best_config.yaml``.
+
+    ``total=True``: ``n_trials`` is the study's target size instead, so only the missing trials run
+    (the pipeline's rerun of a finished study runs none; ``tune.py`` keeps adding trials).
 
     A worker's sampler seed is ``tune.seed`` (or ``seed``) plus the number of trials already in the
     study: a lone worker is reproducible, and a joining worker does not replay the first one's draws.
@@ -236,6 +240,10 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
         pruner=optuna.pruners.MedianPruner(n_startup_trials=int(cfg.tune.n_startup_trials),
                                            n_warmup_steps=int(cfg.tune.n_warmup_steps)))
     objective = _Objective(cfg, paths, space, progress)
+    if total:
+        done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                   for t in study.get_trials(deepcopy=False))
+        n_trials = max(0, n_trials - done)
     if n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress,
                        gc_after_trial=False)

@@ -55,7 +55,9 @@ def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
 
 
 # Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
-_RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_size", "compile")}
+# Keys that change speed, not results: left out of the config hash, so changing them reuses artifacts.
+_RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_size", "compile", "compile_dynamic"),
+                 "data": ("pad_to_multiple_of",)}
 
 
 def config_hash(cfg) -> str:
@@ -143,7 +145,9 @@ def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
                          cache_dir=paths.cache_dir / "tokenizers", vocab_size=int(cfg.model.tokenizer_vocab))
     tokens = cached_tokens(tok, texts, int(cfg.data.max_len), paths.cache_dir,
                            tag=f"{cfg.data.field}_{fd.data_key}")
-    return Inputs(TokenDataset(tokens), len(fd.train), pad_collate(tok.pad_token_id), tokens.lengths,
+    # pad_to_multiple_of: 8 suits tensor cores; 32 or 64 caps the distinct shapes (CUDA graphs, compile)
+    collate = pad_collate(tok.pad_token_id, pad_to_multiple_of=cfg.data.pad_to_multiple_of or None)
+    return Inputs(TokenDataset(tokens), len(fd.train), collate, tokens.lengths,
                   model_kwargs={"tokenizer": tok})
 
 
@@ -267,7 +271,8 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     scheduler = make_scheduler(optimizer, steps, warmup_ratio=float(t.warmup_ratio), kind=t.scheduler)
     engine = Engine(net, criterion, optimizer, scheduler, device=device, precision=t.precision,
                     grad_accum=int(t.grad_accum), clip_grad=t.clip_grad, batch_transform=inputs.batch_transform,
-                    compile=bool(t.compile), channels_last=bool(t.channels_last), progress=progress and main)
+                    compile=t.compile, compile_dynamic=t.get("compile_dynamic"),
+                    channels_last=bool(t.channels_last), progress=progress and main)
 
     ckpt, best_path = exp.checkpoint_path(fold), exp.checkpoint_path(fold).with_name(f"fold{fold}_best.pt")
     start, best, bad, history = 0, -1.0, 0, []
