@@ -71,6 +71,7 @@ from rakuten.artifacts import atomic_write_json  # noqa: E402
 from rakuten.data.image_cache import (IMAGENET_MEAN, IMAGENET_STD, CachedImageDataset,  # noqa: E402
                                       GpuImageAugment, build_image_cache, load_image_cache,
                                       make_image_batch_transform)
+from rakuten.models.encoder_kwargs import encoder_kwargs  # noqa: E402
 from rakuten.training.engine import Engine, make_optimizer, resolve_device, seed_everything  # noqa: E402
 from rakuten.training.samplers import LengthGroupedBatchSampler, pad_collate  # noqa: E402
 
@@ -168,11 +169,13 @@ class TextClassifier(nn.Module):
     def __init__(self, backbone: nn.Module, hidden: int, n_classes: int = N_CLASSES):
         super().__init__()
         self.backbone = backbone
+        self.encoder_kwargs = encoder_kwargs(backbone)  # FlauBERT: no per-forward KV cache
         self.dropout = nn.Dropout(0.1)
         self.head = nn.Linear(hidden, n_classes)
 
     def forward(self, batch: dict) -> dict:
-        out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            **self.encoder_kwargs)
         h = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
         emb = h[:, 0]
         return {"logits": self.head(self.dropout(emb)), "embeddings": emb}

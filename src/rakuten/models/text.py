@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rakuten.models.backbones import load_text_backbone
+from rakuten.models.encoder_kwargs import encoder_kwargs
 from rakuten.models.registry import register_model
 
 
@@ -35,6 +36,7 @@ class TextClassifier(nn.Module):
         if cfg.get("grad_checkpointing", False) and hasattr(self.encoder, "gradient_checkpointing_enable"):
             self.encoder.gradient_checkpointing_enable()
         hidden = _hidden_size(self.encoder.config)
+        self._encoder_kwargs = encoder_kwargs(self.encoder)  # FlauBERT: no KV cache (see encoder_kwargs)
         self.dropout = nn.Dropout(float(cfg.get("dropout", 0.1)))
         if self.pooling == "flat":
             head_dim = int(cfg.get("head_dim", hidden))
@@ -61,7 +63,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         ids, mask = batch["input_ids"], batch["attention_mask"]          # [B, L]
-        states = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, L, H]
+        states = self.encoder(input_ids=ids, attention_mask=mask, **self._encoder_kwargs).last_hidden_state  # [B, L, H]
         emb = self.pool(states, mask)                                    # [B, D]
         return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}
 
