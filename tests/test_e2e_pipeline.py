@@ -103,3 +103,22 @@ def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_pat
     meta = json.loads((wd / "oof" / "stack_lgbm" / "meta.json").read_text())
     assert sorted(meta["folds"]) == ["0", "1", "2"]
     assert list((wd / "submissions").glob("stack_lgbm*_cv*.csv"))
+
+
+def test_presets_with_images_fall_back_to_their_text_only_twin():
+    import pandas as pd
+
+    from rakuten.pipeline import _text_only_fallback
+    from rakuten.presets import load_preset
+
+    class DS:
+        def __init__(self, has_image):
+            self.train = pd.DataFrame({"has_image": has_image})
+
+    cpu = load_preset("cpu")
+    assert cpu.no_images == "cpu_text"
+    twin = _text_only_fallback(cpu, DS([False, False]))
+    assert twin.name == "cpu_text" and not any("image" in e for e in twin.experiments)
+    assert _text_only_fallback(cpu, DS([False, True])) is cpu  # one image is enough to keep the preset
+    demo = load_preset("demo")
+    assert _text_only_fallback(demo, DS([False])) is demo    # no twin named: unchanged

@@ -63,6 +63,20 @@ def test_tfidf_all_folds(workdir):
     assert f1 > max(0.25, 5 * chance)
 
 
+def test_tuned_svm_baseline_chooses_C_on_inner_folds(workdir):
+    run("run_fold.py", "--workdir", workdir, "--config", "tfidf_svm_tuned", "--fold", "all", "folds.k=3",
+        "tfidf.C=[1.0,10.0]", "--no-progress")
+    f1 = _check_experiment(workdir, "tfidf_svm_tuned", has_emb=False)
+    chance = chance_macro_f1(read_folds(workdir / "folds" / "folds_k3_seed42.csv")["label"])
+    assert f1 > max(0.25, 5 * chance)
+    meta = Experiment(workdir / "oof", "tfidf_svm_tuned").read_meta()
+    for k in range(3):
+        fold = meta["folds"][str(k)]
+        searched = {r["C"]: r["inner_macro_f1"] for r in fold["inner_search"]}
+        assert set(searched) == {1.0, 10.0}
+        assert fold["C"] == max(searched, key=lambda c: (searched[c], -c))  # the inner search's choice
+
+
 def test_tiny_text_and_image_all_folds(workdir):
     # ~270 training rows: small batches and a higher learning rate give the tiny model enough steps
     run("run_fold.py", "--workdir", workdir, "--config", "text_tiny_title", "--fold", "all", "folds.k=3",

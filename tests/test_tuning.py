@@ -139,3 +139,16 @@ def test_tune_script_bias_only(synth):
     assert r.returncode == 0, r.stderr
     assert "mean held-out gain" in r.stdout
     assert (synth.oof_dir / "image_tiny" / "biases.json").exists()
+
+
+def test_total_mode_runs_only_the_missing_trials(synth, tmp_path):
+    cfg = load_config("stack/stack_lgbm.yaml", STACK_FAST, defaults=copy.deepcopy(STACK_DEFAULTS))
+    url = f"sqlite:///{tmp_path / 'total.db'}"
+    first = tune(cfg, synth, n_trials=2, storage=url, study_name="total", progress=False, total=True)
+    assert first["n_trials"] == 2
+    again = tune(cfg, synth, n_trials=2, storage=url, study_name="total", progress=False, total=True)
+    assert again["n_trials"] == 2 and again["best_value"] == first["best_value"]  # a rerun adds nothing
+    more = tune(cfg, synth, n_trials=3, storage=url, study_name="total", progress=False, total=True)
+    assert more["n_trials"] == 3
+    plain = tune(cfg, synth, n_trials=1, storage=url, study_name="total", progress=False)
+    assert plain["n_trials"] == 4  # without total, n_trials more

@@ -40,20 +40,35 @@ def pg_url():
     return PG_URL
 
 
-def test_two_worker_processes_share_one_postgres_study(pg_url, tmp_path):
+@pytest.fixture()
+def empty_schema_url(pg_url):
+    """The server's URL pointed at a new, empty schema: a database without Optuna's tables, as a
+    first run meets it (the workers then race to create them)."""
+    import sqlalchemy
+    schema = f"rakuten_race_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in pg_url else "?"
+    yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+def test_two_worker_processes_share_one_postgres_study(empty_schema_url, tmp_path):
     import optuna
 
+    pg_url = empty_schema_url
     paths = make_synthetic(tmp_path / "wd")
     study_name = f"rakuten_test_{uuid.uuid4().hex[:12]}"
     cmd = [sys.executable, str(REPO / "src" / "tune.py"), "--config", "stack_lgbm",
            "--trials", str(TRIALS_PER_WORKER), "--storage", pg_url, "--study-name", study_name,
            "--workdir", str(paths.workdir), "--data-dir", str(paths.data_dir), "--no-progress", *STACK_FAST]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    # Optuna's tables are created once per database, before the workers start: two processes that
-    # both find an empty database both run CREATE TYPE/TABLE, and one dies on a unique violation
-    # (docs/scaling.md). The study itself is not created here: both workers race to create it, and
-    # create_study(load_if_exists=True) must let the loser join.
-    optuna.storages.RDBStorage(pg_url).engine.dispose()
+    # Nothing is created beforehand: both workers find an empty schema, race to create Optuna's
+    # tables (serialised by tuning._storage's advisory lock) and then the study
+    # (create_study(load_if_exists=True) lets the loser join).
     try:
         workers = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     env=env) for _ in range(2)]

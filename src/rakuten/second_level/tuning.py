@@ -142,12 +142,45 @@ def default_storage(paths: Paths, name: str) -> str:
     return f"sqlite:///{(d / 'study.db').resolve()}"
 
 
+# pg_advisory_lock key that serialises Optuna's table creation among workers ("RAKUTEN" in ASCII)
+_PG_LOCK_KEY = 0x52414B5554454E
+
+
 def _storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``; safe for several workers that start together.
+
+    Opening the storage creates Optuna's tables when the database has none. Two workers that both
+    find it empty both run ``CREATE TYPE``/``CREATE TABLE`` and one dies on a unique violation
+    (seen on PostgreSQL). On PostgreSQL the creation runs under an advisory lock, so the second
+    worker waits and then finds the tables; on other servers a failed creation is retried.
+    """
     kwargs = {}
     if url.startswith("sqlite"):
         # Several worker processes share one SQLite file: wait for the write lock instead of failing.
         kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    import sqlalchemy
+    if url.startswith("postgresql"):
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_LOCK_KEY})
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+        finally:
+            engine.dispose()
+    import random
+    import time
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                sqlalchemy.exc.OperationalError) as e:
+            if attempt == 5:
+                raise TuningError(f"could not open the Optuna storage at {url}: {e}") from e
+            time.sleep(0.2 + random.random() * (attempt + 1))  # another worker is creating the tables
 
 
 def _count_trials(storage, study_name: str) -> int:

@@ -404,6 +404,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     labels = fd.train["label"].to_numpy(np.int64)
     y_tr, y_va = labels[tr_rows], labels[va_rows]
 
+    extra: dict = {}  # per-fold facts beyond the scores, for meta.json
     if cfg.kind == "tfidf":
         from rakuten.models.tfidf import TfidfLinear
         from rakuten.training.losses import class_weights
@@ -414,6 +415,10 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
         va = Predictions(np.zeros(len(va_rows)), model.predict_logits(list(texts[va_rows]), NUM_CLASSES), None, y_va)
         te = Predictions(np.zeros(len(fd.test)), model.predict_logits(field_texts(fd.test, cfg), NUM_CLASSES), None)
         history = []
+        if model.search:  # a tuned C (tfidf.C as a list): the choice and the inner search go into meta.json
+            extra = {"C": model.best_C, "inner_search": model.search}
+            log.info("%s fold %d: C=%g chosen by the inner search %s", exp.name, fold, model.best_C,
+                     {r["C"]: round(r["inner_macro_f1"], 4) for r in model.search})
     elif cfg.model.freeze_backbone:
         from rakuten.models.registry import create_model
         if not dist_info.is_main:
@@ -449,7 +454,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     te.save(exp.test_path(fold))
     s = scores(y_va, va.logits)
     s.update(seconds=round(time.time() - t0, 1), epochs=len(history),
-             best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None)
+             best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None, **extra)
     meta = exp.update_meta(
         name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
         field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg),
