@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite, sized for a short lease (one H100/H200, ~15 min of device time in all):
 # prints the machine and library versions, then runs every benchmark of train_throughput.py in one
-# process (sized for ~2-4 min, an estimate; benchmarks not started within --time-budget seconds are skipped, and a failing
+# process (402 s on an H200 on 2026-11-27, with the FlauBERT CUDA-graph and compiled image variants
+# skipped by the budget; benchmarks and variants not started within --time-budget seconds are skipped, and a failing
 # benchmark prints its traceback and the others still run). Results: $OUT (the device tool's
 # return folder) or benchmarks/results/, as <device>-<date>.json plus suite.log.
 #
