@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+from rakuten.cli import add_common_args, one_line_errors, paths_from_args, quiet_progress, setup_logging
 
 
 def main(argv=None) -> int:
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    quiet_progress(args.no_progress)
     with one_line_errors():
         from rakuten.pipeline import run_all
         from rakuten.presets import load_preset

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from rakuten.cli import add_common_args, one_line_errors, parse_fold_arg, paths_from_args, setup_logging
+from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, quiet_progress,
+                         setup_logging)
 
 
 def main(argv=None) -> int:
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. train.epochs=2)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    quiet_progress(args.no_progress)
     with one_line_errors():
         from rakuten.data.prepared import describe, load_dataset
         from rakuten.experiment import load_experiment

@@ -152,3 +152,18 @@ def test_total_mode_runs_only_the_missing_trials(synth, tmp_path):
     assert more["n_trials"] == 3
     plain = tune(cfg, synth, n_trials=1, storage=url, study_name="total", progress=False)
     assert plain["n_trials"] == 4  # without total, n_trials more
+
+
+def test_trial_zero_runs_the_configs_own_parameters(synth, tmp_path):
+    from rakuten.second_level.tuning import _resolve, base_params
+    cfg = load_config("stack/stack_lgbm.yaml", STACK_FAST, defaults=copy.deepcopy(STACK_DEFAULTS))
+    space = search_space(_resolve(cfg))
+    start = base_params(_resolve(cfg), space)
+    assert start["lgbm.num_leaves"] == 7 and start["lgbm.learning_rate"] == pytest.approx(0.05)
+    url = f"sqlite:///{tmp_path / 'zero.db'}"
+    tune(cfg, synth, n_trials=2, storage=url, study_name="zero", progress=False)
+    t0 = optuna.load_study(study_name="zero", storage=url).trials[0]
+    assert t0.params == pytest.approx(start) and t0.user_attrs.get("origin") == "config"
+    # a config value outside the space: no trial 0 from the config
+    narrow = dict(space, **{"lgbm.num_leaves": {"type": "int", "low": 20, "high": 40}})
+    assert base_params(_resolve(cfg), narrow) is None

@@ -27,6 +27,16 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def quiet_progress(no_progress: bool) -> None:
+    """``--no-progress`` for the libraries too: transformers 5 draws a "Loading weights" bar on every
+    model load, and hub downloads draw theirs. Both read this variable when they are first imported,
+    which in the stage scripts happens after argument parsing."""
+    if no_progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "transformers" in sys.modules:  # imported already: switch it off directly
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def paths_from_args(args) -> Paths:
     return Paths.make(args.workdir, args.data_dir)
 

@@ -117,7 +117,14 @@ def submit_best(paths: Paths, exp: str | None, fmt: str | None = None, bias: boo
             raise SubmissionError("no complete experiment to submit")
         exp = board[0]["experiment"]
     elif Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
-        exp = f"{exp}_tuned"
+        # the tuned version, unless it scores below the untuned one on the same OOF rows
+        def oof_f1(name):
+            return (Experiment(paths.oof_dir, name).read_meta().get("oof") or {}).get("macro_f1", float("-inf"))
+        base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
+        if tuned_f1 >= base_f1:
+            exp = f"{exp}_tuned"
+        else:
+            print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: submitting {exp}")
     if bias:
         # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
         # other folds): on small or well-calibrated data they can hurt, and the check says so.
