@@ -54,3 +54,36 @@ def test_train_throughput_tiny_writes_results(tmp_path):
         assert sc["naive"]["total_hours"] > 0 and sc["project"]["total_hours"] > 0 and "speedup" in sc
     assert any("seresnext50_32x4d" in row for row in res["markdown"])
     assert "| cpu | camembert-base |" in proc.stdout
+
+
+def test_projection_merges_the_fastest_variant_at_the_benchmark_batch(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import project_from_results as pfr
+
+    def text(train, eval_, batch=32):
+        return {"train_samples_per_s": train, "eval_samples_per_s": eval_, "batch": batch}
+    naive = {"train_samples_per_s": 100.0, "eval_samples_per_s": 300.0}
+    a = {"device": "GPU X", "benchmarks": {
+        "camembert-base": {"batch": 32, "naive": naive,
+                           "variants": {"eager": text(300, 900), "eager-b128": text(900, 900, batch=128)}},
+        "seresnext50_32x4d": {"batch": 64, "naive": naive, "cache_build_images_per_s": 1000.0,
+                              "variants": {"b64": text(500, 800, 64), "b256": text(700, 800, 256)}}}}
+    b = {"device": "GPU X", "benchmarks": {
+        "flaubert/flaubert_base_cased": {"batch": 32, "naive": naive, "variants": {"eager": text(250, 800)}},
+        "camembert-base": {"batch": 32, "naive": dict(naive, train_samples_per_s=1.0),
+                           "variants": {"cudagraphs": text(600, 2000), "broken": {"error": "x"}}}}}
+    fa, fb = tmp_path / "a.json", tmp_path / "b.json"
+    fa.write_text(json.dumps(a))
+    fb.write_text(json.dumps(b))
+    merged, source = pfr.merge([fa, fb])
+    assert merged["camembert-base"]["project"]["variant"] == "cudagraphs"       # fastest at batch 32
+    assert merged["camembert-base"]["naive"]["train_samples_per_s"] == 100.0    # first file's naive
+    assert merged["seresnext50_32x4d"]["project"]["variant"] == "b256"         # images: any batch
+    assert source["camembert-base"]["project"] == "b.json:cudagraphs"
+    assert pfr.main([str(fa), str(fb)]) == 0
+    c = dict(b, device="GPU Y")
+    fc = tmp_path / "c.json"
+    fc.write_text(json.dumps(c))
+    import pytest
+    with pytest.raises(SystemExit, match="different devices"):
+        pfr.merge([fa, fc])
