@@ -40,18 +40,20 @@ def main(argv=None) -> int:
         from rakuten.presets import experiment_overrides, load_preset
         from rakuten.training.fold import run_fold
 
+        from rakuten.pipeline import text_only_fallback
+
         paths = paths_from_args(args)
-        if args.config:
-            cfgs = [load_experiment(args.config, args.overrides)]
-        else:
-            preset = load_preset(args.preset)
-            cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(args.overrides))
-                    for e in preset.experiments]
         # Under `accelerate launch` / `torchrun` every rank runs this; rank 0 alone reports and writes.
         main = os.environ.get("RANK", "0") == "0"
         ds = load_dataset(paths)
         if main:
             print(describe(ds))
+        if args.config:
+            cfgs = [load_experiment(args.config, args.overrides)]
+        else:
+            preset = text_only_fallback(load_preset(args.preset), ds, announce=main)
+            cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(args.overrides))
+                    for e in preset.experiments]
         for cfg in cfgs:
             for fold in parse_fold_arg(args.fold, int(cfg.folds.k)):
                 if main:

@@ -108,7 +108,7 @@ def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_pat
 def test_presets_with_images_fall_back_to_their_text_only_twin():
     import pandas as pd
 
-    from rakuten.pipeline import _text_only_fallback
+    from rakuten.pipeline import text_only_fallback
     from rakuten.presets import load_preset
 
     class DS:
@@ -117,8 +117,8 @@ def test_presets_with_images_fall_back_to_their_text_only_twin():
 
     cpu = load_preset("cpu")
     assert cpu.no_images == "cpu_text"
-    twin = _text_only_fallback(cpu, DS([False, False]))
+    twin = text_only_fallback(cpu, DS([False, False]))
     assert twin.name == "cpu_text" and not any("image" in e for e in twin.experiments)
-    assert _text_only_fallback(cpu, DS([False, True])) is cpu  # one image is enough to keep the preset
+    assert text_only_fallback(cpu, DS([False, True])) is cpu  # one image is enough to keep the preset
     demo = load_preset("demo")
-    assert _text_only_fallback(demo, DS([False])) is demo    # no twin named: unchanged
+    assert text_only_fallback(demo, DS([False])) is demo    # no twin named: unchanged

@@ -37,7 +37,7 @@ def ensure_demo_data(paths: Paths, preset) -> None:
     print(f"generated demo data: {summary}")
 
 
-def _text_only_fallback(preset, ds):
+def text_only_fallback(preset, ds, announce: bool = True):
     """A preset with image models, on data with no training image at all (the text CSVs downloaded
     without the image archive): its ``no_images`` twin, if it names one. Image models would train on
     blank inputs, cost minutes and add nothing."""
@@ -45,7 +45,8 @@ def _text_only_fallback(preset, ds):
     if not twin or "has_image" not in ds.train or bool(ds.train["has_image"].any()):
         return preset
     from rakuten.presets import load_preset
-    print(f"no training image found: preset {preset.get('name')} -> {twin} (its text-only twin)")
+    if announce:
+        print(f"no training image found: preset {preset.get('name')} -> {twin} (its text-only twin)")
     return load_preset(twin)
 
 
@@ -65,7 +66,7 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
             ensure_demo_data(paths, preset)
         ds = load_dataset(paths)
         print(describe(ds))
-        preset = _text_only_fallback(preset, ds)
+        preset = text_only_fallback(preset, ds)
     with stage("folds", timings):
         k, seed = int(preset.folds.k), int(preset.folds.seed)
         fp = folds_path(paths.folds_dir, k, seed)
