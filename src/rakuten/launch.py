@@ -158,6 +158,10 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     if bad:
         raise ConfigError(f"--stages: unknown stage {bad[0]!r} (choose from {', '.join(STAGES)})")
     preset = load_preset(preset_name)
+    if preset.get("no_images") and not experiments and paths.data_dir is not None:
+        # a preset with a text-only twin, on data without training images: plan the twin instead
+        from rakuten.pipeline import text_only_fallback
+        preset = text_only_fallback(preset, load_dataset(paths))
     names = experiments or list(preset.experiments)
     cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(overrides or [])) for e in names]
     specs = sorted({(int(c.folds.k), int(c.folds.seed)) for c in cfgs})
