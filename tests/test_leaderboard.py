@@ -112,9 +112,9 @@ def test_second_level_table_compares_each_model_with_its_best_input(board):
     by = {r["experiment"]: r for r in rows}
     stack = by["stack_lgbm"]
     # the stack's inputs that are on the board (text_tiny_broken is not: it is incomplete)
-    from rakuten.reporting.leaderboard import second_level_inputs
     meta = Experiment(paths.oof_dir, "stack_lgbm").read_meta()
-    on_board = [n for n in second_level_inputs(meta["config"]) if n in by]
+    assert list(meta["upstream"]) == list(meta["config"]["stack"]["inputs"])
+    on_board = [n for n in meta["upstream"] if n in by]
     best = max(on_board, key=lambda n: by[n]["macro_f1"])
     assert stack["best_input"] == best
     assert stack["margin_over_best_input"] == pytest.approx(stack["macro_f1"] - by[best]["macro_f1"])
@@ -122,21 +122,20 @@ def test_second_level_table_compares_each_model_with_its_best_input(board):
     md = (paths.submissions_dir / "leaderboard.md").read_text()
     assert "## Second level vs its inputs" in md and "| stack_lgbm |" in md.split("## Second level")[1]
     assert "best_input" not in by["text_tiny_title"]  # unimodal rows get no comparison
+    fusion_up = Experiment(paths.oof_dir, "fusion_late_weighted").read_meta()["upstream"]
+    assert by["fusion_late_weighted"]["best_input"] == max((n for n in fusion_up if n in by),
+                                                           key=lambda n: by[n]["macro_f1"])
 
 
-def test_second_level_inputs_reads_stack_and_every_fusion_variant():
-    from rakuten.reporting.leaderboard import second_level_checks, second_level_inputs
-    assert second_level_inputs({"stack": {"inputs": ["a", "b", "fusion_x"]}}) == ["a", "b", "fusion_x"]
-    hier = {"fusion": {"text_groups": [["t1", "d1"], ["t2", "d2"]], "image": "img", "inputs": []}}
-    assert second_level_inputs(hier) == ["t1", "d1", "t2", "d2", "img"]
-    assert second_level_inputs({"fusion": {"text": ["t", "d"], "image": "img"}}) == ["t", "d", "img"]
+def test_second_level_checks_against_best_input_and_baseline():
+    from rakuten.reporting.leaderboard import second_level_checks
     rows = [{"experiment": "s", "kind": "stack", "macro_f1": 0.80, "fold_hash": "h"},
             {"experiment": "a", "kind": "unimodal", "macro_f1": 0.82, "fold_hash": "h"},
             {"experiment": "b", "kind": "unimodal", "macro_f1": 0.70, "fold_hash": "h"},
             {"experiment": "tfidf_svm_tuned", "kind": "unimodal", "macro_f1": 0.75, "fold_hash": "h"}]
-    (c,) = second_level_checks(rows, {"s": {"stack": {"inputs": ["a", "b", "missing"]}}})
+    (c,) = second_level_checks(rows, {"s": ["a", "b", "missing"]})
     assert c["best_input"] == "a" and c["beats_best_input"] is False
     assert c["margin"] == pytest.approx(-0.02) and c["baseline_margin"] == pytest.approx(0.05)
     rows[3]["fold_hash"] = "other"  # a baseline on other folds is not comparable
-    (c,) = second_level_checks(rows, {"s": {"stack": {"inputs": ["a", "b"]}}})
+    (c,) = second_level_checks(rows, {"s": ["a", "b"]})
     assert "baseline_margin" not in c

@@ -11,9 +11,13 @@ the training folds' text (no labels), which the inner search shares.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 from scipy import sparse
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -58,8 +62,8 @@ class TfidfLinear:
         k = int(self.cfg.get("inner_folds", 3))
         # StratifiedKFold needs every class k times; rarer classes only ever sit in inner training parts
         inner = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.seed)
-        with_warnings_off = _quiet_sklearn()
-        with with_warnings_off:
+        self.search = []
+        with _quiet_sklearn():
             splits = list(inner.split(np.zeros(len(y)), y))
             for C in self.C_grid:
                 f1s = []
@@ -93,21 +97,12 @@ class TfidfLinear:
         return np.log(np.clip(full, 1e-9, 1.0)).astype(np.float32)
 
 
+@contextlib.contextmanager
 def _quiet_sklearn():
     """Silence the expected warnings of an inner search (a class rarer than the inner folds, liblinear
     not converging on a large C): the search's scores already reflect them."""
-    import contextlib
-    import warnings
-
-    @contextlib.contextmanager
-    def ctx():
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*least populated class.*")
-            warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-            try:
-                from sklearn.exceptions import ConvergenceWarning
-                warnings.filterwarnings("ignore", category=ConvergenceWarning)
-            except ImportError:
-                pass
-            yield
-    return ctx()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        yield

@@ -33,35 +33,16 @@ N_WEAKEST = 4
 BASELINE = "tfidf_svm_tuned"
 
 
-def second_level_inputs(config: dict) -> list[str]:
-    """The experiments a fusion or stack config learns from (its ``stack.inputs``, or the fusion's
-    ``inputs`` / ``text_groups`` / ``text`` / ``image``), in order, without repeats."""
-    names: list[str] = []
-
-    def add(v):
-        if isinstance(v, str):
-            if v not in names:
-                names.append(v)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                add(x)
-    stack = config.get("stack") or {}
-    fusion = config.get("fusion") or {}
-    add(stack.get("inputs"))
-    for key in ("inputs", "text_groups", "text", "image"):
-        add(fusion.get(key))
-    return names
-
-
-def second_level_checks(rows: list[dict], configs: dict) -> list[dict]:
+def second_level_checks(rows: list[dict], upstreams: dict[str, list[str]]) -> list[dict]:
     """For each fusion/stack on the board: its best input (by OOF macro-F1) and the margin over it,
-    and the margin over the ``tfidf_svm_tuned`` baseline when that was run on the same folds."""
+    and the margin over the ``tfidf_svm_tuned`` baseline when that was run on the same folds.
+    ``upstreams``: experiment -> the experiments it learned from (its meta.json's ``upstream``)."""
     by_name = {r["experiment"]: r for r in rows}
     out = []
     for r in rows:
         if r["kind"] not in ("fusion", "stack"):
             continue
-        inputs = [n for n in second_level_inputs(configs.get(r["experiment"]) or {}) if n in by_name]
+        inputs = [n for n in upstreams.get(r["experiment"], []) if n in by_name]
         if not inputs:
             continue
         best = max(inputs, key=lambda n: by_name[n]["macro_f1"])
@@ -76,8 +57,11 @@ def second_level_checks(rows: list[dict], configs: dict) -> list[dict]:
     return out
 
 
-def _score_experiment(paths: Paths, exp: Experiment) -> tuple[dict, np.ndarray, np.ndarray]:
-    meta = exp.read_meta()
+def score_experiment(paths: Paths, exp: Experiment, meta: dict | None = None
+                     ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(leaderboard row, labels, OOF predictions) of a complete experiment, scored from its OOF
+    files (meta.json's own scores are not trusted); raises when a fold is missing or stale."""
+    meta = exp.read_meta() if meta is None else meta
     fpath, folds_df, fhash = folds_of_experiment(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(exp, fold_ids, fhash)
@@ -119,24 +103,25 @@ def anchor_table() -> pd.DataFrame:
 
 def build_leaderboard(paths: Paths, write: bool = True) -> list[dict]:
     """Score every complete experiment; sorted by OOF macro-F1 (best first). Writes the reports."""
-    rows, skipped, details, configs = [], [], {}, {}
+    rows, skipped, details, upstreams = [], [], {}, {}
     root = paths.oof_dir
     for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         exp = Experiment(root, d.name)
         if not exp.meta_path.exists():
             continue      # e.g. a study.db of an experiment that has not been run
         try:
-            row, y, pred = _score_experiment(paths, exp)
+            meta = exp.read_meta()
+            row, y, pred = score_experiment(paths, exp, meta)
         except (RakutenError, ArtifactError, FoldsError) as e:
             skipped.append({"experiment": d.name, "reason": str(e)})
             continue
         rows.append(row)
         details[d.name] = (y, pred)
-        configs[d.name] = exp.read_meta().get("config") or {}
+        upstreams[d.name] = list(meta.get("upstream") or {})  # what a fusion/stack learned from
     rows.sort(key=lambda r: (-r["macro_f1"], r["experiment"]))
     for i, r in enumerate(rows, start=1):
         r["rank"] = i
-    checks = {c["experiment"]: c for c in second_level_checks(rows, configs)}
+    checks = {c["experiment"]: c for c in second_level_checks(rows, upstreams)}
     for r in rows:
         if r["experiment"] in checks:
             c = checks[r["experiment"]]

@@ -118,8 +118,10 @@ def submit_best(paths: Paths, exp: str | None, fmt: str | None = None, bias: boo
         exp = board[0]["experiment"]
     elif Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
         # the tuned version, unless it scores below the untuned one on the same OOF rows
+        from rakuten.reporting.leaderboard import score_experiment
+
         def oof_f1(name):
-            return (Experiment(paths.oof_dir, name).read_meta().get("oof") or {}).get("macro_f1", float("-inf"))
+            return score_experiment(paths, Experiment(paths.oof_dir, name))[0]["macro_f1"]
         base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
         if tuned_f1 >= base_f1:
             exp = f"{exp}_tuned"

@@ -89,11 +89,16 @@ def search_space(cfg) -> dict:
     return {k: v for k, v in space.items() if v is not None}
 
 
+def _unused(key: str, params: dict, cfg) -> bool:
+    """``fusion.dropout`` means nothing for a linear head (the trial's, else the config's)."""
+    return key == "fusion.dropout" and params.get("fusion.head", cfg["fusion"]["head"]) == "linear"
+
+
 def suggest(trial: optuna.Trial, space: dict, cfg) -> dict:
     """One trial's parameters; ``fusion.dropout`` is only asked for when the head uses it."""
     params = {}
     for key, spec in space.items():
-        if key == "fusion.dropout" and params.get("fusion.head", cfg["fusion"]["head"]) == "linear":
+        if _unused(key, params, cfg):
             continue
         t = spec.get("type", "float")
         if t == "categorical":
@@ -119,7 +124,7 @@ def base_params(cfg, space: dict) -> dict | None:
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
-        if key == "fusion.dropout" and params.get("fusion.head", d.get("fusion", {}).get("head")) == "linear":
+        if _unused(key, params, d):
             continue
         t = spec.get("type", "float")
         if t == "categorical":
