@@ -409,24 +409,32 @@ def bench_text(name: str, args, device: torch.device, peak: dict) -> dict:
     free_memory()
 
     # ---- project: Engine, bf16, fused AdamW, SDPA, length-grouped dynamic padding; one run per variant
+    variants = [(v, bool(TEXT_VARIANTS[v]["compile"]),
+                 lambda v=v: _project_text_variant(name, v, args, device, peak, ids, labels, lengths, flops_row,
+                                                   pad_id)) for v in args.text_variants]
+    _run_variants(args, name, res, variants, same_batch=True)
+    if "project" not in res:
+        raise RuntimeError(f"no project variant at batch {bs} succeeded: {list(res['variants'])}")
+    return res
+
+
+def _run_variants(args, name: str, res: dict, variants, same_batch: bool = False) -> None:
+    """Run each ``(name, compiles, run)`` variant into ``res["variants"]`` within the time budget; a
+    failure is recorded and the next one runs. After each: pick ``project``, save what is measured."""
     res["variants"] = {}
-    for vname in args.text_variants:
-        if _over_budget(args, res, bool(TEXT_VARIANTS[vname]["compile"])):
+    for vname, compiles, run in variants:
+        if _over_budget(args, res, compiles):
             log(f"    {vname:22s}: skipped (time budget)")
             continue
         try:
-            res["variants"][vname] = _project_text_variant(name, vname, args, device, peak, ids, labels,
-                                                           lengths, flops_row, pad_id)
+            res["variants"][vname] = run()
         except Exception:
             tb = traceback.format_exc()
             log(f"    {vname:22s}: FAILED\n{tb}")
             res["variants"][vname] = {"error": tb}
         free_memory()
-        _pick_best(res, same_batch=True)
+        _pick_best(res, same_batch=same_batch)
         _partial_save(args, name, res)
-    if "project" not in res:
-        raise RuntimeError(f"no project variant at batch {bs} succeeded: {list(res['variants'])}")
-    return res
 
 
 def _over_budget(args, res: dict, compiles: bool) -> bool:
@@ -786,26 +794,18 @@ def bench_image(name: str, args, device: torch.device, peak: dict, state: dict) 
     free_memory()
 
     # ---- project: uint8 cache, GPU augmentation, bf16, channels_last, fused AdamW; one run per variant
-    res["variants"] = {}
-    for vb, vmode in args.image_variants:
-        vname = f"b{vb}" + (f"-{vmode}" if vmode else "")
-        if _over_budget(args, res, bool(vmode)):
-            log(f"    {vname:22s}: skipped (time budget)")
-            continue
-        try:
-            res["variants"][vname] = _project_image_variant(name, args, device, peak, d, flops_img, vb, vmode)
-        except Exception:
-            tb = traceback.format_exc()
-            log(f"    {vname:22s}: FAILED\n{tb}")
-            res["variants"][vname] = {"error": tb}
-        free_memory()
-        res["cache_build_images_per_s"] = len(d.paths) / d.cache_seconds
-        _pick_best(res)
-        _partial_save(args, name, res)
+    res["cache_build_images_per_s"] = len(d.paths) / d.cache_seconds
+    variants = [(_image_variant_name(vb, vmode), bool(vmode),
+                 lambda vb=vb, vmode=vmode: _project_image_variant(name, args, device, peak, d, flops_img, vb, vmode))
+                for vb, vmode in args.image_variants]
+    _run_variants(args, name, res, variants)
     if "project" not in res:
         raise RuntimeError(f"every project variant failed: {list(res['variants'])}")
-    res["cache_build_images_per_s"] = len(d.paths) / d.cache_seconds
     return res
+
+
+def _image_variant_name(bs: int, mode) -> str:
+    return f"b{bs}" + (f"-{mode}" if mode else "")
 
 
 def _project_image_variant(name, args, device, peak, d, flops_img, bs: int, mode) -> dict:
@@ -857,7 +857,7 @@ def _project_image_variant(name, args, device, peak, d, flops_img, bs: int, mode
     sync(device)
     proj["eval_samples_per_s"] = len(ev_ds) / (time.perf_counter() - t0)
     proj["variant_seconds"] = time.perf_counter() - t_v
-    vname = f"b{bs}" + (f"-{mode}" if mode else "")
+    vname = _image_variant_name(bs, mode)
     log(f"    {vname:22s}: {sps_p:9.1f} train img/s ({proj['ms_per_step']:.1f} ms/step, MFU "
         f"{100 * proj['train_mfu_vs_measured']:.1f}%)  {proj['eval_samples_per_s']:9.1f} eval img/s  "
         f"({proj['precision']}, channels_last, cache + GPU augment; warm-up {warm_s:.0f}s, "

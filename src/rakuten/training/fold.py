@@ -56,7 +56,6 @@ def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
 
 
 # Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
-# Keys that change speed, not results: left out of the config hash, so changing them reuses artifacts.
 _RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_size", "compile", "compile_dynamic"),
                  "data": ("pad_to_multiple_of",)}
 
