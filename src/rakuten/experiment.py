@@ -10,7 +10,7 @@ from rakuten.paths import Paths
 
 # Deep-copied into every experiment config (never aliased); a config states only what differs.
 EXPERIMENT_DEFAULTS: dict = {
-    "kind": "text",                 # text | image | tfidf
+    "kind": "text",                 # text | image | tfidf | knn
     "folds": {"k": 5, "seed": 42},
     "data": {
         "field": "title",           # title | description | text (title + description)
@@ -30,6 +30,8 @@ EXPERIMENT_DEFAULTS: dict = {
         "tokenizer_vocab": 8000,    # tiny:* only
         "grad_checkpointing": False,
         "cpu_int8": False,          # frozen extraction on CPU with int8 dynamic quantisation
+        "head": "mlp",              # frozen backbone only: mlp (torch head, epochs) | logreg (scikit-learn)
+        "head_C": 0.1,              # logreg head: inverse L2 strength on standardised embeddings
     },
     "train": {
         "epochs": 3,
@@ -40,7 +42,9 @@ EXPERIMENT_DEFAULTS: dict = {
         "weight_decay": 0.01,
         "warmup_ratio": 0.1,
         "scheduler": "linear",
-        "patience": 2,              # early stopping on the held-out fold's macro-F1
+        "patience": 2,              # early stopping on the monitored macro-F1
+        "early_stop": "inner",      # inner: monitor an inner split of the training folds | fold: fold k (optimistic OOF)
+        "inner_frac": 0.1,
         "grad_accum": 1,
         "clip_grad": 1.0,
         "precision": "auto",        # bf16 autocast on CUDA, fp32 on CPU
@@ -58,14 +62,25 @@ EXPERIMENT_DEFAULTS: dict = {
     "loss": {"name": "ce", "class_weight_power": 0.0, "label_smoothing": 0.0, "focal_gamma": 2.0},
     "augment": {"crop_scale": [0.6, 1.0], "hflip": True, "max_rotate_deg": 15},
     "tfidf": {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "max_features": 200000, "C": 4.0,
-              "classifier": "logreg"},
+              "classifier": "logreg",
+              "calibration": "sigmoid",     # svm: sigmoid (CalibratedClassifierCV) | temperature | none
+              "dense": {"experiment": None, "weight": 2.0}},  # frozen embeddings appended to the n-grams
+    # kind: knn. features: a frozen-backbone experiment's embeddings, or "tfidf" (the tfidf section's
+    # vectorisers); neighbours come from the training folds only.
+    "knn": {"features": "text_e5_text", "k": 10, "temperature": 0.05},
 }
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Config:
     cfg = load_config(path, overrides, defaults=copy.deepcopy(EXPERIMENT_DEFAULTS))
-    if cfg.kind not in ("text", "image", "tfidf"):
-        raise ConfigError(f"{cfg._source_}: kind must be text, image or tfidf (got {cfg.kind!r})")
+    if cfg.kind not in ("text", "image", "tfidf", "knn"):
+        raise ConfigError(f"{cfg._source_}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")
+    if cfg.train.get("early_stop") not in ("inner", "fold"):
+        raise ConfigError(f"{cfg._source_}: train.early_stop must be inner or fold (got {cfg.train.get('early_stop')!r})")
+    if cfg.model.get("head") not in ("mlp", "logreg"):
+        raise ConfigError(f"{cfg._source_}: model.head must be mlp or logreg (got {cfg.model.get('head')!r})")
+    if cfg.kind == "knn" and (int(cfg.knn.k) < 1 or float(cfg.knn.temperature) <= 0):
+        raise ConfigError(f"{cfg._source_}: knn.k must be >= 1 and knn.temperature > 0")
     if cfg.kind != "image" and cfg.data.field not in ("title", "description", "text"):
         raise ConfigError(f"{cfg._source_}: data.field must be title, description or text")
     return cfg

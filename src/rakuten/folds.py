@@ -95,3 +95,21 @@ def check_folds_match(folds: pd.DataFrame, train: pd.DataFrame, path: Path) -> N
     lab = train.set_index("id")["label"].reindex(folds["id"]).to_numpy()
     if not np.array_equal(lab, folds["label"].to_numpy()):
         raise FoldsError(f"{path}: labels differ from the training data")
+
+
+def inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of training rows into (fit, inner validation) for early stopping.
+
+    Early stopping on the held-out fold itself would leak: the epoch/round count would be chosen by
+    the very rows the OOF score is computed on. Classes too small to stratify stay in the fit part.
+    """
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(y):
+        rows = idx[y == c]
+        n_val = int(round(len(rows) * frac))
+        if len(rows) >= 2 and n_val >= 1:
+            val.append(rng.choice(rows, size=min(n_val, len(rows) - 1), replace=False))
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    fit = np.setdiff1d(idx, val, assume_unique=False)
+    return fit, val

@@ -248,7 +248,7 @@ def prepare_task(cfg_dict: dict, workdir: str, data_dir: str | None) -> dict:
     _worker_setup()
     t0 = time.time()
     cfg, paths = Config(cfg_dict), Paths.make(workdir, data_dir)
-    if cfg.kind != "tfidf":
+    if cfg.kind in ("text", "image"):
         fd = prepare_fold_data(cfg, paths)
         if cfg.model.freeze_backbone:
             frozen_features(cfg, paths, fd, progress=False)
@@ -346,9 +346,9 @@ def submit(ray, plan: Plan, paths: Paths, res: Resources, force: bool = False) -
         if not j.todo:
             continue
         d = j.cfg.to_dict()
-        g = 0.0 if j.cfg.kind == "tfidf" else gpus
+        g = 0.0 if j.cfg.kind in ("tfidf", "knn") else gpus
         deps: list[Submitted] = []
-        if res.prepare and j.cfg.kind != "tfidf" and len(j.todo) > 1:
+        if res.prepare and j.cfg.kind in ("text", "image") and len(j.todo) > 1:
             pg = g if j.cfg.model.get("freeze_backbone") else 0.0   # feature extraction runs the backbone
             ref = prep.options(**opts(f"{j.name}/prepare", pg, res.cpus_per_task)).remote(d, wd, dd)
             deps = [Submitted(f"{j.name}/prepare", "prepare", j.name, None, ref, [])]
@@ -490,7 +490,7 @@ def launch(preset: str, paths: Paths, *, address: str | None = None, experiments
     started = ray_init(ray, address, num_cpus, num_gpus)
     try:
         cluster = ray.cluster_resources()
-        wants_gpu = any(j.todo and j.cfg.kind != "tfidf" for j in plan.unimodal)
+        wants_gpu = any(j.todo and j.cfg.kind in ("text", "image") for j in plan.unimodal)
         if wants_gpu and res.resolved_gpus(cluster) > cluster.get("GPU", 0):
             msg = (f"--gpus-per-task {res.resolved_gpus(cluster):g} but the Ray cluster has "
                    f"{cluster.get('GPU', 0):g} GPU(s): the fold tasks would wait forever")

@@ -73,11 +73,20 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
         wrote = write_folds(make_folds(ds.train, k, seed), fp, k, seed, extra={"data_dir": str(ds.data_dir)})
         print(f"{'wrote' if wrote else 'reusing'} {fp}")
     with stage("unimodal", timings):
+        from rakuten.training.fold import empty_field
+        skipped = []
         for name in preset.experiments:
             cfg = load_experiment(name, experiment_overrides(preset, name))
+            why = empty_field(cfg, ds.train)
+            if why:
+                # a chance-level model would only add noise to the second level: leave it out
+                print(f"  {name}: skipped, {why}; the second level runs without it")
+                skipped.append(name)
+                continue
             for fold in range(int(cfg.folds.k)):
                 s = run_fold(cfg, paths, fold, ds=ds, progress=progress)
                 print(f"  {name:28s} fold {fold}: macro-F1 {s['macro_f1']:.4f}")
+        preset["skipped"] = skipped
     with stage("fusion", timings):
         for name in preset.fusion:
             api.fuse(name, paths, preset, progress=progress)

@@ -71,16 +71,42 @@ def _report(res: dict) -> None:
               f"acc {o['accuracy']:.4f}{skipped}")
 
 
-def fuse(name: str, paths: Paths, preset=None, progress: bool = True) -> dict:
-    res = run_second_level(load_fusion(name, preset), paths, progress)
+def drop_skipped_inputs(cfg, preset) -> str | None:
+    """Remove the inputs a preset run skipped (``preset.skipped``: experiments whose field was empty
+    or that need images the data lacks) from a second-level config, in place. Returns why the
+    config cannot run at all (a structured fusion missing a member, or nothing left), else None."""
+    skipped = set((preset or {}).get("skipped") or [])
+    if not skipped:
+        return None
+    sec = cfg.stack if cfg.get("kind") == "stack" else cfg.fusion
+    if cfg.get("kind") == "fusion" and sec.get("variant") != "late":
+        from rakuten.second_level.fusion import fusion_inputs
+        missing = sorted(set(fusion_inputs(cfg)[0]) & skipped)
+        return f"its inputs {', '.join(missing)} were skipped" if missing else None
+    gone = [n for n in sec.inputs if n in skipped]
+    if gone:
+        sec["inputs"] = [n for n in sec.inputs if n not in skipped]
+        print(f"  {cfg.name}: without {', '.join(gone)} (skipped on this data)")
+    return None if len(sec.inputs) >= 1 else "all its inputs were skipped"
+
+
+def _run_named(loader, name: str, paths: Paths, preset, progress: bool) -> dict | None:
+    cfg = loader(name, preset)
+    why = drop_skipped_inputs(cfg, preset)
+    if why:
+        print(f"  {cfg.name}: skipped, {why}")
+        return None
+    res = run_second_level(cfg, paths, progress)
     _report(res)
     return res
 
 
-def stack(name: str, paths: Paths, preset=None, progress: bool = True) -> dict:
-    res = run_second_level(load_stack(name, preset), paths, progress)
-    _report(res)
-    return res
+def fuse(name: str, paths: Paths, preset=None, progress: bool = True) -> dict | None:
+    return _run_named(load_fusion, name, paths, preset, progress)
+
+
+def stack(name: str, paths: Paths, preset=None, progress: bool = True) -> dict | None:
+    return _run_named(load_stack, name, paths, preset, progress)
 
 
 def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, timeout: float | None = None,
@@ -94,29 +120,50 @@ def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, tim
     from rakuten.second_level.tuning import tune
 
     cfg = load_second_level(name, preset)
+    why = drop_skipped_inputs(cfg, preset)
+    if why:
+        print(f"  {cfg.name}: not tuned, {why}")
+        return None
     res = tune(cfg, paths, n_trials=n_trials, timeout=timeout, progress=progress, total=total)
     print(f"  study {res['study_name']}: {res['n_trials']} trials ({res['n_complete']} complete, "
           f"{res['n_pruned']} pruned); best OOF macro-F1 {res['best_value'] if res['best_value'] is None else round(res['best_value'], 4)}")
     if not res.get("best_config"):
         return None
     tuned = load_second_level(res["best_config"], preset)
+    drop_skipped_inputs(tuned, preset)
     out = run_second_level(tuned, paths, progress)
     _report(out)
     return out
 
 
-def submit_best(paths: Paths, exp: str | None, fmt: str | None = None, bias: bool = False) -> Path:
+def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -> Path:
     """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
-    leaderboard; a file with the same name and content from an earlier run is reused."""
+    leaderboard; a file with the same name and content from an earlier run is reused.
+
+    ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
+    metric (``selection.select_submission``), and only among models that beat their best input."""
     from rakuten.reporting.submission import SubmissionError, make_submission, validate_submission
 
-    if exp is None:
+    if isinstance(exp, (list, tuple)):
+        from rakuten.data.prepared import load_dataset
+        from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
+        metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+        sel = select_submission(paths, list(exp), metric)
+        for r in sel["table"]:
+            b = r[f"best_input_{metric}"]
+            print(f"  {r['experiment']:32s} OOF {metric} {r[metric]:.4f}  best input {r['best_input']} "
+                  f"{'-' if b is None else f'{b:.4f}'}")
+        note = " (no second level beats its best input: the best input itself)" if sel["fallback_to_input"] else ""
+        print(f"  chosen: {sel['chosen']}{note}; {metric} {sel['optimistic']:.4f} on the rows it was chosen "
+              f"on, {sel['nested']:.4f} nested (chosen on the other folds, per fold {sel['per_fold']})")
+        exp = sel["chosen"]
+    elif exp is None:
         from rakuten.reporting.leaderboard import build_leaderboard
         board = build_leaderboard(paths, write=False)
         if not board:
             raise SubmissionError("no complete experiment to submit")
         exp = board[0]["experiment"]
-    elif Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
+    elif not str(exp).endswith("_tuned") and Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
         # the tuned version, unless it scores below the untuned one on the same OOF rows
         from rakuten.reporting.leaderboard import score_experiment
 

@@ -24,11 +24,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from tqdm.auto import tqdm
 
-from rakuten.artifacts import Predictions, softmax
+from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
+from rakuten.second_level.blend import CaruanaBlend, LogitBlend, LogRegStacker, log_proba, model_meta_features
 from rakuten.second_level.upstream import (SecondLevelData, class_weights, config_hash, finish_experiment,
                                            fold_is_current, inner_split, load_upstreams, open_experiment,
                                            save_fold, upstream_signature)
@@ -44,7 +45,15 @@ STACK_DEFAULTS: dict = {
         "inputs": [],
         "meta_features": False,      # the four META_FEATURES (needs the dataset)
         "test_input": "per_fold",    # per_fold | averaged (see module docstring)
+        # lgbm (LightGBM) | logreg (multinomial LR on log-probs) | blend (per-model weights + class
+        # biases on log-probs) | caruana (hill-climbing selection of a probability average)
+        "model": "lgbm",
+        "features": "proba",         # lgbm inputs: proba | logodds (log p - log(1 - p))
+        "model_meta": False,         # lgbm: + per-model max probability, entropy, and agreement
     },
+    "blend": {"l2_bias": 1.0e-3, "class_bias": True, "sample_weight_power": 0.0,
+              "max_steps": 30, "metric": "logloss"},
+    "logreg": {"C": 0.01},
     "lgbm": {
         "num_leaves": 31,
         "learning_rate": 0.05,
@@ -76,6 +85,12 @@ def stack_config(cfg) -> Config:
         raise ConfigError(f"{c.name}: stack.inputs must name the experiments to stack")
     if c.stack.test_input not in ("per_fold", "averaged"):
         raise ConfigError(f"{c.name}: stack.test_input must be per_fold or averaged")
+    if c.stack.model not in STACK_MODELS:
+        raise ConfigError(f"{c.name}: stack.model must be one of {', '.join(STACK_MODELS)} (got {c.stack.model!r})")
+    if c.stack.features not in ("proba", "logodds"):
+        raise ConfigError(f"{c.name}: stack.features must be proba or logodds (got {c.stack.features!r})")
+    if c.blend.metric not in ("logloss", "macro_f1", "weighted_f1"):
+        raise ConfigError(f"{c.name}: blend.metric must be logloss, macro_f1 or weighted_f1")
     unknown = set(c.lgbm) - set(STACK_DEFAULTS["lgbm"])
     if unknown:
         raise ConfigError(f"{c.name}: unknown lgbm key(s) {', '.join(sorted(unknown))}")
@@ -189,10 +204,24 @@ def fit_predict_oof(model_factory: Callable[[], object], X: np.ndarray, y: np.nd
     return oof, tests
 
 
-def stacker_factory(cfg) -> Callable[[], LGBMStacker]:
-    """A factory of fresh LGBMStacker estimators from the config's ``lgbm`` section."""
-    params = dict(stack_config(cfg).lgbm)
-    return lambda: LGBMStacker(**params)
+STACK_MODELS = ("lgbm", "logreg", "blend", "caruana")
+
+
+def stacker_factory(cfg) -> Callable[[], object]:
+    """A factory of fresh second-level estimators: ``stack.model`` picks LightGBM (the ``lgbm``
+    section), logistic regression (``logreg``) or a blend (``blend``)."""
+    cfg = stack_config(cfg)
+    m, n_models = cfg.stack.model, len(cfg.stack.inputs)
+    if m == "lgbm":
+        params = dict(cfg.lgbm)
+        return lambda: LGBMStacker(**params)
+    if m == "logreg":
+        return lambda: LogRegStacker(C=float(cfg.logreg.C), seed=int(cfg.lgbm.seed))
+    b = cfg.blend
+    if m == "blend":
+        return lambda: LogitBlend(n_models, l2_bias=float(b.l2_bias), class_bias=bool(b.class_bias),
+                                  sample_weight_power=float(b.sample_weight_power))
+    return lambda: CaruanaBlend(n_models, max_steps=int(b.max_steps), metric=b.metric)
 
 
 def _meta_features(paths: Paths, ids: np.ndarray, test_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,10 +249,22 @@ def stack_features(cfg, data: SecondLevelData, paths: Paths | None = None
     """(train features [n, F] in fold-file order, test features per fold model, feature names)."""
     cfg = stack_config(cfg)
     names = list(cfg.stack.inputs)
-    X = np.hstack([softmax(data.inputs[n].oof.logits) for n in names]).astype(np.float32)
-    Xt = {k: np.hstack([softmax(data.inputs[n].test_input(k, cfg.stack.test_input).logits) for n in names])
-          .astype(np.float32) for k in data.fold_ids}
-    feat_names = [f"{n}:p{c}" for n in names for c in range(NUM_CLASSES)]
+    oof_lp = [log_proba(data.inputs[n].oof.logits) for n in names]
+    test_lp = {k: [log_proba(data.inputs[n].test_input(k, cfg.stack.test_input).logits) for n in names]
+               for k in data.fold_ids}
+    if cfg.stack.model != "lgbm":
+        # the linear second levels read log-probabilities, model-major (what blend._split expects)
+        X = np.hstack(oof_lp)
+        Xt = {k: np.hstack(v) for k, v in test_lp.items()}
+        return X, Xt, [f"{n}:logp{c}" for n in names for c in range(NUM_CLASSES)]
+    tf = _logodds if cfg.stack.features == "logodds" else np.exp
+    X = np.hstack([tf(lp) for lp in oof_lp]).astype(np.float32)
+    Xt = {k: np.hstack([tf(lp) for lp in v]).astype(np.float32) for k, v in test_lp.items()}
+    feat_names = [f"{n}:{'lo' if cfg.stack.features == 'logodds' else 'p'}{c}" for n in names for c in range(NUM_CLASSES)]
+    if cfg.stack.model_meta:
+        X = np.hstack([X, model_meta_features(oof_lp)])
+        Xt = {k: np.hstack([Xt[k], model_meta_features(v)]) for k, v in test_lp.items()}
+        feat_names += [f"{n}:{f}" for n in names for f in ("pmax", "entropy")] + ["agreement"]
     if cfg.stack.meta_features:
         if paths is None:
             raise ConfigError(f"{cfg.name}: stack.meta_features needs the dataset (paths)")
@@ -232,6 +273,13 @@ def stack_features(cfg, data: SecondLevelData, paths: Paths | None = None
         Xt = {k: np.hstack([v, mt]) for k, v in Xt.items()}
         feat_names += list(META_FEATURES)
     return X, Xt, feat_names
+
+
+def _logodds(lp: np.ndarray) -> np.ndarray:
+    """log p - log(1 - p) from log-probabilities: spreads the near-0 and near-1 probabilities that
+    trees would otherwise bin together."""
+    p = np.clip(np.exp(lp), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
 
 
 def load_stack_data(cfg, paths: Paths) -> SecondLevelData:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json, file_hash
 from rakuten.config import ConfigError
-from rakuten.folds import folds_path, read_folds
+from rakuten.folds import folds_path, inner_split, read_folds  # noqa: F401  (inner_split: re-exported)
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -196,24 +196,6 @@ def config_hash(cfg, extra: dict | None = None) -> str:
         d.pop(k, None)
     blob = json.dumps({"cfg": d, "extra": extra or {}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def inner_split(idx: np.ndarray, y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified split of training rows into (fit, inner validation) for early stopping.
-
-    Early stopping on the held-out fold itself would leak: the epoch/round count would be chosen by
-    the very rows the OOF score is computed on. Classes too small to stratify stay in the fit part.
-    """
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(y):
-        rows = idx[y == c]
-        n_val = int(round(len(rows) * frac))
-        if len(rows) >= 2 and n_val >= 1:
-            val.append(rng.choice(rows, size=min(n_val, len(rows) - 1), replace=False))
-    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
-    fit = np.setdiff1d(idx, val, assume_unique=False)
-    return fit, val
 
 
 def class_weights(y: np.ndarray, power: float, num_classes: int = NUM_CLASSES) -> np.ndarray:

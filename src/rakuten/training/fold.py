@@ -133,6 +133,22 @@ def field_texts(df: pd.DataFrame, cfg) -> list[str]:
     return [prefix + t for t in df[cfg.data.field].tolist()]
 
 
+def empty_field(cfg, train: pd.DataFrame) -> str | None:
+    """Why the experiment has nothing to learn from on this data (its text field is empty on every
+    training row, or it is an image model and no training image exists), else None."""
+    if cfg.kind == "knn" and cfg.knn.features != "tfidf":
+        from rakuten.experiment import load_experiment
+        return empty_field(load_experiment(cfg.knn.features), train)   # the feature source's input
+    if cfg.kind == "image":
+        if "has_image" in train and not bool(train["has_image"].any()):
+            return "no training row has an image"
+        return None
+    col = train[cfg.data.field] if cfg.data.field in train else None
+    if col is None or not bool(col.fillna("").astype(str).str.strip().str.len().gt(0).any()):
+        return f"data.field {cfg.data.field!r} is empty on every training row"
+    return None
+
+
 def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
     from rakuten.data.text_dataset import TokenDataset, cached_tokens
     from rakuten.models.backbones import load_tokenizer
@@ -249,13 +265,23 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     main = dist_info.is_main
     seed = int(t.seed) + fold
     lengths = inputs.lengths
+    pred_rows, y_pred = va_rows, y_va   # fold k: predicted once, with the chosen weights
+    if t.get("early_stop", "inner") == "inner":
+        # Early stopping watches an inner split of the training folds, never fold k: choosing the
+        # epoch on fold k would make its OOF rows (what the second level learns from) optimistic.
+        from rakuten.folds import inner_split
+        pos = np.arange(len(tr_rows))
+        fit_pos, mon_pos = inner_split(pos, y_tr, float(t.get("inner_frac", 0.1)), seed)
+        tr_rows, y_tr, va_rows, y_va = tr_rows[fit_pos], y_tr[fit_pos], tr_rows[mon_pos], y_tr[mon_pos]
     tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)
     va_ds = RowSubset(inputs.dataset, va_rows, y_va)
+    pred_ds = RowSubset(inputs.dataset, pred_rows, y_pred)
     te_rows = np.arange(inputs.n_train, len(inputs.dataset))
     te_ds = RowSubset(inputs.dataset, te_rows, None)
     sub = (lambda rows: None if lengths is None else lengths[rows])
     train_loader, train_sampler = _loader(tr_ds, cfg, True, inputs.collate, sub(tr_rows), y_tr, seed, dist_info)
     val_loader, _ = _loader(va_ds, cfg, False, inputs.collate, sub(va_rows))
+    pred_loader = val_loader if pred_rows is va_rows else _loader(pred_ds, cfg, False, inputs.collate, sub(pred_rows))[0]
     test_loader, _ = _loader(te_ds, cfg, False, inputs.collate, sub(te_rows))
 
     model = model.to(device)
@@ -317,9 +343,9 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         return None  # rank 0 predicts and writes; the others' work is done
     if best_path.exists():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-    va_logits, va_emb = engine.predict(val_loader)
+    va_logits, va_emb = engine.predict(pred_loader)
     te_logits, te_emb = engine.predict(test_loader)
-    return (Predictions(np.zeros(len(va_rows)), va_logits, va_emb, y_va),
+    return (Predictions(np.zeros(len(pred_rows)), va_logits, va_emb, y_pred),
             Predictions(np.zeros(len(te_rows)), te_logits, te_emb), history)
 
 
@@ -389,12 +415,15 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     from rakuten.training.engine import seed_everything
 
     dist_info = init_distributed()
-    if dist_info.enabled and cfg.kind == "tfidf":
+    if dist_info.enabled and cfg.kind in ("tfidf", "knn"):
         if not dist_info.is_main:
             return {"rank": dist_info.rank}  # nothing to parallelise: rank 0 fits it alone
     fd = prepare_fold_data(cfg, paths, ds)
     if fold not in set(fd.folds["fold"].tolist()):
         raise RakutenError(f"fold {fold} is not in {fd.fold_file.name} (folds 0..{fd.folds['fold'].max()})")
+    empty = empty_field(cfg, fd.train)
+    if empty:
+        raise RakutenError(f"{cfg.name}: {empty}; a model of it would score at chance (drop it from the preset)")
     exp = Experiment(paths.oof_dir, cfg.name)
     if dist_info.is_main:
         check_experiment_folds(exp, fd, cfg, force)
@@ -410,20 +439,17 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     y_tr, y_va = labels[tr_rows], labels[va_rows]
 
     extra: dict = {}  # per-fold facts beyond the scores, for meta.json
-    if cfg.kind == "tfidf":
-        from rakuten.models.tfidf import TfidfLinear
-        from rakuten.training.losses import class_weights
+    if cfg.kind in ("tfidf", "knn"):
+        from rakuten.training import classic
         texts = np.asarray(field_texts(fd.train, cfg), dtype=object)
-        w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
-        model = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed)).fit(
-            list(texts[tr_rows]), y_tr, None if w is None else w.numpy()[y_tr])
-        va = Predictions(np.zeros(len(va_rows)), model.predict_logits(list(texts[va_rows]), NUM_CLASSES), None, y_va)
-        te = Predictions(np.zeros(len(fd.test)), model.predict_logits(field_texts(fd.test, cfg), NUM_CLASSES), None)
+        va_l, te_l, extra = classic.fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts,
+                                                np.asarray(field_texts(fd.test, cfg), dtype=object), progress)
+        va = Predictions(np.zeros(len(va_rows)), va_l, None, y_va)
+        te = Predictions(np.zeros(len(fd.test)), te_l, None)
         history = []
-        if model.search:  # a tuned C (tfidf.C as a list): the choice and the inner search go into meta.json
-            extra = {"C": model.best_C, "inner_search": model.search}
-            log.info("%s fold %d: C=%g chosen by the inner search %s", exp.name, fold, model.best_C,
-                     {r["C"]: round(r["inner_macro_f1"], 4) for r in model.search})
+        if "C" in extra:
+            log.info("%s fold %d: C=%g chosen by the inner search %s", exp.name, fold, extra["C"],
+                     {r["C"]: round(r["inner_macro_f1"], 4) for r in extra["inner_search"]})
     elif cfg.model.freeze_backbone:
         from rakuten.models.registry import create_model
         if not dist_info.is_main:
@@ -431,17 +457,24 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
         feats = frozen_features(cfg, paths, fd, progress and dist_info.is_main)
         if dist_info.is_main:
             barrier(dist_info)
+        if cfg.model.get("head", "mlp") == "logreg":
+            from rakuten.training.classic import frozen_logreg
+            va_l, te_l = frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train))
+            va = Predictions(np.zeros(len(va_rows)), va_l, feats[va_rows].astype(np.float32), y_va)
+            te = Predictions(np.zeros(len(fd.test)), te_l, feats[len(fd.train):].astype(np.float32))
+            history = []
         # Standardise with the training rows' statistics (never fold k's): raw pooled embeddings have
         # tiny, uneven scales, and a linear head on them stalls for many epochs.
         mu = feats[tr_rows].mean(0, keepdims=True)
         sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
-        inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None)
-        head_cfg = dict(cfg.model)
-        model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
-        out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
-        if out is None:
-            return {"rank": dist_info.rank}
-        va, te, history = out
+        if cfg.model.get("head", "mlp") != "logreg":
+            inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None)
+            head_cfg = dict(cfg.model)
+            model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
+            out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+            if out is None:
+                return {"rank": dist_info.rank}
+            va, te, history = out
     else:
         if not dist_info.is_main:
             barrier(dist_info)  # rank 0 builds the token/image caches first; the others then read them

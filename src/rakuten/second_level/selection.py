@@ -1,0 +1,116 @@
+"""Which model to submit: chosen among a preset's candidates on held-out folds, never on the rows it
+is scored on, and never one that does not beat its own best input.
+
+For every fold k the rule ("the eligible candidate with the best score on the other folds' OOF rows;
+eligible: its score there is above its best input's") picks a model using folds != k only; the
+picked model's fold-k OOF rows are then scored. Concatenated over k, that is an honest estimate of
+the *procedure* (the nested score), reported beside the optimistic score of the final pick (the same
+rule on all rows). Every candidate's OOF rows are already out-of-fold, so no model is refitted.
+
+The metric follows the target: weighted-F1 for ChallengeData, macro-F1 for SIGIR eCom'20.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json
+from rakuten.errors import RakutenError
+from rakuten.paths import Paths
+from rakuten.second_level.upstream import check_complete, folds_of_experiment
+
+log = logging.getLogger(__name__)
+
+METRIC_OF_FORMAT = {"challengedata": "weighted_f1", "sigir": "macro_f1"}
+
+
+def _f1(y, pred, metric: str) -> float:
+    return float(f1_score(y, pred, average="weighted" if metric == "weighted_f1" else "macro"))
+
+
+def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
+    """(fold DataFrame, OOF argmax) of a complete experiment, or None when it is missing/incomplete."""
+    e = Experiment(paths.oof_dir, name)
+    if not e.meta_path.exists():
+        return None
+    try:
+        fpath, folds_df, fhash = folds_of_experiment(paths, e)
+        if fold_hash is not None and fhash != fold_hash:
+            return None
+        check_complete(e, sorted(int(k) for k in folds_df["fold"].unique()), fhash)
+        return folds_df, e.load_oof(folds_df).logits.argmax(1), fhash, e.read_meta()
+    except (ArtifactError, RakutenError, OSError, KeyError) as err:
+        log.info("selection: %s skipped (%s)", name, err)
+        return None
+
+
+def select_submission(paths: Paths, candidates: list[str], metric: str, write: bool = True) -> dict:
+    """Pick the model to submit among ``candidates`` (each also as ``<name>_tuned`` when present).
+
+    Returns {"chosen", "fallback_to_input", "metric", "nested", "optimistic", "table", "per_fold"}.
+    When no candidate beats its best input, the best input itself is chosen (``fallback_to_input``).
+    """
+    names = []
+    for c in candidates:
+        names += [c, f"{c}_tuned"]
+    loaded, fold_hash = {}, None
+    for n in names:
+        got = _oof_pred(paths, n, fold_hash)
+        if got is not None:
+            loaded[n] = got
+            fold_hash = fold_hash or got[2]
+    if not loaded:
+        raise RakutenError(f"no complete candidate to submit among {', '.join(candidates)}")
+    folds_df = next(iter(loaded.values()))[0]
+    y, fold = folds_df["label"].to_numpy(np.int64), folds_df["fold"].to_numpy()
+    # every candidate's inputs (meta.json's upstream record), scored on the same rows
+    inputs = {n: [u for u in (v[3].get("upstream") or {})] for n, v in loaded.items()}
+    preds = {n: v[1] for n, v in loaded.items()}
+    for n, ups in inputs.items():
+        for u in ups:
+            if u not in preds:
+                got = _oof_pred(paths, u, fold_hash)
+                if got is not None:
+                    preds[u] = got[1]
+
+    def pick(rows) -> str | None:
+        best, best_s = None, -1.0
+        for n in loaded:
+            s = _f1(y[rows], preds[n][rows], metric)
+            ins = [_f1(y[rows], preds[u][rows], metric) for u in inputs[n] if u in preds]
+            if ins and s <= max(ins):
+                continue   # does not beat its best input on these rows: not eligible
+            if s > best_s:
+                best, best_s = n, s
+        return best
+
+    nested_pred = np.empty_like(y)
+    per_fold = {}
+    for k in sorted(np.unique(fold)):
+        chosen_k = pick(np.flatnonzero(fold != k))
+        rows = np.flatnonzero(fold == k)
+        if chosen_k is None:   # nothing eligible on these folds: the best single input stands in
+            chosen_k = max((u for u in preds if u not in loaded),
+                           key=lambda u: _f1(y[fold != k], preds[u][fold != k], metric))
+        nested_pred[rows] = preds[chosen_k][rows]
+        per_fold[int(k)] = chosen_k
+    all_rows = np.arange(len(y))
+    chosen = pick(all_rows)
+    fallback = chosen is None
+    if fallback:   # no second level beats its best input: submit the best input itself
+        chosen = max((u for u in preds if u not in loaded), key=lambda u: _f1(y, preds[u], metric))
+    table = []
+    for n in loaded:
+        best_in = max(inputs[n], key=lambda u: _f1(y, preds[u], metric) if u in preds else -1, default=None)
+        table.append({"experiment": n, metric: _f1(y, preds[n], metric),
+                      "best_input": best_in,
+                      f"best_input_{metric}": _f1(y, preds[best_in], metric) if best_in in preds else None})
+    table.sort(key=lambda r: -r[metric])
+    out = {"chosen": chosen, "fallback_to_input": fallback, "metric": metric,
+           "nested": _f1(y, nested_pred, metric), "optimistic": _f1(y, preds[chosen], metric),
+           "per_fold": per_fold, "table": table}
+    if write:
+        atomic_write_json(paths.submissions_dir / "selection.json", out)
+    return out

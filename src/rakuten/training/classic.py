@@ -1,0 +1,124 @@
+"""The scikit-learn members of a unimodal K-fold run: TF-IDF linear models, k-nearest neighbours and
+a logistic-regression head on frozen embeddings. Same contract as the torch members: fit on the
+training folds, return fold k's and the test rows' logits (log-probabilities).
+
+Why they are here: on the real French titles (``shared/data/rakuten_text_fr``) a linear model on
+TF-IDF n-grams plus frozen e5 embeddings is the strongest single member, and nearest neighbours on
+either representation are weak alone but make different errors, which the blend exploits.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+
+from rakuten.artifacts import Predictions
+from rakuten.errors import RakutenError
+from rakuten.experiment import load_experiment
+from rakuten.labels import NUM_CLASSES
+from rakuten.models.tfidf import TfidfLinear, _quiet_sklearn
+from rakuten.training.losses import class_weights
+
+log = logging.getLogger(__name__)
+
+
+def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
+    """Frozen embeddings [n_train + n_test, D] of the frozen-backbone experiment ``name`` (its cached
+    extraction is shared with that experiment), L2-normalised: cosine similarity is a dot product."""
+    from rakuten.training.fold import frozen_features
+
+    src = load_experiment(name)
+    if not src.model.get("freeze_backbone"):
+        raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone)")
+    f = np.asarray(frozen_features(src, paths, fd, progress), dtype=np.float32)
+    return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+
+
+def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: float,
+                  chunk: int = 1024) -> np.ndarray:
+    """Similarity-weighted vote of the ``k`` most similar bank rows (weights exp(sim / T)), as
+    log-probabilities smoothed by 1e-4 so no class is impossible. ``queries``/``bank`` are
+    L2-normalised rows (dense or sparse); queries are processed in chunks to bound memory."""
+    n = queries.shape[0]
+    k = min(int(k), bank.shape[0])
+    out = np.zeros((n, NUM_CLASSES), dtype=np.float64)
+    bank_t = bank.T
+    for s in range(0, n, chunk):
+        q = queries[s:s + chunk]
+        sim = q @ bank_t
+        sim = sim.toarray() if sparse.issparse(sim) else np.asarray(sim)
+        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        w = np.exp((np.take_along_axis(sim, nn, 1) - 1.0) / float(temperature))
+        rows = np.repeat(np.arange(len(nn)), k)
+        np.add.at(out[s:s + chunk], (rows, bank_labels[nn].ravel()), w.ravel())
+    out /= out.sum(1, keepdims=True) + 1e-12
+    return np.log(out + 1e-4).astype(np.float32)
+
+
+def _l2_rows(X):
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel()) + 1e-12
+    return sparse.diags(1.0 / norms) @ X
+
+
+def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True):
+    """(fold-k Predictions, test Predictions, extra facts for meta.json) of a scikit-learn member."""
+    n_tr = len(fd.train)
+    extra: dict = {}
+    if cfg.kind == "tfidf":
+        dense_cfg = cfg.tfidf.get("dense") or {}
+        dense = None
+        if dense_cfg.get("experiment"):
+            dense = source_features(dense_cfg["experiment"], paths, fd, progress) * float(dense_cfg.get("weight", 1.0))
+        w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
+        model = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed)).fit(
+            list(texts_train[tr_rows]), y_tr, None if w is None else w.numpy()[y_tr],
+            dense=None if dense is None else dense[tr_rows])
+        va = model.predict_logits(list(texts_train[va_rows]), NUM_CLASSES,
+                                  dense=None if dense is None else dense[va_rows])
+        te = model.predict_logits(list(texts_test), NUM_CLASSES, dense=None if dense is None else dense[n_tr:])
+        if model.search:  # a tuned C (tfidf.C as a list): the choice and the inner search go into meta.json
+            extra = {"C": model.best_C, "inner_search": model.search}
+        if model.calibration == "temperature" and model.kind == "svm":
+            extra["temperature"] = model.temperature
+    elif cfg.kind == "knn":
+        kc = cfg.knn
+        y_bank = np.asarray(y_tr, dtype=np.int64)
+        if kc.features == "tfidf":
+            # the TF-IDF vectorisers of the experiment's tfidf section, fitted on the training folds only
+            vec = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed))
+            bank = _l2_rows(vec._features(list(texts_train[tr_rows]), fit=True))
+            va = knn_log_proba(_l2_rows(vec._features(list(texts_train[va_rows]), fit=False)), bank, y_bank,
+                               kc.k, kc.temperature)
+            te = knn_log_proba(_l2_rows(vec._features(list(texts_test), fit=False)), bank, y_bank,
+                               kc.k, kc.temperature)
+        else:
+            f = source_features(kc.features, paths, fd, progress)
+            bank = f[tr_rows]
+            va = knn_log_proba(f[va_rows], bank, y_bank, kc.k, kc.temperature)
+            te = knn_log_proba(f[n_tr:], bank, y_bank, kc.k, kc.temperature)
+    else:
+        raise RakutenError(f"{cfg.name}: kind {cfg.kind!r} is not a scikit-learn member")
+    return va, te, extra
+
+
+def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int):
+    """Multinomial logistic regression on standardised frozen embeddings (``model.head: logreg``):
+    on real e5 title embeddings it matched or beat the torch linear head, with no epochs to choose."""
+    mu = feats[tr_rows].mean(0, keepdims=True)
+    sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
+    z = (feats - mu) / sd
+    w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
+    clf = LogisticRegression(C=float(cfg.model.get("head_C", 0.1)), max_iter=300, random_state=int(cfg.train.seed))
+    with _quiet_sklearn():
+        clf.fit(z[tr_rows], y_tr, sample_weight=None if w is None else w.numpy()[y_tr])
+
+    def logp(x):
+        full = np.full((len(x), NUM_CLASSES), -30.0, dtype=np.float64)
+        full[:, clf.classes_] = clf.predict_log_proba(x)
+        return full.astype(np.float32)
+    return logp(z[va_rows]), logp(z[n_train:])
+
+
+__all__ = ["fit_predict", "frozen_logreg", "knn_log_proba", "source_features", "Predictions"]
