@@ -100,3 +100,27 @@ ANCHORS: tuple[Anchor, ...] = tuple(
 def anchors(metric: str | None = None, plotted_only: bool = False) -> list[Anchor]:
     """The published figures, optionally of one metric and/or only those shown on the chart."""
     return [a for a in ANCHORS if (metric is None or a.metric == metric) and (a.plot or not plotted_only)]
+
+
+# Public leaderboards, top entries (``../shared/ANCHORS.md``): (rank, team, score). ChallengeData
+# ranks by weighted-F1 on its hidden test set (28 February 2025); SIGIR eCom'20 by macro-F1 (final
+# phase). Ranks without a published team name are kept as the rank alone.
+PUBLIC_LEADERBOARDS: dict[str, dict] = {
+    "challengedata": {"metric": "weighted_f1", "source": "ChallengeData public leaderboard, 28 Feb 2025",
+                      "entries": [(1, "OISNARD & Raiv68 & Lramaye", 0.9196), (2, "elieS", 0.9037), (3, "", 0.9030),
+                                  (4, "", 0.9021), (5, "", 0.9000), (10, "", 0.8903)]},
+    "sigir": {"metric": "macro_f1", "source": "SIGIR eCom'20 final phase",
+              "entries": [(1, "pa_curis", 0.9144), (3, "Team Transformer", 0.9053)]},
+}
+
+
+def would_rank(score: float, board: str) -> str:
+    """Where ``score`` would sit among the published entries of ``board`` (e.g. "between #5 and #10",
+    "above #1", "below #10"). The caller marks it as a CV score against a hidden-test leaderboard."""
+    entries = sorted(PUBLIC_LEADERBOARDS[board]["entries"], key=lambda e: -e[2])
+    above = [e for e in entries if e[2] > score]
+    if not above:
+        return f"above #{entries[0][0]}"
+    if len(above) == len(entries):
+        return f"below #{entries[-1][0]}"
+    return f"between #{above[-1][0]} and #{entries[len(above)][0]}"

@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
-from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomic_write_json, atomic_write_text
+from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
 from rakuten.errors import RakutenError
 from rakuten.folds import FoldsError
 from rakuten.labels import CODES
 from rakuten.paths import Paths
-from rakuten.reporting.anchors import anchors
+from rakuten.reporting.anchors import PUBLIC_LEADERBOARDS, anchors, would_rank
 from rakuten.reporting.metrics import chance_macro_f1, scores
 from rakuten.reporting.plots import plot_confusion, plot_leaderboard
 from rakuten.second_level.upstream import check_complete, folds_of_experiment
@@ -101,6 +101,29 @@ def anchor_table() -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
+def _public_leaderboards_md(paths: Paths, rows: list[dict]) -> list[str]:
+    """The two public leaderboards, and where the submitted model's CV score would sit on each."""
+    sel_path = paths.submissions_dir / "selection.json"
+    chosen = None
+    if sel_path.exists():
+        try:
+            chosen = read_json(sel_path).get("chosen")
+        except (ArtifactError, OSError, ValueError):
+            chosen = None
+    row = next((r for r in rows if r["experiment"] == chosen), rows[0] if rows else None)
+    md = ["## Public leaderboards", ""]
+    for board, b in PUBLIC_LEADERBOARDS.items():
+        name = {"weighted_f1": "weighted-F1", "macro_f1": "macro-F1"}[b["metric"]]
+        md += [f"{b['source']} ({name}, hidden test set):", "", f"| rank | team | {name} |", "|---|---|---|"]
+        md += [f"| {r} | {t} | {v:.4f} |" for r, t, v in b["entries"]]
+        if row is not None:
+            md += ["", f"Our submitted model `{row['experiment']}`: **CV** {name} {row[b['metric']]:.4f} on our "
+                   f"folds, which would sit {would_rank(row[b['metric']], board)}: a cross-validation score "
+                   "against a hidden-test leaderboard, not a like-for-like rank."]
+        md.append("")
+    return md
+
+
 def build_leaderboard(paths: Paths, write: bool = True) -> list[dict]:
     """Score every complete experiment; sorted by OOF macro-F1 (best first). Writes the reports."""
     rows, skipped, details, upstreams = [], [], {}, {}
@@ -168,6 +191,7 @@ def _write_reports(paths: Paths, rows: list[dict], skipped: list[dict], details:
            "**Measured on other data and splits** (the thesis: 55,116 rows with a description and its own "
            "splits; SIGIR: the hidden test set): they place our numbers, they are not like-for-like.", ""]
     md += [_md_table(anchor_table()), ""]
+    md += _public_leaderboards_md(paths, rows)
     if rows:
         best = rows[0]["experiment"]
         y, pred = details[best]

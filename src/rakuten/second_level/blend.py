@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
@@ -31,7 +32,7 @@ def _split(X, n_models: int) -> np.ndarray:
     return X.reshape(n, n_models, width // n_models).transpose(1, 0, 2)   # [M, n, C]
 
 
-class LogitBlend:
+class LogitBlend(ClassifierMixin, BaseEstimator):
     """softmax(sum_m w_m * X_m + b): one weight per model, one bias per class."""
 
     def __init__(self, n_models: int, num_class: int = NUM_CLASSES, l2_bias: float = 1e-3,
@@ -75,7 +76,7 @@ class LogitBlend:
         return self.predict_proba(X).argmax(1)
 
 
-class CaruanaBlend:
+class CaruanaBlend(ClassifierMixin, BaseEstimator):
     """Ensemble selection: add, with replacement, the model whose inclusion most improves the metric
     of the probability average on the training rows; stop after ``max_steps`` or no improvement."""
 
@@ -113,7 +114,7 @@ class CaruanaBlend:
         return self.predict_proba(X).argmax(1)
 
 
-class LogRegStacker:
+class LogRegStacker(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression on the standardised log-probabilities of every model."""
 
     def __init__(self, C: float = 0.01, max_iter: int = 500, seed: int = 42):
