@@ -62,6 +62,7 @@ EXPERIMENT_DEFAULTS: dict = {
     "loss": {"name": "ce", "class_weight_power": 0.0, "label_smoothing": 0.0, "focal_gamma": 2.0},
     "augment": {"crop_scale": [0.6, 1.0], "hflip": True, "max_rotate_deg": 15},
     "tfidf": {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "max_features": 200000, "C": 4.0,
+              "char_analyzer": "char_wb",   # char_wb (within words) | char (across word boundaries)
               "classifier": "logreg",
               "calibration": "sigmoid",     # svm: sigmoid (CalibratedClassifierCV) | temperature | none
               "dense": {"experiment": None, "weight": 2.0}},  # frozen embeddings appended to the n-grams

@@ -38,12 +38,23 @@ from rakuten.errors import RakutenError
 class TfidfLinear:
     def __init__(self, cfg: dict, seed: int = 42):
         self.cfg, self.seed = cfg, seed
-        half = int(cfg.get("max_features", 200000)) // 2
-        self.word = TfidfVectorizer(analyzer="word", ngram_range=tuple(cfg.get("word_ngrams", (1, 2))),
-                                    sublinear_tf=True, min_df=2, max_features=half, lowercase=True,
-                                    strip_accents=None, token_pattern=r"(?u)\b\w+\b")
-        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(cfg.get("char_ngrams", (2, 5))),
-                                    sublinear_tf=True, min_df=2, max_features=half, lowercase=True)
+        word_ngrams = cfg.get("word_ngrams", (1, 2))
+        char_ngrams = cfg.get("char_ngrams", (2, 5))
+        analyzer = cfg.get("char_analyzer", "char_wb")
+        if analyzer not in ("char_wb", "char"):
+            raise RakutenError(f"tfidf.char_analyzer must be char_wb or char (got {analyzer!r})")
+        if not word_ngrams and not char_ngrams:
+            raise RakutenError("tfidf: word_ngrams and char_ngrams are both off; nothing to fit")
+        # The feature budget is shared by the parts that are on (a char-only member gets all of it).
+        share = int(cfg.get("max_features", 200000)) // (bool(word_ngrams) + bool(char_ngrams))
+        self.word = TfidfVectorizer(analyzer="word", ngram_range=tuple(word_ngrams),
+                                    sublinear_tf=True, min_df=2, max_features=share, lowercase=True,
+                                    strip_accents=None, token_pattern=r"(?u)\b\w+\b") if word_ngrams else None
+        # "char" crosses word boundaries (n-grams spanning "t-shirt" or "lot de"): a different view
+        # from char_wb, which is what makes the char-only member add to the blend.
+        self.char = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(char_ngrams),
+                                    sublinear_tf=True, min_df=2, max_features=share,
+                                    lowercase=True) if char_ngrams else None
         self.kind = cfg.get("classifier", "logreg")
         self.calibration = cfg.get("calibration", "sigmoid")
         if self.calibration not in ("sigmoid", "temperature", "none"):
@@ -112,10 +123,8 @@ class TfidfLinear:
         return best["C"]
 
     def _features(self, texts, fit: bool, dense=None):
-        if fit:
-            parts = [self.word.fit_transform(texts), self.char.fit_transform(texts)]
-        else:
-            parts = [self.word.transform(texts), self.char.transform(texts)]
+        vecs = [v for v in (self.word, self.char) if v is not None]
+        parts = [v.fit_transform(texts) if fit else v.transform(texts) for v in vecs]
         if dense is not None:
             parts.append(sparse.csr_matrix(np.asarray(dense, dtype=np.float64)))
         return sparse.hstack(parts).tocsr()
