@@ -35,15 +35,19 @@ def _name_of(name: str) -> str:
 
 
 def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
-    from rakuten.second_level.fusion import FUSION_DEFAULTS
+    from rakuten.second_level.fusion import FUSION_DEFAULTS, fusion_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
-    return load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
+    cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
+    fusion_config(cfg)  # types, ranges and allowed values now, before any artifact is touched
+    return cfg
 
 
 def load_stack(name: str, preset=None, overrides: list[str] | None = None):
-    from rakuten.second_level.stacker import STACK_DEFAULTS
+    from rakuten.second_level.stacker import STACK_DEFAULTS, stack_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
-    return load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
+    cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
+    stack_config(cfg)  # types, ranges and allowed values now, before any artifact is touched
+    return cfg
 
 
 def load_second_level(name: str, preset=None, overrides: list[str] | None = None):

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge
+from rakuten.config import Config, ConfigError, deep_merge, validate_config
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -113,6 +113,7 @@ def fusion_config(cfg) -> Config:
     """The config over FUSION_DEFAULTS, validated; accepts a Config from ``load_config`` or a dict."""
     d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     c = Config(deep_merge(FUSION_DEFAULTS, d))
+    validate_config(c, FUSION_DEFAULTS, c.get("_source_") or c.get("name") or "config")
     if not c.get("name"):
         raise ConfigError("fusion config has no name")
     if c.kind != "fusion":

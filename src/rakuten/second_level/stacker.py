@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge
+from rakuten.config import Config, ConfigError, deep_merge, validate_config
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -77,6 +77,7 @@ def stack_config(cfg) -> Config:
     """The config over STACK_DEFAULTS, validated."""
     d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     c = Config(deep_merge(STACK_DEFAULTS, d))
+    validate_config(c, STACK_DEFAULTS, c.get("_source_") or c.get("name") or "config")
     if not c.get("name"):
         raise ConfigError("stack config has no name")
     if c.kind != "stack":
