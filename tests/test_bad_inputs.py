@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,18 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return make_synthetic(tmp_path_factory.mktemp("bad_inputs"))
-
-
 @pytest.fixture
-def synth(base, tmp_path):
-    """A private copy of the finished synthetic workdir (each test may damage it)."""
-    wd = tmp_path / "wd"
-    shutil.copytree(base.workdir, wd)
-    from rakuten.paths import Paths
-    return Paths.make(wd, wd / "data" / "synthetic")
+def synth(tmp_path):
+    """A fresh finished synthetic workdir (each test may damage its own)."""
+    return make_synthetic(tmp_path / "wd")
 
 
 def script(name: str, paths, *args, timeout=300) -> subprocess.CompletedProcess:

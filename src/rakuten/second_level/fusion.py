@@ -562,11 +562,11 @@ def run_fusion(cfg, paths: Paths, folds: list[int] | None = None, force: bool = 
     data = data or load_fusion_data(cfg, paths)
     names, _ = fusion_inputs(cfg)
     chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
-    exp = open_experiment(paths, cfg, "fusion", data, chash, {"variant": cfg.fusion.variant})
     todo = data.fold_ids if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if k not in data.fold_ids]
     if bad:
         raise ConfigError(f"fold {bad[0]} is not in {data.fold_file.name} (folds {data.fold_ids})")
+    exp = open_experiment(paths, cfg, "fusion", data, chash, {"variant": cfg.fusion.variant})
     done, skipped = {}, []
     for k in tqdm(todo, desc=f"{cfg.name} folds", disable=not progress):
         if not force and fold_is_current(exp, k, data.fold_hash, chash):

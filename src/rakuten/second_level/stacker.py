@@ -300,11 +300,11 @@ def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = F
     names = list(cfg.stack.inputs)
     chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
     X, Xt, feat_names = stack_features(cfg, data, paths)
-    exp = open_experiment(paths, cfg, "stack", data, chash, {"inputs": names, "features": len(feat_names)})
     todo = data.fold_ids if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if k not in data.fold_ids]
     if bad:
         raise ConfigError(f"fold {bad[0]} is not in {data.fold_file.name} (folds {data.fold_ids})")
+    exp = open_experiment(paths, cfg, "stack", data, chash, {"inputs": names, "features": len(feat_names)})
     skipped = [k for k in todo if not force and fold_is_current(exp, k, data.fold_hash, chash)]
     todo = [k for k in todo if k not in skipped]
     done: dict[int, dict] = {}

@@ -215,12 +215,15 @@ def open_experiment(paths: Paths, cfg, kind: str, data: SecondLevelData, chash: 
             "upstream": {n: {"fold_hash": u.meta.get("fold_hash"), "kind": u.meta.get("kind")}
                          for n, u in data.inputs.items()}, **extra}
     old = exp.read_meta() if exp.meta_path.exists() else None
+    exp.pending_meta = None
     if old is not None and old.get("config_hash") == chash and old.get("fold_hash") == data.fold_hash:
         exp.update_meta(**{k: v for k, v in base.items() if k != "folds"})
     else:
         if old is not None:
             log.info("%s: config, upstream or fold file changed; recomputing every fold", exp.name)
-        atomic_write_json(exp.meta_path, {**base, "folds": {}})
+        # Written by the first save_fold, once a new fold has been computed: a run that fails before
+        # (a bad fold, a crash in the first fit) leaves the finished experiment as it was.
+        exp.pending_meta = {**base, "folds": {}}
     return exp
 
 
@@ -231,7 +234,14 @@ def fold_is_current(exp: Experiment, fold: int, fold_hash: str, chash: str) -> b
 
 
 def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, fold_scores: dict) -> None:
-    """Both npz files first, the meta record last: a fold counts as done only once all three exist."""
+    """Both npz files first, the meta record last: a fold counts as done only once all three exist.
+
+    The fresh meta.json of a changed config (``open_experiment``) replaces the old one first, so the
+    old record never vouches for a new fold file."""
+    pending = getattr(exp, "pending_meta", None)
+    if pending is not None:
+        atomic_write_json(exp.meta_path, pending)
+        exp.pending_meta = None
     oof.save(exp.oof_path(fold))
     test.save(exp.test_path(fold))
     exp.update_meta(folds={fold: fold_scores})
@@ -239,6 +249,8 @@ def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, f
 
 def finish_experiment(exp: Experiment, data: SecondLevelData) -> dict | None:
     """OOF scores over every fold once all are done (written to meta.json as ``oof``), else None."""
+    if getattr(exp, "pending_meta", None) is not None:
+        return None     # nothing computed under the new config: the old record is not this one's
     if not all(exp.fold_done(k, data.fold_hash) for k in data.fold_ids):
         return None
     oof = exp.load_oof(data.folds_df)
