@@ -99,3 +99,88 @@ def test_second_process_on_a_locked_fold_exits_with_one_line(demo):
     assert not (demo / "oof" / "tfidf_text" / "fold0.npz").exists()
     r = run("run_fold.py", "--workdir", demo, "--fold", "0", *TFIDF)   # lock released: it trains
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------ second level
+SMALL_STACK = ["lgbm.num_leaves=7", "lgbm.max_bin=31", "lgbm.num_threads=1", "lgbm.learning_rate=0.1",
+               "lgbm.min_data_in_leaf=10", "lgbm.early_stopping_rounds=0", "lgbm.num_boost_round=10"]
+
+
+@pytest.fixture
+def synth(tmp_path):
+    import sys as _sys
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic import make_synthetic
+    return make_synthetic(tmp_path / "synth")
+
+
+def _retrain_upstream(paths, name="text_tiny_title", fold=0):
+    """An upstream rerun whose outputs changed: fold ``fold``'s OOF and test logits move."""
+    import numpy as np
+    from rakuten.artifacts import Experiment, Predictions
+    exp = Experiment(paths.oof_dir, name)
+    for p in (exp.oof_path(fold), exp.test_path(fold)):
+        pr = Predictions.load(p)
+        pr.logits = pr.logits + np.random.default_rng(1).normal(0, 0.5, pr.logits.shape).astype(np.float32)
+        pr.save(p)
+
+
+def _stack_and_tuned(paths):
+    from rakuten.second_level.api import load_second_level, load_stack
+    from rakuten.second_level.stacker import run_stack
+    from rakuten.second_level.tuning import tune
+    cfg = load_stack("stack_lgbm", overrides=SMALL_STACK)
+    run_stack(cfg, paths, progress=False)
+    res = tune(cfg, paths, n_trials=1, progress=False, total=True)
+    run_stack(load_second_level(res["best_config"]), paths, progress=False)
+    return cfg, res
+
+
+def test_stale_tuned_is_not_submitted_and_stale_stack_not_listed(synth):
+    from rakuten.reporting.leaderboard import build_leaderboard
+    from rakuten.second_level.api import submit_best
+    from rakuten.second_level.stacker import run_stack
+    cfg, _ = _stack_and_tuned(synth)
+    assert submit_best(synth, "stack_lgbm").name.startswith("stack_lgbm_tuned_cv")
+    _retrain_upstream(synth)
+    listed = {r["experiment"] for r in build_leaderboard(synth, write=False)}
+    assert "stack_lgbm" not in listed and "stack_lgbm_tuned" not in listed   # both built on old inputs
+    run_stack(cfg, synth, progress=False)         # the untuned stack is refitted; tuning is skipped
+    assert "stack_lgbm" in {r["experiment"] for r in build_leaderboard(synth, write=False)}
+    path = submit_best(synth, "stack_lgbm")
+    assert path.name.startswith("stack_lgbm_cv"), path.name
+
+
+def test_study_of_old_upstreams_is_not_reused(synth):
+    import optuna
+    from rakuten.second_level.tuning import TuningError, tune
+    cfg, first = _stack_and_tuned(synth)
+    old_sig = optuna.load_study(study_name=first["study_name"], storage=first["storage"]).user_attrs["signature"]
+    _retrain_upstream(synth)
+    again = tune(cfg, synth, n_trials=1, progress=False, total=True)
+    study = optuna.load_study(study_name=again["study_name"], storage=again["storage"])
+    assert study.user_attrs["signature"] != old_sig
+    assert again["n_complete"] == 1 and again["this_worker_trials"] == 1   # a trial on the new inputs
+    url = f"sqlite:///{synth.workdir / 'shared.db'}"
+    tune(cfg, synth, n_trials=1, storage=url, study_name="shared", progress=False)
+    _retrain_upstream(synth, fold=1)
+    with pytest.raises(TuningError, match="another config or other upstream"):
+        tune(cfg, synth, n_trials=1, storage=url, study_name="shared", progress=False)
+
+
+def test_submission_with_changed_test_predictions_is_rewritten(synth):
+    import numpy as np
+    from rakuten.artifacts import Experiment, Predictions
+    from rakuten.second_level.api import load_stack, submit_best
+    from rakuten.second_level.stacker import run_stack
+    run_stack(load_stack("stack_lgbm", overrides=SMALL_STACK), synth, progress=False)
+    first = submit_best(synth, "stack_lgbm")
+    before = first.read_text()
+    exp = Experiment(synth.oof_dir, "stack_lgbm")
+    for k in range(5):       # test predictions change, the OOF (and so the file name) does not
+        t = Predictions.load(exp.test_path(k))
+        t.logits = np.roll(t.logits, 1, axis=1)
+        t.save(exp.test_path(k))
+    second = submit_best(synth, "stack_lgbm")
+    assert second == first
+    assert second.read_text() != before

@@ -23,7 +23,7 @@ from rakuten.paths import Paths
 from rakuten.reporting.anchors import PUBLIC_LEADERBOARDS, anchors, would_rank
 from rakuten.reporting.metrics import chance_macro_f1, scores
 from rakuten.reporting.plots import plot_confusion, plot_leaderboard
-from rakuten.second_level.upstream import check_complete, folds_of_experiment
+from rakuten.second_level.upstream import check_complete, folds_of_experiment, lineage_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ def score_experiment(paths: Paths, exp: Experiment, meta: dict | None = None
     """(leaderboard row, labels, OOF predictions) of a complete experiment, scored from its OOF
     files (meta.json's own scores are not trusted); raises when a fold is missing or stale."""
     meta = exp.read_meta() if meta is None else meta
+    stale = lineage_problem(paths, exp.name)
+    if stale:
+        raise ArtifactError(f"{exp.name}: stale, {stale}")
     fpath, folds_df, fhash = folds_of_experiment(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(exp, fold_ids, fhash)
