@@ -184,3 +184,15 @@ def test_submission_with_changed_test_predictions_is_rewritten(synth):
     second = submit_best(synth, "stack_lgbm")
     assert second == first
     assert second.read_text() != before
+
+
+def test_force_run_that_fails_keeps_the_finished_folds(demo):
+    r = run("run_fold.py", "--workdir", demo, "--fold", "0,1", *TFIDF)
+    assert r.returncode == 0, r.stderr[-2000:]
+    exp = demo / "oof" / "tfidf_text"
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file() and p.suffix in (".npz", ".json")}
+    # valid for the config schema, but the vectoriser rejects it once training starts
+    r = run("run_fold.py", "--workdir", demo, "--fold", "0", "--force", *TFIDF, "tfidf.word_ngrams=[3,1]")
+    assert r.returncode != 0
+    after = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file() and p.suffix in (".npz", ".json")}
+    assert after == before
