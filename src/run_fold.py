@@ -45,12 +45,13 @@ def main(argv=None) -> int:
         paths = paths_from_args(args)
         # Under `accelerate launch` / `torchrun` every rank runs this; rank 0 alone reports and writes.
         main = os.environ.get("RANK", "0") == "0"
+        # A named config is loaded (and validated) before the data: a bad override is reported at
+        # once and nothing, not even the prepared-data cache, is written.
+        cfgs = [load_experiment(args.config, args.overrides)] if args.config else None
         ds = load_dataset(paths)
         if main:
             print(describe(ds))
-        if args.config:
-            cfgs = [load_experiment(args.config, args.overrides)]
-        else:
+        if cfgs is None:
             preset = text_only_fallback(load_preset(args.preset), ds, announce=main)
             cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(args.overrides))
                     for e in preset.experiments]

@@ -154,3 +154,127 @@ def save_config(cfg: dict, path: str | Path) -> None:
     from rakuten.artifacts import atomic_write_text
     d = cfg.to_dict() if isinstance(cfg, Config) else cfg
     atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------ validation
+# Ranges of numeric keys, by dotted key, whatever the config's kind (fusion, stack and unimodal configs
+# share the names where they mean the same thing): (low, high, low inclusive, high inclusive).
+# A value outside its range would only fail at training time, after artifacts were touched.
+_INF = float("inf")
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "folds.k": (2, _INF, True, True),
+    "train.epochs": (1, _INF, True, True),
+    "train.batch_size": (1, _INF, True, True),
+    "train.eval_batch_size": (1, _INF, True, True),
+    "train.lr": (0, _INF, False, True),
+    "train.head_lr": (0, _INF, False, True),
+    "train.weight_decay": (0, _INF, True, True),
+    "train.warmup_ratio": (0, 1, True, True),
+    "train.patience": (1, _INF, True, True),
+    "train.inner_frac": (0, 1, True, False),
+    "train.grad_accum": (1, _INF, True, True),
+    "train.clip_grad": (0, _INF, True, True),
+    "train.balanced_power": (0, _INF, True, True),
+    "train.num_workers": (0, _INF, True, True),
+    "train.num_threads": (1, _INF, True, True),
+    "train.class_weight_power": (0, _INF, True, True),
+    "data.max_len": (1, _INF, True, True),
+    "data.image_size": (1, _INF, True, True),
+    "data.cache_size": (1, _INF, True, True),
+    "data.pad_to_multiple_of": (0, _INF, True, True),
+    "model.dropout": (0, 1, True, False),
+    "model.head_hidden": (0, _INF, True, True),
+    "model.tokenizer_vocab": (1, _INF, True, True),
+    "model.head_C": (0, _INF, False, True),
+    "loss.class_weight_power": (0, _INF, True, True),
+    "loss.label_smoothing": (0, 1, True, False),
+    "loss.focal_gamma": (0, _INF, True, True),
+    "tfidf.max_features": (1, _INF, True, True),
+    "knn.k": (1, _INF, True, True),
+    "knn.temperature": (0, _INF, False, True),
+    "fusion.dropout": (0, 1, True, False),
+    "fusion.hidden": (1, _INF, True, True),
+    "fusion.width": (0, _INF, True, True),
+    "logreg.C": (0, _INF, False, True),
+    "lgbm.num_leaves": (2, _INF, True, True),
+    "lgbm.learning_rate": (0, _INF, False, True),
+    "lgbm.min_data_in_leaf": (1, _INF, True, True),
+    "lgbm.feature_fraction": (0, 1, False, True),
+    "lgbm.bagging_fraction": (0, 1, False, True),
+    "lgbm.bagging_freq": (0, _INF, True, True),
+    "lgbm.lambda_l2": (0, _INF, True, True),
+    "lgbm.max_bin": (2, _INF, True, True),
+    "lgbm.num_boost_round": (1, _INF, True, True),
+    "lgbm.early_stopping_rounds": (0, _INF, True, True),
+    "lgbm.inner_frac": (0, 1, True, False),
+    "lgbm.class_weight_power": (0, _INF, True, True),
+    "lgbm.num_threads": (1, _INF, True, True),
+    "blend.max_steps": (1, _INF, True, True),
+    "blend.l2_bias": (0, _INF, True, True),
+}
+# Keys whose default's type is not the only one allowed (train.compile: false, true or a mode name;
+# tfidf.C: one value, or a list the inner search chooses from).
+EXTRA_TYPES: dict[str, tuple[type, ...]] = {"train.compile": (bool, str), "tfidf.C": (int, float, list),
+                                            "train.clip_grad": (int, float, type(None)),
+                                            "train.device": (str, int)}
+
+
+def _type_name(t: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(t, t.__name__)
+
+
+def _matches(value, types: tuple[type, ...]) -> bool:
+    for t in types:
+        if t is bool and isinstance(value, bool):
+            return True
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if t not in (bool, int, float) and isinstance(value, t):
+            return True
+    return False
+
+
+def validate_config(cfg: dict, defaults: dict, source: str) -> None:
+    """Types (each value has its default's type) and ranges (``RANGES``) of a resolved config.
+
+    Called when a config is loaded, before any artifact is touched: ``train.epochs=abc`` or
+    ``train.lr=-1`` is a one-line error at once, not a traceback when training starts, and
+    ``train.epochs=0`` cannot write an untrained fold marked complete. Keys without a default (added
+    with ``+key=value``) and keys whose default is null are not type-checked.
+    """
+    def walk(node: dict, dflt: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if key.startswith("_") or key not in dflt:
+                continue
+            d = dflt[key]
+            if isinstance(d, dict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: {dotted} must be a mapping (got {value!r})")
+                walk(value, d, dotted + ".")
+                continue
+            types = EXTRA_TYPES.get(dotted) or (None if d is None else (type(d),))
+            if types is not None and not _matches(value, types):
+                want = " or ".join(_type_name(t) for t in types)
+                raise ConfigError(f"{source}: {dotted} must be {want} (got {value!r})")
+            check_range(dotted, value, source)
+
+    walk(cfg, defaults, "")
+
+
+def check_range(dotted: str, value, source: str) -> None:
+    r = RANGES.get(dotted)
+    if r is None or value is None or isinstance(value, (bool, list, str)):
+        if r is not None and isinstance(value, str):
+            raise ConfigError(f"{source}: {dotted} must be a number (got {value!r})")
+        return
+    lo, hi, lo_in, hi_in = r
+    v = float(value)
+    ok = v == v and (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
+    if not ok:
+        left, right = "[" if lo_in else "(", "]" if hi_in else ")"
+        hi_s = "inf" if hi == _INF else f"{hi:g}"
+        raise ConfigError(f"{source}: {dotted}={value!r} is out of range {left}{lo:g}, {hi_s}{right}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from rakuten.config import Config, ConfigError, load_config
+from rakuten.config import Config, ConfigError, load_config, validate_config
 from rakuten.folds import folds_path, read_folds
 from rakuten.paths import Paths
 
@@ -74,6 +74,7 @@ EXPERIMENT_DEFAULTS: dict = {
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Config:
     cfg = load_config(path, overrides, defaults=copy.deepcopy(EXPERIMENT_DEFAULTS))
+    validate_config(cfg, EXPERIMENT_DEFAULTS, cfg._source_)
     if cfg.kind not in ("text", "image", "tfidf", "knn"):
         raise ConfigError(f"{cfg._source_}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")
     if cfg.train.get("early_stop") not in ("inner", "fold"):

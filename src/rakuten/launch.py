@@ -151,7 +151,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     from rakuten.presets import experiment_overrides, load_preset
     from rakuten.second_level.upstream import fold_file_for
     from rakuten.artifacts import Experiment
-    from rakuten.training.fold import check_experiment_folds, prepare_fold_data
+    from rakuten.training.fold import check_experiment_folds, discard_replaced, prepare_fold_data
 
     stages = list(stages or STAGES)
     bad = [s for s in stages if s not in STAGES]
@@ -182,7 +182,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
             fd = prepare_fold_data(cfg, paths, ds)
             exp = Experiment(paths.oof_dir, cfg.name)
             # once, here: in parallel folds, --force on another fold file or config would delete siblings' work
-            check_experiment_folds(exp, fd, cfg, force)
+            discard_replaced(check_experiment_folds(exp, fd, cfg, force))
             all_folds = sorted(int(k) for k in fd.folds["fold"].unique())
             want = all_folds if folds is None else folds
             missing = [k for k in want if k not in all_folds]

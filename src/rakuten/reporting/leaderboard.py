@@ -23,7 +23,7 @@ from rakuten.paths import Paths
 from rakuten.reporting.anchors import PUBLIC_LEADERBOARDS, anchors, would_rank
 from rakuten.reporting.metrics import chance_macro_f1, scores
 from rakuten.reporting.plots import plot_confusion, plot_leaderboard
-from rakuten.second_level.upstream import check_complete, folds_of_experiment
+from rakuten.second_level.upstream import check_complete, folds_of_experiment, lineage_problem
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ def score_experiment(paths: Paths, exp: Experiment, meta: dict | None = None
     """(leaderboard row, labels, OOF predictions) of a complete experiment, scored from its OOF
     files (meta.json's own scores are not trusted); raises when a fold is missing or stale."""
     meta = exp.read_meta() if meta is None else meta
+    stale = lineage_problem(paths, exp.name)
+    if stale:
+        raise ArtifactError(f"{exp.name}: stale, {stale}")
     fpath, folds_df, fhash = folds_of_experiment(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(exp, fold_ids, fhash)
@@ -151,8 +154,26 @@ def build_leaderboard(paths: Paths, write: bool = True) -> list[dict]:
             r.update(best_input=c["best_input"], margin_over_best_input=c["margin"],
                      margin_over_baseline=c.get("baseline_margin"))
     if write:
+        _keep_good_board(paths, rows, skipped)
         _write_reports(paths, rows, skipped, details, list(checks.values()))
     return rows
+
+
+def _keep_good_board(paths: Paths, rows: list[dict], skipped: list[dict]) -> None:
+    """Refuse to replace a leaderboard that lists experiments with an empty one: an empty board after
+    a finished run means the artifacts no longer check out (a changed fold file, say), which the user
+    should fix, not find out by losing the last good board."""
+    old = paths.submissions_dir / "leaderboard.json"
+    if rows or not old.exists():
+        return
+    try:
+        n_old = len(read_json(old))
+    except (ArtifactError, TypeError):
+        return
+    if n_old:
+        why = f"; e.g. {skipped[0]['experiment']}: {skipped[0]['reason']}" if skipped else ""
+        raise RakutenError(f"no complete experiment in {paths.oof_dir} ({len(skipped)} not listed{why}); "
+                           f"the existing leaderboard ({n_old} rows) is kept")
 
 
 def _write_reports(paths: Paths, rows: list[dict], skipped: list[dict], details: dict,

@@ -10,6 +10,7 @@ overwritten silently, and validated right after writing (an invalid file is remo
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten.artifacts import Experiment, atomic_write_csv
+from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomic_write_json, read_json
 from rakuten.data.challenge import Dataset
 from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
@@ -175,8 +176,12 @@ def _check_sigir_ids(row: list[str], idx: int, line: int, lookup: tuple[dict, di
                               f"to Integer_id {idx} (expected {images[idx]}/{products[idx]})")
 
 
+def sidecar_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".json")
+
+
 def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool = False,
-                    force: bool = False) -> Path:
+                    force: bool = False, reuse: bool = False) -> Path:
     """Bagged test prediction of experiment ``exp`` -> ``submissions/<exp>[_bias]_cv<score>.<ext>``.
 
     The score in the name is the OOF macro-F1 recomputed from the artifacts; with ``bias`` it is the
@@ -209,4 +214,26 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
         log.info("%s: biases gain %+.4f macro-F1 on held-out folds", exp, b["heldout"]["mean_gain"])
     codes = ds.label_map.decode(logits.argmax(1))
     path = submission_path(paths, exp, score, fmt, tag)
-    return write_submission(path, ds, codes, fmt, force=force)
+    # The sidecar ties the file to what made it: the name carries only the experiment and its OOF
+    # score, and a change that alters the test predictions but not the OOF would keep the name.
+    from rakuten.second_level.upstream import artifact_signature
+    lineage = {"experiment": exp, "format": fmt, "bias": bool(bias), "artifacts": artifact_signature(e),
+               "fold_hash": fhash, "predictions": hashlib.sha256(np.asarray(codes, np.int64).tobytes()).hexdigest()[:16]}
+    side = sidecar_path(path)
+    if path.exists() and not force and reuse:
+        old = None
+        try:
+            old = read_json(side)
+        except ArtifactError:
+            pass
+        if old == lineage:
+            validate_submission(path, ds, fmt)
+            log.info("%s exists, validates and matches the current predictions: reused", path.name)
+            print(f"  {path.name} exists, validates and matches the current predictions: reused")
+            return path
+        print(f"  {path.name} exists but was made from other predictions "
+              f"({'no sidecar' if old is None else 'its sidecar differs'}): rewritten")
+        force = True
+    out = write_submission(path, ds, codes, fmt, force=force)
+    atomic_write_json(side, lineage)
+    return out

@@ -35,15 +35,19 @@ def _name_of(name: str) -> str:
 
 
 def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
-    from rakuten.second_level.fusion import FUSION_DEFAULTS
+    from rakuten.second_level.fusion import FUSION_DEFAULTS, fusion_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
-    return load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
+    cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
+    fusion_config(cfg)  # types, ranges and allowed values now, before any artifact is touched
+    return cfg
 
 
 def load_stack(name: str, preset=None, overrides: list[str] | None = None):
-    from rakuten.second_level.stacker import STACK_DEFAULTS
+    from rakuten.second_level.stacker import STACK_DEFAULTS, stack_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
-    return load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
+    cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
+    stack_config(cfg)  # types, ranges and allowed values now, before any artifact is touched
+    return cfg
 
 
 def load_second_level(name: str, preset=None, overrides: list[str] | None = None):
@@ -136,13 +140,34 @@ def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, tim
     return out
 
 
+def tuned_is_stale(paths: Paths, name: str) -> str | None:
+    """Why ``<name>_tuned`` may not stand in for ``name``, or None: its own inputs changed since it
+    was fitted, or its parameters come from a study of another version of ``name`` (another config,
+    or upstream artifacts that were since retrained; ``tune.base_signature`` in its config is the
+    study's signature, which is ``name``'s own ``config_hash``)."""
+    from rakuten.second_level.upstream import lineage_problem
+    tuned = f"{name}_tuned"
+    why = lineage_problem(paths, tuned)
+    if why:
+        return why
+    try:
+        base_meta = Experiment(paths.oof_dir, name).read_meta()
+        tuned_meta = Experiment(paths.oof_dir, tuned).read_meta()
+    except Exception as e:  # noqa: BLE001 - a missing or corrupt meta.json is a reason, not a crash
+        return str(e)
+    made_from = ((tuned_meta.get("config") or {}).get("tune") or {}).get("base_signature")
+    if made_from != base_meta.get("config_hash"):
+        return f"its parameters were tuned on another version of {name} (config or inputs changed since)"
+    return None
+
+
 def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -> Path:
     """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
     leaderboard; a file with the same name and content from an earlier run is reused.
 
     ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
     metric (``selection.select_submission``), and only among models that beat their best input."""
-    from rakuten.reporting.submission import SubmissionError, make_submission, validate_submission
+    from rakuten.reporting.submission import SubmissionError, make_submission
 
     if isinstance(exp, (list, tuple)):
         from rakuten.data.prepared import load_dataset
@@ -164,16 +189,21 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
             raise SubmissionError("no complete experiment to submit")
         exp = board[0]["experiment"]
     elif not str(exp).endswith("_tuned") and Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
-        # the tuned version, unless it scores below the untuned one on the same OOF rows
+        # the tuned version, unless it is stale or scores below the untuned one on the same OOF rows
         from rakuten.reporting.leaderboard import score_experiment
 
         def oof_f1(name):
             return score_experiment(paths, Experiment(paths.oof_dir, name))[0]["macro_f1"]
-        base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
-        if tuned_f1 >= base_f1:
-            exp = f"{exp}_tuned"
+        stale = tuned_is_stale(paths, exp)
+        if stale:
+            print(f"  {exp}_tuned not used: {stale}; submitting {exp}")
         else:
-            print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: submitting {exp}")
+            base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
+            if tuned_f1 >= base_f1:
+                exp = f"{exp}_tuned"
+            else:
+                print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: "
+                      f"submitting {exp}")
     if bias:
         # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
         # other folds): on small or well-calibrated data they can hurt, and the check says so.
@@ -182,17 +212,9 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
         print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
               f"{'applied' if gain > 0 else 'not applied'}")
         bias = gain > 0
-    try:
-        return make_submission(paths, exp, fmt, bias=bias)
-    except SubmissionError as e:
-        if "already exists" not in str(e):
-            raise
-        # Same experiment, same score in the name: a rerun of a finished pipeline. Check, then reuse.
-        path = Path(str(e).split(" already exists")[0])
-        from rakuten.data.prepared import load_dataset
-        validate_submission(path, load_dataset(paths), fmt)
-        print(f"  {path.name} exists and validates: reused")
-        return path
+    # A file of that name from an earlier run is reused only when its sidecar matches the current
+    # predictions and artifacts; otherwise it is rewritten (and says so).
+    return make_submission(paths, exp, fmt, bias=bias, reuse=True)
 
 
 def leaderboard(paths: Paths) -> list[dict]:

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge
+from rakuten.config import Config, ConfigError, deep_merge, validate_config
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -113,6 +113,7 @@ def fusion_config(cfg) -> Config:
     """The config over FUSION_DEFAULTS, validated; accepts a Config from ``load_config`` or a dict."""
     d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     c = Config(deep_merge(FUSION_DEFAULTS, d))
+    validate_config(c, FUSION_DEFAULTS, c.get("_source_") or c.get("name") or "config")
     if not c.get("name"):
         raise ConfigError("fusion config has no name")
     if c.kind != "fusion":
@@ -561,11 +562,11 @@ def run_fusion(cfg, paths: Paths, folds: list[int] | None = None, force: bool = 
     data = data or load_fusion_data(cfg, paths)
     names, _ = fusion_inputs(cfg)
     chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
-    exp = open_experiment(paths, cfg, "fusion", data, chash, {"variant": cfg.fusion.variant})
     todo = data.fold_ids if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if k not in data.fold_ids]
     if bad:
         raise ConfigError(f"fold {bad[0]} is not in {data.fold_file.name} (folds {data.fold_ids})")
+    exp = open_experiment(paths, cfg, "fusion", data, chash, {"variant": cfg.fusion.variant})
     done, skipped = {}, []
     for k in tqdm(todo, desc=f"{cfg.name} folds", disable=not progress):
         if not force and fold_is_current(exp, k, data.fold_hash, chash):

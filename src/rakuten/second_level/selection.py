@@ -36,6 +36,15 @@ def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
     if not e.meta_path.exists():
         return None
     try:
+        # a stale candidate (inputs changed since it was fitted; a _tuned tuned on another version
+        # of its base) is not a candidate: its test predictions are not those of the current inputs
+        from rakuten.second_level.upstream import lineage_problem
+        stale = lineage_problem(paths, name)
+        if stale is None and name.endswith("_tuned"):
+            from rakuten.second_level.api import tuned_is_stale
+            stale = tuned_is_stale(paths, name[:-len("_tuned")])
+        if stale:
+            raise ArtifactError(f"stale: {stale}")
         fpath, folds_df, fhash = folds_of_experiment(paths, e)
         if fold_hash is not None and fhash != fold_hash:
             return None

@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge
+from rakuten.config import Config, ConfigError, deep_merge, validate_config
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -77,6 +77,7 @@ def stack_config(cfg) -> Config:
     """The config over STACK_DEFAULTS, validated."""
     d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
     c = Config(deep_merge(STACK_DEFAULTS, d))
+    validate_config(c, STACK_DEFAULTS, c.get("_source_") or c.get("name") or "config")
     if not c.get("name"):
         raise ConfigError("stack config has no name")
     if c.kind != "stack":
@@ -299,11 +300,11 @@ def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = F
     names = list(cfg.stack.inputs)
     chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
     X, Xt, feat_names = stack_features(cfg, data, paths)
-    exp = open_experiment(paths, cfg, "stack", data, chash, {"inputs": names, "features": len(feat_names)})
     todo = data.fold_ids if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if k not in data.fold_ids]
     if bad:
         raise ConfigError(f"fold {bad[0]} is not in {data.fold_file.name} (folds {data.fold_ids})")
+    exp = open_experiment(paths, cfg, "stack", data, chash, {"inputs": names, "features": len(feat_names)})
     skipped = [k for k in todo if not force and fold_is_current(exp, k, data.fold_hash, chash)]
     todo = [k for k in todo if k not in skipped]
     done: dict[int, dict] = {}

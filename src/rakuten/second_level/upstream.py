@@ -177,16 +177,77 @@ def load_upstreams(paths: Paths, cfg, names: list[str], need_embeddings: tuple[s
 
 
 def upstream_signature(paths: Paths, names: list[str]) -> dict:
-    """Sizes and mtimes of upstream artifacts: a rerun upstream invalidates what was built on it.
+    """Content hash of each named experiment's artifacts: a rerun upstream whose outputs changed
+    invalidates what was built on it; one that wrote the same bytes again does not.
 
-    Cheap on purpose (no hashing of ~GB embedding files on every idempotence check).
+    One digest per experiment over the sha256 of every ``fold*.npz`` / ``test_fold*.npz`` and the
+    meta.json fields that define it (config, fold file and data fingerprint hashes). File hashes are
+    cached in ``.hashes.json`` beside them, keyed by size and mtime, so an idempotence check does not
+    re-read GBs of embeddings.
     """
-    sig = {}
-    for name in names:
-        d = Experiment(paths.oof_dir, name).dir
-        files = sorted(list(d.glob("fold*.npz")) + list(d.glob("test_fold*.npz")))
-        sig[name] = [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
-    return sig
+    return {name: artifact_signature(Experiment(paths.oof_dir, name)) for name in names}
+
+
+def artifact_signature(exp: Experiment) -> str:
+    files = sorted(list(exp.dir.glob("fold*.npz")) + list(exp.dir.glob("test_fold*.npz")))
+    cache_path = exp.dir / ".hashes.json"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    h = hashlib.sha256()
+    fresh = {}
+    for f in files:
+        st = f.stat()
+        c = cache.get(f.name)
+        if not (isinstance(c, list) and c[:2] == [st.st_size, st.st_mtime_ns]):
+            c = [st.st_size, st.st_mtime_ns, file_hash(f)]
+        fresh[f.name] = c
+        h.update(f"{f.name}:{c[2]}|".encode())
+    if exp.meta_path.exists():
+        try:
+            meta = exp.read_meta()
+        except ArtifactError:
+            meta = {}
+        h.update(json.dumps({k: meta.get(k) for k in ("config_hash", "fold_hash", "data_key")},
+                            sort_keys=True).encode())
+    if fresh != cache and exp.dir.exists():
+        try:
+            atomic_write_json(cache_path, fresh)
+        except OSError:
+            pass          # a read-only upstream: hash again next time
+    return h.hexdigest()[:16]
+
+
+def lineage_problem(paths: Paths, name: str, _seen: dict | None = None) -> str | None:
+    """Why ``name`` is stale (an upstream artifact, at any depth, changed since it was built on it),
+    or None. Experiments that record no upstream signatures (unimodal ones) are checked at training
+    time against their fold file, config and data instead."""
+    seen = {} if _seen is None else _seen
+    if name in seen:
+        return seen[name]
+    seen[name] = None
+    exp = Experiment(paths.oof_dir, name)
+    try:
+        meta = exp.read_meta()
+    except ArtifactError as e:
+        seen[name] = str(e)
+        return seen[name]
+    for up, rec in (meta.get("upstream") or {}).items():
+        want = (rec or {}).get("signature")
+        if want is None:
+            continue
+        if not Experiment(paths.oof_dir, up).meta_path.exists():
+            seen[name] = f"its input {up} is gone"
+            break
+        if artifact_signature(Experiment(paths.oof_dir, up)) != want:
+            seen[name] = f"its input {up} changed since it was built (rerun {name})"
+            break
+        deeper = lineage_problem(paths, up, seen)
+        if deeper:
+            seen[name] = f"its input {up} is stale: {deeper}"
+            break
+    return seen[name]
 
 
 def config_hash(cfg, extra: dict | None = None) -> str:
@@ -210,17 +271,21 @@ def class_weights(y: np.ndarray, power: float, num_classes: int = NUM_CLASSES) -
 def open_experiment(paths: Paths, cfg, kind: str, data: SecondLevelData, chash: str, extra: dict) -> Experiment:
     """Create or reuse ``oof/<name>/``; a changed config or fold file starts the per-fold record afresh."""
     exp = Experiment(paths.oof_dir, cfg["name"])
+    sig = upstream_signature(paths, list(data.inputs))
     base = {"name": cfg["name"], "kind": kind, "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
             "config_hash": chash, "fold_file": str(data.fold_file), "fold_hash": data.fold_hash,
-            "upstream": {n: {"fold_hash": u.meta.get("fold_hash"), "kind": u.meta.get("kind")}
+            "upstream": {n: {"fold_hash": u.meta.get("fold_hash"), "kind": u.meta.get("kind"), "signature": sig[n]}
                          for n, u in data.inputs.items()}, **extra}
     old = exp.read_meta() if exp.meta_path.exists() else None
+    exp.pending_meta = None
     if old is not None and old.get("config_hash") == chash and old.get("fold_hash") == data.fold_hash:
         exp.update_meta(**{k: v for k, v in base.items() if k != "folds"})
     else:
         if old is not None:
             log.info("%s: config, upstream or fold file changed; recomputing every fold", exp.name)
-        atomic_write_json(exp.meta_path, {**base, "folds": {}})
+        # Written by the first save_fold, once a new fold has been computed: a run that fails before
+        # (a bad fold, a crash in the first fit) leaves the finished experiment as it was.
+        exp.pending_meta = {**base, "folds": {}}
     return exp
 
 
@@ -231,7 +296,14 @@ def fold_is_current(exp: Experiment, fold: int, fold_hash: str, chash: str) -> b
 
 
 def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, fold_scores: dict) -> None:
-    """Both npz files first, the meta record last: a fold counts as done only once all three exist."""
+    """Both npz files first, the meta record last: a fold counts as done only once all three exist.
+
+    The fresh meta.json of a changed config (``open_experiment``) replaces the old one first, so the
+    old record never vouches for a new fold file."""
+    pending = getattr(exp, "pending_meta", None)
+    if pending is not None:
+        atomic_write_json(exp.meta_path, pending)
+        exp.pending_meta = None
     oof.save(exp.oof_path(fold))
     test.save(exp.test_path(fold))
     exp.update_meta(folds={fold: fold_scores})
@@ -239,6 +311,8 @@ def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, f
 
 def finish_experiment(exp: Experiment, data: SecondLevelData) -> dict | None:
     """OOF scores over every fold once all are done (written to meta.json as ``oof``), else None."""
+    if getattr(exp, "pending_meta", None) is not None:
+        return None     # nothing computed under the new config: the old record is not this one's
     if not all(exp.fold_done(k, data.fold_hash) for k in data.fold_ids):
         return None
     oof = exp.load_oof(data.folds_df)

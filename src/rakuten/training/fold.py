@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import random
 import shutil
 import time
 import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +46,8 @@ class FoldData:
     folds: pd.DataFrame
     fold_file: Path
     fold_hash: str
-    data_key: str
+    data_key: str             # raw files' fingerprint (the token cache's key)
+    content_key: str = ""     # what this experiment learns from (``experiment_data_key``)
 
 
 def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
@@ -51,8 +55,27 @@ def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
     fpath, folds = experiment_folds(cfg, paths)
     check_folds_match(folds, ds.train, fpath)
     train = ds.train.set_index("id").loc[folds["id"].to_numpy()].reset_index()
-    return FoldData(train, ds.test.reset_index(drop=True), folds, fpath, file_hash(fpath),
-                    data_fingerprint(resolve_data_dir(paths)))
+    test = ds.test.reset_index(drop=True)
+    return FoldData(train, test, folds, fpath, file_hash(fpath), data_fingerprint(resolve_data_dir(paths)),
+                    experiment_data_key(cfg, train, test))
+
+
+def experiment_data_key(cfg, train: pd.DataFrame, test: pd.DataFrame) -> str:
+    """The data fingerprint an experiment's artifacts are keyed on: ids, labels, and only the inputs
+    it reads (its text field, or the image files), so a new image does not retrain a text model."""
+    from rakuten.data.prepared import content_fingerprint
+    if cfg.kind == "image":
+        return content_fingerprint(train, test, images=True)
+    uses_other = (cfg.kind == "knn" and cfg.knn.features != "tfidf") or \
+        (cfg.kind == "tfidf" and (cfg.tfidf.get("dense") or {}).get("experiment"))
+    if uses_other:   # reads another experiment's embeddings: every input it could come from
+        return content_fingerprint(train, test, fields=("title", "description", "text"), images=True)
+    return content_fingerprint(train, test, fields=(cfg.data.field,))
+
+
+def run_signature(cfg, fd: FoldData) -> dict:
+    """What a unimodal fold's artifacts and checkpoints are valid for."""
+    return {"config_hash": config_hash(cfg), "fold_hash": fd.fold_hash, "data_key": fd.content_key}
 
 
 # Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
@@ -71,21 +94,78 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = False) -> None:
-    """All folds of an experiment come from one fold file and one config: refuse to mix, or start afresh."""
+def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = False) -> Path | None:
+    """All folds of an experiment come from one fold file, one config and one data fingerprint:
+    refuse to mix, or (``force``) start afresh.
+
+    The old experiment is moved aside, not deleted; the caller deletes it once the new fold is
+    written (``discard_replaced``) or puts it back when the run fails (``restore_replaced``), so a
+    failed ``--force`` run never costs the finished folds. Returns the moved-aside folder, if any.
+    """
     if not exp.meta_path.exists():
-        return
+        return None
     meta = exp.read_meta()
     reason = None
     if meta.get("fold_hash") not in (None, fd.fold_hash):
         reason = f"made on another fold file ({meta.get('fold_file')})"
     elif meta.get("config_hash") not in (None, config_hash(cfg)):
         reason = "trained with a different config"
-    if reason:
-        if not force:
-            raise ArtifactError(f"{exp.dir}: {reason}; pass --force to discard it and retrain, "
-                                "or give the changed config another name")
-        shutil.rmtree(exp.dir)
+    elif meta.get("data_key") not in (None, fd.content_key):
+        reason = "trained on other data (its ids, labels, text or image files changed)"
+    if not reason:
+        return None
+    if not force:
+        raise ArtifactError(f"{exp.dir}: {reason}; pass --force to discard it and retrain, "
+                            "or give the changed config another name")
+    aside = exp.dir.with_name(f".{exp.dir.name}.replaced")
+    if aside.exists():
+        shutil.rmtree(aside)
+    exp.dir.rename(aside)
+    log.info("%s: %s; retraining (the old artifacts are deleted once the new fold is written)", exp.name, reason)
+    return aside
+
+
+def restore_replaced(exp: Experiment, aside: Path | None) -> None:
+    if aside is not None and aside.exists():
+        if exp.dir.exists():
+            shutil.rmtree(exp.dir)
+        aside.rename(exp.dir)
+
+
+def discard_replaced(aside: Path | None) -> None:
+    if aside is not None and aside.exists():
+        shutil.rmtree(aside)
+
+
+@contextmanager
+def fold_lock(paths: Paths, name: str, fold: int):
+    """An exclusive lock per (workdir, experiment, fold): two processes training the same fold
+    would both write it, and the later one's OOF would silently replace the other's. The second one
+    fails at once with one line instead. The lock files stay (removing one would let two processes
+    lock different inodes)."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: no lock
+        yield
+        return
+    path = paths.oof_dir / ".locks" / f"{name}.fold{fold}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RakutenError(f"{name} fold {fold} is being trained by {holder} in {paths.workdir} "
+                               f"(lock {path}); wait for it to finish") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -173,7 +253,9 @@ def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
 
     size = int(cfg.data.cache_size)
     files = [p or None for p in fd.train["image_path"].tolist() + fd.test["image_path"].tolist()]
-    cache_file = paths.cache_dir / "images" / f"{fd.data_key}_{size}.npy"
+    # keyed by the image files' paths, sizes and mtimes: an image repaired in place is re-read
+    from rakuten.data.prepared import content_fingerprint
+    cache_file = paths.cache_dir / "images" / f"{content_fingerprint(fd.train, fd.test, images=True)}_{size}.npy"
     try:
         arr = load_image_cache(cache_file)
         if len(arr) != len(files):
@@ -252,7 +334,8 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr_rows, va_rows, y_tr, y_va,
-                      progress: bool = True) -> tuple[Predictions, Predictions, list[dict]]:
+                      progress: bool = True, signature: dict | None = None
+                      ) -> tuple[Predictions, Predictions, list[dict]]:
     """The epoch loop: train, score fold k, checkpoint, early-stop; then predict with the best weights."""
     from rakuten.training.engine import Engine, make_optimizer, make_scheduler, resolve_device
     from rakuten.training.losses import make_loss
@@ -305,6 +388,9 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     if t.checkpoint and ckpt.exists():
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            if signature is not None and state.get("signature") != signature:
+                # a run killed before its first meta.json, then the config or data was edited
+                raise ArtifactError("made with another config, fold file or data")
             engine.load_state_dict(state["engine"])
             _set_rng_state(state["rng"])
             start, best, bad, history = state["epoch"] + 1, state["best"], state["bad"], state["history"]
@@ -337,11 +423,11 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
             atomic_write_csv(exp.summary_path(fold), pd.DataFrame(history), index=False)
             if t.checkpoint:
                 _atomic_torch_save({"engine": engine.state_dict(), "rng": _rng_state(), "epoch": epoch,
-                                    "best": best, "bad": bad, "history": history}, ckpt)
+                                    "best": best, "bad": bad, "history": history, "signature": signature}, ckpt)
         barrier(dist_info)  # ranks stay in step with the checkpoint on disk
     if not main:
         return None  # rank 0 predicts and writes; the others' work is done
-    if best_path.exists():
+    if best_path.exists() and history:
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     va_logits, va_emb = engine.predict(pred_loader)
     te_logits, te_emb = engine.predict(test_loader)
@@ -350,6 +436,18 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
 
 
 # -------------------------------------------------------------------------------------- frozen features
+def frozen_feature_key(cfg, fd: FoldData) -> str:
+    """Cache key of a backbone's embeddings: every config key that changes them (the backbone and its
+    weights, the input field and its preprocessing, the image cache size crops come from) and the
+    experiment's data fingerprint."""
+    import hashlib
+    m = cfg.model
+    return hashlib.sha256(f"{m.name}|{m.backbone}|{m.get('cpu_int8', False)}|{cfg.kind}|{cfg.data.get('field')}|"
+                         f"{cfg.data.max_len}|"
+                         f"{cfg.data.get('prefix')}|{cfg.data.image_size}|{cfg.data.cache_size}|"
+                         f"{m.get('pretrained', True)}|{fd.content_key}".encode()).hexdigest()[:12]
+
+
 def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> np.ndarray:
     """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2)."""
     import hashlib
@@ -358,9 +456,7 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> n
     from rakuten.training.engine import Engine, resolve_device
 
     m = cfg.model
-    key = hashlib.sha256(f"{m.name}|{m.backbone}|{m.get('cpu_int8', False)}|{cfg.kind}|{cfg.data.get('field')}|"
-                         f"{cfg.data.max_len}|"
-                         f"{cfg.data.get('prefix')}|{cfg.data.image_size}|{fd.data_key}".encode()).hexdigest()[:12]
+    key = frozen_feature_key(cfg, fd)
     path = paths.cache_dir / "features" / f"{cfg.kind}_{key}.npz"
     n = len(fd.train) + len(fd.test)
     if path.exists():
@@ -425,8 +521,23 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     if empty:
         raise RakutenError(f"{cfg.name}: {empty}; a model of it would score at chance (drop it from the preset)")
     exp = Experiment(paths.oof_dir, cfg.name)
-    if dist_info.is_main:
-        check_experiment_folds(exp, fd, cfg, force)
+    # rank 0 holds the fold's lock (the other ranks of one data-parallel job are its helpers)
+    with fold_lock(paths, cfg.name, fold) if dist_info.is_main else nullcontext():
+        aside = check_experiment_folds(exp, fd, cfg, force) if dist_info.is_main else None
+        try:
+            s = _run_locked_fold(cfg, paths, fold, fd, exp, dist_info, progress, force)
+        except BaseException:
+            restore_replaced(exp, aside)   # a failed --force run keeps the finished folds
+            raise
+        discard_replaced(aside)
+        return s
+
+
+def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment, dist_info, progress: bool,
+                     force: bool) -> dict:
+    from rakuten.training.distributed import barrier
+    from rakuten.training.engine import seed_everything
+
     barrier(dist_info)
     if not force and exp.fold_done(fold, fd.fold_hash):
         log.info("%s fold %d: artifacts complete, skipping", cfg.name, fold)
@@ -471,7 +582,8 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
             inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None)
             head_cfg = dict(cfg.model)
             model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
-            out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+            out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress,
+                                    signature=run_signature(cfg, fd))
             if out is None:
                 return {"rank": dist_info.rank}
             va, te, history = out
@@ -481,7 +593,8 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
         inputs, model = build_inputs_and_model(cfg, paths, fd)
         if dist_info.is_main:
             barrier(dist_info)
-        out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress)
+        out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress,
+                                    signature=run_signature(cfg, fd))
         if out is None:
             return {"rank": dist_info.rank}
         va, te, history = out
@@ -496,7 +609,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     meta = exp.update_meta(
         name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
         field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg),
-        fold_file=str(fd.fold_file), fold_hash=fd.fold_hash, folds={fold: s})
+        fold_file=str(fd.fold_file), fold_hash=fd.fold_hash, data_key=fd.content_key, folds={fold: s})
     if all(str(k) in meta["folds"] for k in sorted(fd.folds["fold"].unique())):
         oof = exp.load_oof(fd.folds)
         exp.update_meta(oof=scores(oof.labels, oof.logits))
