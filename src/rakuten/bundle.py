@@ -14,9 +14,12 @@ Layout::
     members/<exp>/config.json   the resolved config of the run (meta.json's)
     members/<exp>/fold<k>.pt|.joblib, members/<exp>/tokenizer/
 
-Supported members: TF-IDF models (without dense features), fine-tuned text and image models, and the
-stackers (lgbm, logreg, blend, caruana) over them. Fusion models, kNN members and frozen-backbone
-heads are refused at export with a one-line reason (their new-product path is not written yet).
+    features/<exp>/config.json  a frozen backbone's extraction settings (weights: the offline packages)
+
+Supported members: TF-IDF models (with or without dense frozen features), kNN (on TF-IDF or on frozen
+features), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
+and the stackers (lgbm, logreg, blend, caruana) over them. Fusion models are refused at export with a
+one-line reason: their embedding alignment is fitted on the run's own test rows.
 """
 from __future__ import annotations
 
@@ -55,23 +58,41 @@ def submitted_experiment(paths: Paths, preset=None) -> dict:
                       "run_all) so the run records which model it submitted")
 
 
+def feature_source(cfg: dict) -> str | None:
+    """The frozen-backbone experiment whose embeddings a member reads, or None: its own config for a
+    frozen head, ``tfidf.dense.experiment`` or ``knn.features`` (by name, as training loads them)."""
+    kind = cfg.get("kind")
+    if kind in ("text", "image") and cfg.get("model", {}).get("freeze_backbone"):
+        return cfg["name"]
+    if kind == "tfidf":
+        return (cfg.get("tfidf", {}).get("dense") or {}).get("experiment") or None
+    if kind == "knn" and cfg.get("knn", {}).get("features") != "tfidf":
+        return cfg["knn"]["features"]
+    return None
+
+
 def _unsupported(meta: dict) -> str | None:
     kind = meta.get("kind")
-    cfg = meta.get("config") or {}
     if kind == "fusion":
-        return "fusion models are not exportable yet"
-    if kind == "stack":
-        return None
-    if kind != "unimodal":
+        return "fusion models are not exportable yet (their embedding alignment is fitted on the run's test rows)"
+    if kind not in ("stack", "unimodal"):
         return f"kind {kind!r} is not exportable"
-    ck = cfg.get("kind")
-    if ck == "knn":
-        return "kNN members are not exportable yet"
-    if ck == "tfidf" and (cfg.get("tfidf", {}).get("dense") or {}).get("experiment"):
-        return "TF-IDF with dense frozen features is not exportable yet"
-    if ck in ("text", "image") and cfg.get("model", {}).get("freeze_backbone"):
-        return "frozen-backbone heads are not exportable yet"
     return None
+
+
+def _source_config(name: str, member_cfg: dict) -> dict:
+    """The config training extracted ``name``'s features with: the member's own for a frozen head,
+    else the experiment's file (``classic.source_features`` loads it without preset overrides)."""
+    if member_cfg.get("name") == name:
+        cfg = member_cfg
+    else:
+        from rakuten.experiment import load_experiment
+        cfg = load_experiment(name).to_dict()
+    backbone = str(cfg.get("model", {}).get("backbone", ""))
+    if cfg.get("kind") == "text" and backbone.startswith("tiny:"):
+        raise BundleError(f"{name}: frozen features of a {backbone} backbone are not exportable (its tokenizer "
+                          "is fitted on the training text and is not kept)")
+    return cfg
 
 
 def _members(paths: Paths, name: str, out: dict) -> None:
@@ -129,7 +150,7 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
     (tmp / "members").mkdir(parents=True)
     label_map = LabelMap()
     label_map.save(tmp / "label_map.json")
-    entries = {}
+    entries, sources = {}, {}
     for name, meta in members.items():
         e = Experiment(paths.oof_dir, name)
         folds = sorted(int(k) for k in meta.get("folds", {}))
@@ -148,15 +169,20 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
         tok = e.dir / "models" / "tokenizer"
         if tok.is_dir():
             shutil.copytree(tok, d / "tokenizer")
-        elif meta.get("kind") == "unimodal" and meta["config"].get("kind") == "text":
+        elif (meta.get("kind") == "unimodal" and meta["config"].get("kind") == "text"
+              and not meta["config"]["model"].get("freeze_backbone")):
             raise BundleError(f"{name}: no saved tokenizer in {tok}; rerun the experiment with --force")
         atomic_write_json(d / "config.json", meta["config"])
         cfg = meta["config"]
+        src = feature_source(cfg) if meta.get("kind") == "unimodal" else None
+        if src is not None and src not in sources:
+            sources[src] = _source_config(src, cfg)
+            atomic_write_json(tmp / "features" / src / "config.json", sources[src])
         entries[name] = {
             "kind": meta.get("kind"), "member_kind": cfg.get("kind"), "folds": folds, "files": files,
             "inputs": list(cfg["stack"]["inputs"]) if meta.get("kind") == "stack" else [],
             "config_hash": meta.get("config_hash"), "fold_hash": meta.get("fold_hash"),
-            "oof_scores": meta.get("oof"), "field": meta.get("field"),
+            "oof_scores": meta.get("oof"), "field": meta.get("field"), "features": src,
         }
     version_src = json.dumps({n: (v["config_hash"], v["fold_hash"]) for n, v in entries.items()}, sort_keys=True)
     manifest = {
@@ -164,7 +190,7 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
         "model_version": f"{top}-{hashlib.sha256(version_src.encode()).hexdigest()[:10]}",
         "submitted": top, "preset": preset_name,
         "biases": sub.get("biases") if sub.get("bias") else None,
-        "average": "probs", "members": entries, "versions": _versions(),
+        "average": "probs", "members": entries, "feature_sources": sorted(sources), "versions": _versions(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_workdir": str(paths.workdir),
     }
@@ -253,12 +279,49 @@ class Bundle:
         self.device, self.progress = device, progress
         self._images: dict = {}      # decoded image arrays of the current predict call
         self._tmpdirs: list = []
+        self.sources: dict[str, dict] = {}
+        for name in self.manifest.get("feature_sources", []):
+            cfg = Config(read_json(self.path / "features" / name / "config.json"))
+            self.sources[name] = {"cfg": cfg, **self._load_source(cfg)}
         self.members: dict[str, dict] = {}
         for name, entry in self.manifest["members"].items():
             d = self.path / "members" / name
             cfg = Config(read_json(d / "config.json"))
             self.members[name] = {**entry, "cfg": cfg, "models": self._load_member(name, entry, cfg, d)}
         self.load_seconds = time.time() - t0
+
+    def _load_source(self, cfg) -> dict:
+        """The frozen backbone of a feature source, as ``training.fold.frozen_features`` builds it
+        (pretrained weights from the offline packages or a local folder; never trained further)."""
+        from rakuten.models.registry import create_model
+
+        if cfg.kind == "text":
+            from rakuten.models.backbones import load_tokenizer
+            tok = load_tokenizer(cfg.model.backbone)
+            model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, tokenizer=tok)
+        else:
+            from rakuten.models.image import load_image_backbone
+            tok = None
+            backbone = load_image_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
+                                           drop_path_rate=cfg.model.get("drop_path_rate", 0.0))
+            model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, backbone=backbone)
+        model = model.eval()
+        if self.device == "cpu" and cfg.model.get("cpu_int8", False):
+            import warnings
+
+            import torch
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*deprecated.*")
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return {"model": model, "tokenizer": tok}
+
+    def _features(self, name: str, products: pd.DataFrame, cache: dict) -> np.ndarray:
+        """Frozen embeddings [n, D] of feature source ``name`` (extracted once per predict call)."""
+        key = ("features", name)
+        if key not in cache:
+            src = self.sources[name]
+            cache[key] = self._torch_run(src["cfg"], src["model"], products, src["tokenizer"])[1].astype(np.float32)
+        return cache[key]
 
     @property
     def model_version(self) -> str:
@@ -270,7 +333,7 @@ class Bundle:
 
         models = {}
         tok = None
-        if entry["member_kind"] == "text":
+        if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
             from transformers import PreTrainedTokenizerFast
             tok = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
         for k, fname in zip(entry["folds"], entry["files"]):
@@ -279,7 +342,13 @@ class Bundle:
                 models[k] = joblib.load(f)
                 continue
             state = torch.load(f, map_location="cpu", weights_only=False)
-            models[k] = self._torch_model(cfg, tok, state["state_dict"])
+            if "in_dim" in state:   # a head on frozen features
+                from rakuten.models.registry import create_model
+                head = create_model("head_mlp", cfg=dict(cfg.model), num_classes=NUM_CLASSES, in_dim=state["in_dim"])
+                head.load_state_dict(state["state_dict"])
+                models[k] = {"head": head.eval(), "mu": state["mu"], "sd": state["sd"]}
+            else:
+                models[k] = self._torch_model(cfg, tok, state["state_dict"])
         if tok is not None:
             models["tokenizer"] = tok
         return models
@@ -320,26 +389,72 @@ class Bundle:
         m = self.members[name]
         if m["kind"] == "stack":
             out = self._stack_logits(name, m, products, cache)
-        elif m["member_kind"] == "tfidf":
-            from rakuten.training.fold import field_texts
-            texts = field_texts(products, m["cfg"])
-            out = {k: m["models"][k]["model"].predict_logits(texts, NUM_CLASSES) for k in m["folds"]}
+        elif m["member_kind"] in ("tfidf", "knn"):
+            out = self._classic_logits(m, products, cache)
+        elif m.get("features"):
+            out = self._frozen_logits(m, products, cache)
         else:
-            out = {k: self._torch_logits(m, m["models"][k], products) for k in m["folds"]}
+            out = {k: self._torch_run(m["cfg"], m["models"][k], products, m["models"].get("tokenizer"))[0]
+                   for k in m["folds"]}
         cache[name] = {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         return cache[name]
 
-    def _torch_logits(self, m: dict, model, products: pd.DataFrame) -> np.ndarray:
+    def _classic_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+        """TF-IDF linear models and kNN, as ``training.classic.fit_predict`` predicts its test rows."""
+        from rakuten.training.classic import _l2_rows, knn_log_proba
+        from rakuten.training.fold import field_texts
+
+        cfg = m["cfg"]
+        texts = field_texts(products, cfg)
+        feats = None
+        if m.get("features"):
+            f = self._features(m["features"], products, cache)
+            feats = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)   # classic.source_features
+        out = {}
+        for k in m["folds"]:
+            obj = m["models"][k]
+            if obj["kind"] == "tfidf":
+                dense = None if feats is None else feats * float(cfg.tfidf.dense.get("weight", 1.0))
+                out[k] = obj["model"].predict_logits(texts, NUM_CLASSES, dense=dense)
+            elif obj["kind"] == "knn_tfidf":
+                q = _l2_rows(obj["vectorizer"]._features(texts, fit=False))
+                out[k] = knn_log_proba(q, obj["bank"], obj["bank_labels"], cfg.knn.k, cfg.knn.temperature)
+            else:
+                out[k] = knn_log_proba(feats, obj["bank"], obj["bank_labels"], cfg.knn.k, cfg.knn.temperature)
+        return out
+
+    def _frozen_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+        """Heads on frozen features, standardised with their fold's training statistics."""
+        from rakuten.training.engine import Engine
+        from rakuten.training.fold import FeatureDataset, RowSubset, _loader
+
+        cfg = m["cfg"]
+        f = self._features(m["features"], products, cache)
+        out = {}
+        for k in m["folds"]:
+            obj = m["models"][k]
+            z = (f - obj["mu"]) / obj["sd"]
+            if "clf" in obj:   # model.head: logreg (classic.frozen_logreg)
+                full = np.full((len(z), NUM_CLASSES), -30.0, dtype=np.float64)
+                full[:, obj["clf"].classes_] = obj["clf"].predict_log_proba(z)
+                out[k] = full.astype(np.float32)
+                continue
+            engine = Engine(obj["head"], None, device=self.device, precision=cfg.train.precision, progress=False)
+            loader, _ = _loader(RowSubset(FeatureDataset(z), np.arange(len(z)), None), cfg, False, None)
+            out[k] = engine.predict(loader)[0]
+        return out
+
+    def _torch_run(self, cfg, model, products: pd.DataFrame, tok=None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, embeddings) of a torch text or image model on the products, batched like training's
+        eval loaders (length-sorted text batches padded per batch)."""
         from rakuten.training.engine import Engine
         from rakuten.training.fold import RowSubset, _loader
 
-        cfg = m["cfg"]
         transform, collate, lengths = None, None, None
         if cfg.kind == "text":
             from rakuten.data.text_dataset import TokenDataset, tokenize_texts
             from rakuten.training.fold import field_texts
             from rakuten.training.samplers import pad_collate
-            tok = m["models"]["tokenizer"]
             tokens = tokenize_texts(tok, field_texts(products, cfg), int(cfg.data.max_len))
             ds, lengths = TokenDataset(tokens), tokens.lengths
             collate = pad_collate(tok.pad_token_id, pad_to_multiple_of=cfg.data.pad_to_multiple_of or None)
@@ -347,10 +462,8 @@ class Bundle:
             ds, transform = self._image_inputs(cfg, model, products)
         engine = Engine(model, None, device=self.device, precision=cfg.train.precision, batch_transform=transform,
                         channels_last=bool(cfg.train.channels_last), progress=self.progress)
-        rows = np.arange(len(products))
-        loader, _ = _loader(RowSubset(ds, rows, None), cfg, False, collate, lengths)
-        logits, _ = engine.predict(loader)
-        return logits
+        loader, _ = _loader(RowSubset(ds, np.arange(len(products)), None), cfg, False, collate, lengths)
+        return engine.predict(loader)
 
     def _image_inputs(self, cfg, model, products: pd.DataFrame):
         import tempfile
@@ -367,7 +480,7 @@ class Bundle:
             f = d / f"images_{key[1]}.npy"
             build_image_cache(files, key[1], f, workers=0, progress=False)
             self._images[key] = np.asarray(load_image_cache(f))
-        mean, std = image_norm(model.encoder)
+        mean, std = image_norm(getattr(model, "encoder", model))
         aug = cfg.augment
         augment = GpuImageAugment(int(cfg.data.image_size), mean, std, train_crop_scale=tuple(aug.crop_scale),
                                   hflip=bool(aug.hflip), max_rotate_deg=float(aug.max_rotate_deg),

@@ -492,7 +492,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
             if out is None:
                 return {"rank": dist_info.rank}
             va, te, history = out
-            final = ("pt", {"state_dict": model.state_dict(), "mu": mu, "sd": sd})
+            final = ("pt", {"state_dict": model.state_dict(), "mu": mu, "sd": sd, "in_dim": int(feats.shape[1])})
     else:
         if not dist_info.is_main:
             barrier(dist_info)  # rank 0 builds the token/image caches first; the others then read them
