@@ -95,6 +95,13 @@ def _source_config(name: str, member_cfg: dict) -> dict:
     return cfg
 
 
+def _extraction_key(cfg: dict) -> str:
+    """What ``training.fold.frozen_features`` keys its cache on (the data aside)."""
+    m, d = cfg.get("model", {}), cfg.get("data", {})
+    return (f"{m.get('name')}|{m.get('backbone')}|{m.get('cpu_int8', False)}|{cfg.get('kind')}|{d.get('field')}|"
+            f"{d.get('max_len')}|{d.get('prefix')}|{d.get('image_size')}")
+
+
 def _members(paths: Paths, name: str, out: dict) -> None:
     """Add ``name`` and, for second levels, its inputs to ``out`` (name -> meta), inputs first."""
     if name in out:
@@ -176,8 +183,13 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
         cfg = meta["config"]
         src = feature_source(cfg) if meta.get("kind") == "unimodal" else None
         if src is not None and src not in sources:
-            sources[src] = _source_config(src, cfg)
-            atomic_write_json(tmp / "features" / src / "config.json", sources[src])
+            scfg = _source_config(src, cfg)
+            same = next((n for n, c in sources.items() if _extraction_key(c) == _extraction_key(scfg)), None)
+            if same is not None:
+                src = same   # one extraction per backbone and settings, as training's feature cache
+            else:
+                sources[src] = scfg
+                atomic_write_json(tmp / "features" / src / "config.json", scfg)
         entries[name] = {
             "kind": meta.get("kind"), "member_kind": cfg.get("kind"), "folds": folds, "files": files,
             "inputs": list(cfg["stack"]["inputs"]) if meta.get("kind") == "stack" else [],
