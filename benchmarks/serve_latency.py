@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    load_before = os.getloadavg()[0]
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, str(REPO / "src" / "serve.py"), "--bundle", args.bundle,
                              "--port", str(port)], env=env)
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
         proc.wait(timeout=30)
     res = {"model_version": version, "bundle": str(args.bundle), "host": platform.node(),
            "cpu_count": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+           "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],   # shared machines: context
            "startup_s": round(startup, 1), "single": stats(single, 1), "batch32": stats(batch, 32),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
