@@ -195,6 +195,23 @@ class Experiment:
     def checkpoint_path(self, fold: int) -> Path:
         return self.dir / "checkpoints" / f"fold{fold}_last.pt"
 
+    def model_path(self, fold: int, ext: str) -> Path:
+        """Fold k's final model (``pt``: torch weights, ``joblib``: a fitted scikit-learn/LightGBM
+        object): kept after the run so that ``export.py`` can bundle it for new products."""
+        return self.dir / "models" / f"fold{fold}.{ext}"
+
+    def save_model(self, fold: int, obj, torch_weights: bool = False) -> Path:
+        path = self.model_path(fold, "pt" if torch_weights else "joblib")
+        if torch_weights:
+            import torch
+            with atomic_path(path, suffix=".pt") as tmp:
+                torch.save(obj, tmp)
+        else:
+            import joblib
+            with atomic_path(path, suffix=".joblib") as tmp:
+                joblib.dump(obj, tmp)
+        return path
+
     @property
     def meta_path(self) -> Path:
         return self.dir / "meta.json"

@@ -315,6 +315,7 @@ def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = F
         s = scores(y[rows], proba)
         oof = Predictions(data.ids[rows], _log_proba(proba), None, y[rows])
         test = Predictions(data.test_ids, _log_proba(test_proba), None)
+        exp.save_model(k, model)   # the fitted fold-k second level: export.py bundles it
         save_fold(exp, k, oof, test, {**s, "best_iteration": int(getattr(model, "best_iteration_", 0)),
                                       "seconds": round(time.time() - t0[0], 2)})
         done[k] = s

@@ -62,8 +62,11 @@ def _l2_rows(X):
     return sparse.diags(1.0 / norms) @ X
 
 
-def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True):
-    """(fold-k Predictions, test Predictions, extra facts for meta.json) of a scikit-learn member."""
+def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True,
+                keep: dict | None = None):
+    """(fold-k Predictions, test Predictions, extra facts for meta.json) of a scikit-learn member.
+    ``keep`` (a dict) receives the fitted objects that predict new rows (``export.py`` bundles them)."""
+    keep = {} if keep is None else keep
     n_tr = len(fd.train)
     extra: dict = {}
     if cfg.kind == "tfidf":
@@ -78,6 +81,7 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         va = model.predict_logits(list(texts_train[va_rows]), NUM_CLASSES,
                                   dense=None if dense is None else dense[va_rows])
         te = model.predict_logits(list(texts_test), NUM_CLASSES, dense=None if dense is None else dense[n_tr:])
+        keep.update(kind="tfidf", model=model)
         if model.search:  # a tuned C (tfidf.C as a list): the choice and the inner search go into meta.json
             extra = {"C": model.best_C, "inner_search": model.search}
         if model.calibration == "temperature" and model.kind == "svm":
@@ -93,17 +97,19 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
                                kc.k, kc.temperature)
             te = knn_log_proba(_l2_rows(vec._features(list(texts_test), fit=False)), bank, y_bank,
                                kc.k, kc.temperature)
+            keep.update(kind="knn_tfidf", vectorizer=vec, bank=bank, bank_labels=y_bank)
         else:
             f = source_features(kc.features, paths, fd, progress)
             bank = f[tr_rows]
             va = knn_log_proba(f[va_rows], bank, y_bank, kc.k, kc.temperature)
             te = knn_log_proba(f[n_tr:], bank, y_bank, kc.k, kc.temperature)
+            keep.update(kind="knn_features", bank=bank, bank_labels=y_bank)
     else:
         raise RakutenError(f"{cfg.name}: kind {cfg.kind!r} is not a scikit-learn member")
     return va, te, extra
 
 
-def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int):
+def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, keep: dict | None = None):
     """Multinomial logistic regression on standardised frozen embeddings (``model.head: logreg``):
     on real e5 title embeddings it matched or beat the torch linear head, with no epochs to choose."""
     mu = feats[tr_rows].mean(0, keepdims=True)
@@ -113,6 +119,8 @@ def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int):
     clf = LogisticRegression(C=float(cfg.model.get("head_C", 0.1)), max_iter=300, random_state=int(cfg.train.seed))
     with _quiet_sklearn():
         clf.fit(z[tr_rows], y_tr, sample_weight=None if w is None else w.numpy()[y_tr])
+    if keep is not None:
+        keep.update(kind="frozen_logreg", clf=clf, mu=mu, sd=sd)
 
     def logp(x):
         full = np.full((len(x), NUM_CLASSES), -30.0, dtype=np.float64)

@@ -504,6 +504,18 @@ def build_inputs_and_model(cfg, paths: Paths, fd: FoldData, frozen_backbone: boo
     return inputs, model
 
 
+def save_tokenizer(tok, out: Path) -> None:
+    """The tokenizer a text experiment's fold models read (one per experiment: all folds share it),
+    saved once beside the models so that a bundle needs no training text to rebuild it."""
+    if (out / "tokenizer_config.json").exists():
+        return
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 # ------------------------------------------------------------------------------------------ the stage
 def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force: bool = False) -> dict:
     """Train fold ``fold`` of experiment ``cfg`` (skipped when its artifacts are complete)."""
@@ -553,8 +565,11 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
     if cfg.kind in ("tfidf", "knn"):
         from rakuten.training import classic
         texts = np.asarray(field_texts(fd.train, cfg), dtype=object)
+        keep: dict = {}
         va_l, te_l, extra = classic.fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts,
-                                                np.asarray(field_texts(fd.test, cfg), dtype=object), progress)
+                                                np.asarray(field_texts(fd.test, cfg), dtype=object), progress,
+                                                keep=keep)
+        final = ("joblib", keep)
         va = Predictions(np.zeros(len(va_rows)), va_l, None, y_va)
         te = Predictions(np.zeros(len(fd.test)), te_l, None)
         history = []
@@ -570,7 +585,9 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
             barrier(dist_info)
         if cfg.model.get("head", "mlp") == "logreg":
             from rakuten.training.classic import frozen_logreg
-            va_l, te_l = frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train))
+            keep = {}
+            va_l, te_l = frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep)
+            final = ("joblib", keep)
             va = Predictions(np.zeros(len(va_rows)), va_l, feats[va_rows].astype(np.float32), y_va)
             te = Predictions(np.zeros(len(fd.test)), te_l, feats[len(fd.train):].astype(np.float32))
             history = []
@@ -587,6 +604,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
             if out is None:
                 return {"rank": dist_info.rank}
             va, te, history = out
+            final = ("pt", {"state_dict": model.state_dict(), "mu": mu, "sd": sd, "in_dim": int(feats.shape[1])})
     else:
         if not dist_info.is_main:
             barrier(dist_info)  # rank 0 builds the token/image caches first; the others then read them
@@ -598,9 +616,14 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         if out is None:
             return {"rank": dist_info.rank}
         va, te, history = out
+        final = ("pt", {"state_dict": model.state_dict()})
+        if dist_info.is_main and "tokenizer" in (inputs.model_kwargs or {}):
+            save_tokenizer(inputs.model_kwargs["tokenizer"], exp.dir / "models" / "tokenizer")
 
     va.ids = fd.train["id"].to_numpy(np.int64)[va_rows]
     te.ids = fd.test["id"].to_numpy(np.int64)
+    # The final model first, then the predictions: a fold whose npz files exist has its model too.
+    exp.save_model(fold, final[1], torch_weights=final[0] == "pt")
     va.save(exp.oof_path(fold))
     te.save(exp.test_path(fold))
     s = scores(y_va, va.logits)
@@ -615,7 +638,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         exp.update_meta(oof=scores(oof.labels, oof.logits))
     ckdir = exp.checkpoint_path(fold).parent
     for p in ckdir.glob(f"fold{fold}_*.pt") if ckdir.exists() else []:
-        p.unlink()  # artifacts are written: the checkpoints have served their purpose
+        p.unlink()  # the resume checkpoints have served their purpose; the final model is in models/
     log.info("%s fold %d: macro-F1 %.4f weighted-F1 %.4f acc %.4f (%.0fs)", cfg.name, fold, s["macro_f1"],
              s["weighted_f1"], s["accuracy"], s["seconds"])
     return s

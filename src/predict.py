@@ -1,0 +1,71 @@
+"""Predict new products with a model bundle (``export.py``).
+
+    python src/predict.py --bundle bundle/ --input X_new.csv --images image_new/ --out predictions.csv
+
+``--input``: the challenge's X format (CSV ``,designation,description,productid,imageid``; SIGIR
+TSV) or JSON lines (``title``, optional ``description``, ``productid``, ``imageid``, ``image_path``).
+Images are looked up as ``image_<imageid>_product_<productid>.jpg`` in ``--images``. A product
+without an image or a description is predicted from what it has and says so in ``missing_inputs``.
+
+Output (CSV, or JSON lines when ``--out`` ends in .jsonl), indexed like the input: productid,
+prdtypecode, label (class index), top-3 codes with probabilities, missing_inputs, model_version.
+"""
+from __future__ import annotations
+
+import argparse
+
+from rakuten.cli import one_line_errors, quiet_progress, setup_logging
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--images", default=None, help="folder of the products' images")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-rows", type=int, default=2048,
+                   help="products per prediction batch (bounds memory on large inputs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    quiet_progress(args.no_progress)
+    with one_line_errors():
+        from pathlib import Path
+
+        import numpy as np
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        from rakuten.artifacts import atomic_path
+        from rakuten.bundle import Bundle, predictions_frame, read_products
+        from rakuten.errors import RakutenError
+
+        if args.batch_rows < 1:
+            raise RakutenError("--batch-rows must be >= 1")
+        bundle = Bundle(args.bundle, device=args.device)
+        products = read_products(args.input, args.images)
+        parts = []
+        try:
+            with tqdm(total=len(products), unit="product", disable=args.no_progress) as bar:
+                for s in range(0, len(products), args.batch_rows):
+                    chunk = products.iloc[s:s + args.batch_rows].reset_index(drop=True)
+                    parts.append(predictions_frame(bundle, chunk, bundle.predict(chunk)))
+                    bar.update(len(chunk))
+        finally:
+            bundle.close()
+        out = pd.concat(parts) if parts else pd.DataFrame()
+        path = Path(args.out)
+        with atomic_path(path) as tmp:
+            if path.suffix == ".jsonl":
+                out.reset_index(names="row_index").to_json(tmp, orient="records", lines=True)
+            else:
+                out.to_csv(tmp, index=True, index_label="", lineterminator="\n")
+        n_missing = int(np.sum(out["missing_inputs"] != "")) if len(out) else 0
+        print(f"wrote {path}: {len(out)} products ({n_missing} with a missing input), model {bundle.model_version}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""HTTP service over a model bundle: ``POST /predict``, ``GET /health``, ``GET /model`` (FastAPI).
+
+``POST /predict`` takes JSON (one product, or ``{"products": [...]}``; a product is ``title``, optional
+``description``, ``productid``, ``imageid`` and ``image_base64``) or a multipart form (``title``,
+``description``, ``productid``, an ``image`` file: one product). Each answer row is what
+``predict.py`` writes for that product. Bad requests get a 4xx whose ``detail`` is one line: a
+missing title, unknown fields, bytes that are not an image, an image over the size limit, too many
+products. Predictions run one request at a time (the bundle's models are shared, not thread-safe);
+a request waits for the one before it.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pandas as pd
+# module level, not inside create_app: FastAPI resolves the endpoints' annotations (strings under
+# ``from __future__ import annotations``) in this module's namespace
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from rakuten.bundle import Bundle, predictions_frame, products_frame
+
+MAX_PRODUCTS = 64
+MAX_IMAGE_BYTES = 5 * 2**20
+FIELDS = {"title", "description", "productid", "imageid", "image_base64"}
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def _check_image(raw: bytes, where: str, max_bytes: int) -> bytes:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(raw) > max_bytes:
+        raise RequestError(413, f"{where}: image is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise RequestError(415, f"{where}: image bytes are not a readable image") from None
+    return raw
+
+
+def _product(p, i: int, max_bytes: int) -> dict:
+    where = f"product {i}"
+    if not isinstance(p, dict):
+        raise RequestError(422, f"{where}: must be a JSON object")
+    unknown = sorted(set(p) - FIELDS)
+    if unknown:
+        raise RequestError(422, f"{where}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(FIELDS))})")
+    title = p.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise RequestError(422, f"{where}: title is missing or empty")
+    desc = p.get("description")
+    if desc is not None and not isinstance(desc, str):
+        raise RequestError(422, f"{where}: description must be a string")
+    for k in ("productid", "imageid"):
+        if p.get(k) is not None and (not isinstance(p[k], int) or isinstance(p[k], bool)):
+            raise RequestError(422, f"{where}: {k} must be an integer")
+    image = None
+    if p.get("image_base64") is not None:
+        if not isinstance(p["image_base64"], str):
+            raise RequestError(422, f"{where}: image_base64 must be a base64 string")
+        if len(p["image_base64"]) > max_bytes * 4 // 3 + 8:
+            raise RequestError(413, f"{where}: image is over the {max_bytes}-byte limit")
+        try:
+            raw = base64.b64decode(p["image_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(422, f"{where}: image_base64 is not valid base64") from None
+        image = _check_image(raw, where, max_bytes)
+    return {"title": title, "description": desc, "productid": p.get("productid"), "imageid": p.get("imageid"),
+            "image": image}
+
+
+class Predictor:
+    """A bundle behind a lock; ``predict(products)`` -> list of answer rows (dicts)."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.lock = threading.Lock()
+
+    def predict(self, products: list[dict]) -> list[dict]:
+        tmp = Path(tempfile.mkdtemp(prefix="rakuten_serve_"))
+        try:
+            paths = []
+            for i, p in enumerate(products):
+                if p["image"] is None:
+                    paths.append("")
+                    continue
+                f = tmp / f"{i}.img"
+                f.write_bytes(p["image"])
+                paths.append(str(f))
+            df = pd.DataFrame({"designation": [p["title"] for p in products],
+                               "description": [p["description"] for p in products],
+                               "productid": [-1 if p["productid"] is None else p["productid"] for p in products],
+                               "imageid": [-1 if p["imageid"] is None else p["imageid"] for p in products],
+                               "image_path": paths})
+            frame = products_frame(df, None, "request")
+            with self.lock:
+                out = predictions_frame(self.bundle, frame, self.bundle.predict(frame))
+                self.bundle.close()
+            return out.reset_index(drop=True).to_dict(orient="records")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_app(bundle: Bundle | str | Path, max_products: int = MAX_PRODUCTS, max_image_bytes: int = MAX_IMAGE_BYTES):
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle(bundle)
+    predictor = Predictor(bundle)
+    app = FastAPI(title="Rakuten product type classifier", version=bundle.model_version,
+                  description="Predicts the prdtypecode of products from a model bundle (export.py).")
+    app.state.predictor = predictor
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, e: RequestError):
+        return JSONResponse(status_code=e.status, content={"detail": e.detail})
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model_version": bundle.model_version}
+
+    @app.get("/model")
+    def model() -> dict:
+        return bundle.manifest
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            products = await _form_products(request, max_image_bytes)
+        elif ctype.startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                raise RequestError(400, "request body is not valid JSON") from None
+            products = _json_products(body, max_products, max_image_bytes)
+        else:
+            raise RequestError(415, f"content type {ctype or 'none'!r}: send application/json or multipart/form-data")
+        from starlette.concurrency import run_in_threadpool
+        rows = await run_in_threadpool(predictor.predict, products)
+        return {"model_version": bundle.model_version, "predictions": rows}
+
+    return app
+
+
+def _json_products(body, max_products: int, max_bytes: int) -> list[dict]:
+    if isinstance(body, dict) and "products" in body:
+        extra = sorted(set(body) - {"products"})
+        if extra:
+            raise RequestError(422, f"unknown field(s) {', '.join(extra)} beside products")
+        items = body["products"]
+        if not isinstance(items, list) or not items:
+            raise RequestError(422, "products must be a non-empty list")
+    elif isinstance(body, dict):
+        items = [body]
+    else:
+        raise RequestError(422, "body must be a product object or {\"products\": [...]}")
+    if len(items) > max_products:
+        raise RequestError(413, f"{len(items)} products in one request, over the limit of {max_products}")
+    return [_product(p, i, max_bytes) for i, p in enumerate(items)]
+
+
+async def _form_products(request, max_bytes: int) -> list[dict]:
+    form = await request.form()
+    allowed = {"title", "description", "productid", "imageid", "image"}
+    unknown = sorted(set(form.keys()) - allowed)
+    if unknown:
+        raise RequestError(422, f"unknown form field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    p: dict = {}
+    for k in ("title", "description"):
+        if form.get(k) is not None:
+            p[k] = str(form.get(k))
+    for k in ("productid", "imageid"):
+        if form.get(k) is not None:
+            try:
+                p[k] = int(str(form.get(k)))
+            except ValueError:
+                raise RequestError(422, f"product 0: {k} must be an integer") from None
+    product = _product(p, 0, max_bytes)
+    up = form.get("image")
+    if up is not None and hasattr(up, "read"):
+        raw = await up.read(max_bytes + 1)
+        product["image"] = _check_image(raw, "product 0", max_bytes)
+    return [product]
