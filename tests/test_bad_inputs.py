@@ -99,3 +99,14 @@ def test_leaderboard_is_not_replaced_by_an_empty_one(synth):
     r = script("leaderboard.py", synth)
     assert_one_line_error(r, "leaderboard")
     assert board.read_text() == good
+
+
+def test_failed_fuse_with_changed_config_keeps_the_finished_experiment(synth):
+    small = ["--config", "fusion_late_weighted", "--no-progress", "train.epochs=3", "train.early_stopping=fixed"]
+    r = script("fuse.py", synth, *small)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = synth.oof_dir / "fusion_late_weighted" / "meta.json"
+    before = meta.read_text()
+    r = script("fuse.py", synth, *small, "train.lr=0.01", "--fold", "9")
+    assert_one_line_error(r, "fold 9")
+    assert meta.read_text() == before

@@ -91,7 +91,7 @@ _CONTENT_KEYS: dict = {}
 def content_fingerprint(train: pd.DataFrame, test: pd.DataFrame, fields: tuple[str, ...] = (),
                         images: bool = False) -> str:
     """Hash of what a model learns from: train ids and labels, test ids, the text of ``fields``
-    and, with ``images``, every image file's path, size and mtime.
+    and, with ``images``, every image file's name (within its split folder), size and mtime.
 
     Unlike :func:`data_fingerprint` (raw files' sizes and mtimes, and the image folders' mtime and
     count), it changes when a text is edited in place with the file size kept, or an image is
@@ -117,7 +117,10 @@ def content_fingerprint(train: pd.DataFrame, test: pd.DataFrame, fields: tuple[s
                     st = Path(p).stat() if p else None
                 except OSError:
                     st = None
-                h.update((f"{p}:{st.st_size}:{st.st_mtime_ns}|" if st else f"{p}:-|").encode())
+                # the file's name within its split folder, not its absolute path: a copied or
+                # moved workdir / data folder keeps its fingerprint
+                rel = "/".join(Path(p).parts[-2:]) if p else ""
+                h.update((f"{rel}:{st.st_size}:{st.st_mtime_ns}|" if st else f"{rel}:-|").encode())
     key = h.hexdigest()[:16]
     _CONTENT_KEYS[memo] = key
     return key

@@ -228,8 +228,7 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
             pass
         if old == lineage:
             validate_submission(path, ds, fmt)
-            log.info("%s exists, validates and matches the current predictions: reused", path.name)
-            print(f"  {path.name} exists, validates and matches the current predictions: reused")
+            print(f"  {path.name} exists and validates: reused (its sidecar matches the current predictions)")
             return path
         print(f"  {path.name} exists but was made from other predictions "
               f"({'no sidecar' if old is None else 'its sidecar differs'}): rewritten")
