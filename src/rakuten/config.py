@@ -216,7 +216,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 # tfidf.C: one value, or a list the inner search chooses from).
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {"train.compile": (bool, str), "tfidf.C": (int, float, list),
                                             "train.clip_grad": (int, float, type(None)),
-                                            "train.device": (str, int)}
+                                            "train.device": (str, int),
+                                            # null switches that n-gram part off (a char-only member)
+                                            "tfidf.word_ngrams": (list, type(None)),
+                                            "tfidf.char_ngrams": (list, type(None))}
 
 
 def _type_name(t: type) -> str:
