@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json, read_json, softmax
+from rakuten.artifacts import Experiment, atomic_write_json, read_json, softmax
 from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES, LabelMap
 from rakuten.paths import Paths
@@ -549,5 +549,4 @@ def predictions_frame(bundle: Bundle, products: pd.DataFrame, logits: np.ndarray
     return out
 
 
-__all__ = ["Bundle", "BundleError", "export_bundle", "predictions_frame", "products_frame", "read_products",
-           "ArtifactError"]
+__all__ = ["Bundle", "BundleError", "export_bundle", "predictions_frame", "products_frame", "read_products"]

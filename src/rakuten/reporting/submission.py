@@ -214,6 +214,10 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
         log.info("%s: biases gain %+.4f macro-F1 on held-out folds", exp, b["heldout"]["mean_gain"])
     codes = ds.label_map.decode(logits.argmax(1))
     path = submission_path(paths, exp, score, fmt, tag)
+    # which model this submission is, with the biases added to it: what export.py bundles
+    atomic_write_json(paths.submissions_dir / "submitted.json",
+                      {"experiment": exp, "bias": bool(bias), "biases": [float(v) for v in b["biases"]] if bias else None,
+                       "format": fmt, "submission": path.name})
     # The sidecar ties the file to what made it: the name carries only the experiment and its OOF
     # score, and a change that alters the test predictions but not the OOF would keep the name.
     from rakuten.second_level.upstream import artifact_signature

@@ -212,24 +212,10 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
         print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
               f"{'applied' if gain > 0 else 'not applied'}")
         bias = gain > 0
-    _record_submitted(paths, exp, bias, fmt)
     # A file of that name from an earlier run is reused only when its sidecar matches the current
-    # predictions and artifacts; otherwise it is rewritten (and says so).
+    # predictions and artifacts; otherwise it is rewritten (and says so). make_submission records
+    # the submitted model in submissions/submitted.json (what export.py bundles).
     return make_submission(paths, exp, fmt, bias=bias, reuse=True)
-
-
-def _record_submitted(paths: Paths, exp: str, bias: bool, fmt: str | None) -> None:
-    """``submissions/submitted.json``: which model the run submitted and whether per-class biases
-    were added to it, so that ``export.py`` bundles exactly that model."""
-    from rakuten.artifacts import atomic_write_json
-    from rakuten.second_level.tuning import load_biases
-
-    biases = None
-    if bias:
-        b = load_biases(paths, exp)
-        biases = None if b is None else [float(v) for v in b["biases"]]
-    atomic_write_json(paths.submissions_dir / "submitted.json",
-                      {"experiment": exp, "bias": bool(bias), "biases": biases, "format": fmt})
 
 
 def leaderboard(paths: Paths) -> list[dict]:
