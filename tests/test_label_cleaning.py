@@ -222,3 +222,20 @@ def test_tta_is_the_mean_of_the_per_view_logits():
     flipped = tf(dict(b), train=False)["image"]
     tf.view = "identity"
     np.testing.assert_allclose(flipped.numpy(), torch.flip(tf(dict(b), train=False)["image"], dims=[-1]).numpy())
+
+
+def test_tta_through_run_fold_equals_mean_of_single_view_runs(wd):
+    # training is deterministic (same seed, same rows), so the three runs share their weights and
+    # differ only in the views they predict through
+    paths, ds = wd
+    ov = [f"folds.k={K}", "train.epochs=1", "data.image_size=32", "data.cache_size=32", "train.batch_size=64"]
+    out = {}
+    for name, views in (("tta_id", "[identity]"), ("tta_flip", "[hflip]"), ("tta_both", "[identity,hflip]")):
+        cfg = load_experiment("image_tiny", [f"name={name}", f"predict.tta={views}", *ov])
+        run_fold(cfg, paths, 0, ds=ds, progress=False)
+        exp = Experiment(paths.oof_dir, name)
+        out[name] = (Predictions.load(exp.oof_path(0)), Predictions.load(exp.test_path(0)))
+    for i in (0, 1):
+        a, b, both = out["tta_id"][i].logits, out["tta_flip"][i].logits, out["tta_both"][i].logits
+        assert not np.allclose(a, b)
+        np.testing.assert_allclose(both, (a + b) / 2, rtol=1e-4, atol=1e-5)
