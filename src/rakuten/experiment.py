@@ -92,9 +92,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Con
     if cfg.kind != "image" and cfg.data.field not in ("title", "description", "text"):
         raise ConfigError(f"{cfg._source_}: data.field must be title, description or text")
     tta = cfg.get("predict", {}).get("tta") or ["identity"]
-    from rakuten.data.image_cache import TTA_VIEWS
-    if not isinstance(tta, list) or any(v not in TTA_VIEWS for v in tta):
-        raise ConfigError(f"{cfg._source_}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
+    if tta != ["identity"]:
+        from rakuten.data.image_cache import TTA_VIEWS   # imports torch: only when TTA is on
+        if not isinstance(tta, list) or any(v not in TTA_VIEWS for v in tta):
+            raise ConfigError(f"{cfg._source_}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
     if cfg.kind != "image" and list(tta) != ["identity"]:
         raise ConfigError(f"{cfg._source_}: predict.tta is for image models (kind {cfg.kind!r})")
     from rakuten.training.cleaning import validate
