@@ -19,6 +19,9 @@ EXPERIMENT_DEFAULTS: dict = {
         "prefix": "",               # E5 wants "passage: "
         "image_size": 224,          # network input
         "cache_size": 256,          # decoded uint8 cache; crops are taken from it
+        # label-noise cleaning of each fold's training rows (never its validation rows); file: a
+        # label_issues.csv from src/find_label_issues.py, relative to the workdir. null: off
+        "label_issues": {"file": None, "action": "drop", "frac": 1.0, "weight": 0.25},
     },
     "model": {
         "name": "text_cls",
@@ -58,7 +61,12 @@ EXPERIMENT_DEFAULTS: dict = {
         "device": "auto",
         "deterministic": True,
         "checkpoint": True,         # per-epoch resumable checkpoint
+        # test rows predicted with probability >= threshold by the finished experiment `from` join
+        # every fold's training rows (source fold: fold k uses from's fold-k model only). null: off
+        "pseudo_labels": {"from": None, "threshold": 0.9, "weight": 1.0, "source": "fold"},
     },
+    # image models: logits (and embeddings) averaged over these views for OOF and test predictions
+    "predict": {"tta": ["identity"]},
     "loss": {"name": "ce", "class_weight_power": 0.0, "label_smoothing": 0.0, "focal_gamma": 2.0},
     "augment": {"crop_scale": [0.6, 1.0], "hflip": True, "max_rotate_deg": 15},
     "tfidf": {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "max_features": 200000, "C": 4.0,
@@ -85,6 +93,15 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Con
         raise ConfigError(f"{cfg._source_}: knn.k must be >= 1 and knn.temperature > 0")
     if cfg.kind != "image" and cfg.data.field not in ("title", "description", "text"):
         raise ConfigError(f"{cfg._source_}: data.field must be title, description or text")
+    tta = cfg.get("predict", {}).get("tta") or ["identity"]
+    if tta != ["identity"]:
+        from rakuten.data.image_cache import TTA_VIEWS   # imports torch: only when TTA is on
+        if not isinstance(tta, list) or any(v not in TTA_VIEWS for v in tta):
+            raise ConfigError(f"{cfg._source_}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
+    if cfg.kind != "image" and list(tta) != ["identity"]:
+        raise ConfigError(f"{cfg._source_}: predict.tta is for image models (kind {cfg.kind!r})")
+    from rakuten.training.cleaning import validate
+    validate(cfg)
     return cfg
 
 

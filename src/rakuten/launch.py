@@ -182,7 +182,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
             fd = prepare_fold_data(cfg, paths, ds)
             exp = Experiment(paths.oof_dir, cfg.name)
             # once, here: in parallel folds, --force on another fold file or config would delete siblings' work
-            discard_replaced(check_experiment_folds(exp, fd, cfg, force))
+            discard_replaced(check_experiment_folds(exp, fd, cfg, force, paths))
             all_folds = sorted(int(k) for k in fd.folds["fold"].unique())
             want = all_folds if folds is None else folds
             missing = [k for k in want if k not in all_folds]

@@ -384,16 +384,33 @@ class GpuImageAugment:
         return x
 
 
+# Test-time views (``predict.tta``): deterministic, applied after the eval resize and normalisation.
+TTA_VIEWS = ("identity", "hflip")
+
+
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    if view == "identity":
+        return x
+    if view == "hflip":
+        return torch.flip(x, dims=[-1])
+    raise ValueError(f"unknown test-time view {view!r} (known: {', '.join(TTA_VIEWS)})")
+
+
 class ImageBatchTransform:
-    """``Engine(batch_transform=...)`` adapter: applies ``augment`` to ``batch[key]`` on the device."""
+    """``Engine(batch_transform=...)`` adapter: applies ``augment`` to ``batch[key]`` on the device;
+    at eval time, then the test-time ``view`` (set by the TTA loop; identity otherwise)."""
 
     def __init__(self, augment: GpuImageAugment, key: str = "image"):
         self.augment = augment
         self.key = key
+        self.view = "identity"
 
     def __call__(self, batch: dict, train: bool) -> dict:
         batch = dict(batch)
-        batch[self.key] = self.augment(batch[self.key], train)
+        x = self.augment(batch[self.key], train)
+        if not train and self.view != "identity":
+            x = apply_view(x, self.view)
+        batch[self.key] = x
         return batch
 
 

@@ -63,8 +63,11 @@ def _l2_rows(X):
 
 
 def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True,
-                keep: dict | None = None):
+                keep: dict | None = None, sample_weight=None):
     """(fold-k Predictions, test Predictions, extra facts for meta.json) of a scikit-learn member.
+
+    ``texts_train`` is indexed by ``tr_rows``/``va_rows`` (rows past the training set are
+    pseudo-labelled test rows); ``sample_weight`` (per training row) multiplies the class weights.
     ``keep`` (a dict) receives the fitted objects that predict new rows (``export.py`` bundles them)."""
     keep = {} if keep is None else keep
     n_tr = len(fd.train)
@@ -75,8 +78,11 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         if dense_cfg.get("experiment"):
             dense = source_features(dense_cfg["experiment"], paths, fd, progress) * float(dense_cfg.get("weight", 1.0))
         w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
+        w = None if w is None else w.numpy()[y_tr]
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
         model = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed)).fit(
-            list(texts_train[tr_rows]), y_tr, None if w is None else w.numpy()[y_tr],
+            list(texts_train[tr_rows]), y_tr, w,
             dense=None if dense is None else dense[tr_rows])
         va = model.predict_logits(list(texts_train[va_rows]), NUM_CLASSES,
                                   dense=None if dense is None else dense[va_rows])
@@ -87,6 +93,8 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         if model.calibration == "temperature" and model.kind == "svm":
             extra["temperature"] = model.temperature
     elif cfg.kind == "knn":
+        if sample_weight is not None:
+            raise RakutenError(f"{cfg.name}: kind knn takes no per-row weights")
         kc = cfg.knn
         y_bank = np.asarray(y_tr, dtype=np.int64)
         if kc.features == "tfidf":
@@ -109,16 +117,21 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
     return va, te, extra
 
 
-def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, keep: dict | None = None):
+def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, keep: dict | None = None,
+                  sample_weight=None, predict_feats=None):
     """Multinomial logistic regression on standardised frozen embeddings (``model.head: logreg``):
-    on real e5 title embeddings it matched or beat the torch linear head, with no epochs to choose."""
+    on real e5 title embeddings it matched or beat the torch linear head, with no epochs to choose.
+    ``predict_feats``: the features of each test-time view; predictions average their log-probabilities."""
     mu = feats[tr_rows].mean(0, keepdims=True)
     sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
     z = (feats - mu) / sd
     w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
+    w = None if w is None else w.numpy()[y_tr]
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
     clf = LogisticRegression(C=float(cfg.model.get("head_C", 0.1)), max_iter=300, random_state=int(cfg.train.seed))
     with _quiet_sklearn():
-        clf.fit(z[tr_rows], y_tr, sample_weight=None if w is None else w.numpy()[y_tr])
+        clf.fit(z[tr_rows], y_tr, sample_weight=w)
     if keep is not None:
         keep.update(kind="frozen_logreg", clf=clf, mu=mu, sd=sd)
 
@@ -126,7 +139,9 @@ def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, 
         full = np.full((len(x), NUM_CLASSES), -30.0, dtype=np.float64)
         full[:, clf.classes_] = clf.predict_log_proba(x)
         return full.astype(np.float32)
-    return logp(z[va_rows]), logp(z[n_train:])
+    zs = [z] if not predict_feats else [(f - mu) / sd for f in predict_feats]
+    return (np.mean([logp(v[va_rows]) for v in zs], axis=0).astype(np.float32),
+            np.mean([logp(v[n_train:]) for v in zs], axis=0).astype(np.float32))
 
 
 __all__ = ["fit_predict", "frozen_logreg", "knn_log_proba", "source_features", "Predictions"]

@@ -73,9 +73,9 @@ def experiment_data_key(cfg, train: pd.DataFrame, test: pd.DataFrame) -> str:
     return content_fingerprint(train, test, fields=(cfg.data.field,))
 
 
-def run_signature(cfg, fd: FoldData) -> dict:
+def run_signature(cfg, fd: FoldData, paths: Paths | None = None) -> dict:
     """What a unimodal fold's artifacts and checkpoints are valid for."""
-    return {"config_hash": config_hash(cfg), "fold_hash": fd.fold_hash, "data_key": fd.content_key}
+    return {"config_hash": config_hash(cfg, paths), "fold_hash": fd.fold_hash, "data_key": fd.content_key}
 
 
 # Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
@@ -83,7 +83,11 @@ _RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_si
                  "data": ("pad_to_multiple_of",)}
 
 
-def config_hash(cfg) -> str:
+def config_hash(cfg, paths: Paths | None = None) -> str:
+    """Hash of what a run computes from. Switches that are off (no label-issues file, no pseudo-label
+    source, identity-only TTA) are left out, so adding them kept every earlier artifact valid; when
+    on, the hashes of the files they read are added (``paths`` given), so a regenerated
+    label_issues.csv or a retrained source experiment invalidates the artifacts built on it."""
     import hashlib
     import json
     d = cfg.to_dict()
@@ -91,10 +95,22 @@ def config_hash(cfg) -> str:
     for sec, keys in _RUNTIME_KEYS.items():
         for k in keys:
             d.get(sec, {}).pop(k, None)
+    if not (d.get("data", {}).get("label_issues") or {}).get("file"):
+        d.get("data", {}).pop("label_issues", None)
+    if not (d.get("train", {}).get("pseudo_labels") or {}).get("from"):
+        d.get("train", {}).pop("pseudo_labels", None)
+    if list((d.get("predict") or {}).get("tta") or ["identity"]) == ["identity"]:
+        d.pop("predict", None)
+    if paths is not None:
+        from rakuten.training.cleaning import input_signature
+        sig = input_signature(cfg, paths)
+        if sig:
+            d["_inputs_"] = sig
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = False) -> Path | None:
+def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = False,
+                           paths: Paths | None = None) -> Path | None:
     """All folds of an experiment come from one fold file, one config and one data fingerprint:
     refuse to mix, or (``force``) start afresh.
 
@@ -108,7 +124,7 @@ def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = Fal
     reason = None
     if meta.get("fold_hash") not in (None, fd.fold_hash):
         reason = f"made on another fold file ({meta.get('fold_file')})"
-    elif meta.get("config_hash") not in (None, config_hash(cfg)):
+    elif meta.get("config_hash") not in (None, config_hash(cfg, paths)):
         reason = "trained with a different config"
     elif meta.get("data_key") not in (None, fd.content_key):
         reason = "trained on other data (its ids, labels, text or image files changed)"
@@ -206,6 +222,20 @@ class Inputs:
     lengths: np.ndarray | None = None   # token lengths, for length-grouped batches
     batch_transform: object = None
     model_kwargs: dict | None = None
+    view_datasets: dict | None = None   # test-time view -> dataset of the same rows (frozen features)
+
+
+def tta_predict(engine, loader_for_view, views) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (and embeddings) averaged over the test-time ``views``; ``loader_for_view(v)`` yields
+    the same rows, in the same order, as seen through view ``v``."""
+    outs = [engine.predict(loader_for_view(v)) for v in views]
+    logits = np.mean([o[0] for o in outs], axis=0).astype(np.float32)
+    emb = None if any(o[1] is None for o in outs) else np.mean([o[1] for o in outs], axis=0).astype(np.float32)
+    return logits, emb
+
+
+def _tta_views(cfg) -> list[str]:
+    return list((cfg.get("predict") or {}).get("tta") or ["identity"])
 
 
 def field_texts(df: pd.DataFrame, cfg) -> list[str]:
@@ -353,8 +383,11 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         # Early stopping watches an inner split of the training folds, never fold k: choosing the
         # epoch on fold k would make its OOF rows (what the second level learns from) optimistic.
         from rakuten.folds import inner_split
-        pos = np.arange(len(tr_rows))
-        fit_pos, mon_pos = inner_split(pos, y_tr, float(t.get("inner_frac", 0.1)), seed)
+        # pseudo-labelled test rows (index >= n_train) are never monitored: only given labels choose the epoch
+        real = tr_rows < inputs.n_train
+        pos = np.flatnonzero(real)
+        fit_pos, mon_pos = inner_split(pos, y_tr[real], float(t.get("inner_frac", 0.1)), seed)
+        fit_pos = np.concatenate([fit_pos, np.flatnonzero(~real)])
         tr_rows, y_tr, va_rows, y_va = tr_rows[fit_pos], y_tr[fit_pos], tr_rows[mon_pos], y_tr[mon_pos]
     tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)
     va_ds = RowSubset(inputs.dataset, va_rows, y_va)
@@ -429,34 +462,53 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         return None  # rank 0 predicts and writes; the others' work is done
     if best_path.exists() and history:
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-    va_logits, va_emb = engine.predict(pred_loader)
-    te_logits, te_emb = engine.predict(test_loader)
+    views = _tta_views(cfg)
+
+    def view_loader(default, rows, labels):
+        def make(view):
+            if inputs.view_datasets is not None:   # frozen features: one dataset per view
+                return _loader(RowSubset(inputs.view_datasets[view], rows, labels), cfg, False, inputs.collate,
+                               sub(rows))[0]
+            if view != "identity" and not hasattr(inputs.batch_transform, "view"):
+                raise RakutenError(f"{cfg.name}: predict.tta view {view!r} needs an image model")
+            if inputs.batch_transform is not None and hasattr(inputs.batch_transform, "view"):
+                inputs.batch_transform.view = view
+            return default
+        return make
+    try:
+        va_logits, va_emb = tta_predict(engine, view_loader(pred_loader, pred_rows, y_pred), views)
+        te_logits, te_emb = tta_predict(engine, view_loader(test_loader, te_rows, None), views)
+    finally:
+        if inputs.batch_transform is not None and hasattr(inputs.batch_transform, "view"):
+            inputs.batch_transform.view = "identity"
     return (Predictions(np.zeros(len(pred_rows)), va_logits, va_emb, y_pred),
             Predictions(np.zeros(len(te_rows)), te_logits, te_emb), history)
 
 
 # -------------------------------------------------------------------------------------- frozen features
-def frozen_feature_key(cfg, fd: FoldData) -> str:
+def frozen_feature_key(cfg, fd: FoldData, view: str = "identity") -> str:
     """Cache key of a backbone's embeddings: every config key that changes them (the backbone and its
-    weights, the input field and its preprocessing, the image cache size crops come from) and the
-    experiment's data fingerprint."""
+    weights, the input field and its preprocessing, the image cache size crops come from), the
+    experiment's data fingerprint, and the test-time view of the images (``predict.tta``)."""
     import hashlib
     m = cfg.model
     return hashlib.sha256(f"{m.name}|{m.backbone}|{m.get('cpu_int8', False)}|{cfg.kind}|{cfg.data.get('field')}|"
                          f"{cfg.data.max_len}|"
                          f"{cfg.data.get('prefix')}|{cfg.data.image_size}|{cfg.data.cache_size}|"
-                         f"{m.get('pretrained', True)}|{fd.content_key}".encode()).hexdigest()[:12]
+                         f"{m.get('pretrained', True)}|{fd.content_key}"
+                         f"{'' if view == 'identity' else '|' + view}".encode()).hexdigest()[:12]
 
 
-def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> np.ndarray:
-    """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2)."""
+def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view: str = "identity") -> np.ndarray:
+    """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2); ``view``
+    is a test-time view of the images (``predict.tta``), cached separately."""
     import hashlib
 
     from rakuten.artifacts import atomic_save_npz
     from rakuten.training.engine import Engine, resolve_device
 
     m = cfg.model
-    key = frozen_feature_key(cfg, fd)
+    key = frozen_feature_key(cfg, fd, view)
     path = paths.cache_dir / "features" / f"{cfg.kind}_{key}.npz"
     n = len(fd.train) + len(fd.test)
     if path.exists():
@@ -467,6 +519,10 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True) -> n
         except Exception as e:
             log.warning("feature cache %s unusable (%s); recomputing", path, e)
     inputs, model = build_inputs_and_model(cfg, paths, fd, frozen_backbone=True)
+    if view != "identity":
+        if not hasattr(inputs.batch_transform, "view"):
+            raise RakutenError(f"{cfg.name}: test-time view {view!r} needs an image model")
+        inputs.batch_transform.view = view
     device = resolve_device(cfg.train.device)
     if device.type == "cpu" and m.get("cpu_int8", False):
         # Frozen extraction only: int8 dynamic quantisation of the Linear layers roughly halves CPU
@@ -535,9 +591,10 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     exp = Experiment(paths.oof_dir, cfg.name)
     # rank 0 holds the fold's lock (the other ranks of one data-parallel job are its helpers)
     with fold_lock(paths, cfg.name, fold) if dist_info.is_main else nullcontext():
-        aside = check_experiment_folds(exp, fd, cfg, force) if dist_info.is_main else None
+        aside = check_experiment_folds(exp, fd, cfg, force, paths) if dist_info.is_main else None
         try:
-            s = _run_locked_fold(cfg, paths, fold, fd, exp, dist_info, progress, force)
+            s = _run_locked_fold(cfg, paths, fold, fd, exp, dist_info, progress, force,
+                                 ds.label_map if ds is not None else None)
         except BaseException:
             restore_replaced(exp, aside)   # a failed --force run keeps the finished folds
             raise
@@ -546,7 +603,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
 
 
 def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment, dist_info, progress: bool,
-                     force: bool) -> dict:
+                     force: bool, label_map=None) -> dict:
     from rakuten.training.distributed import barrier
     from rakuten.training.engine import seed_everything
 
@@ -560,15 +617,21 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
     tr_rows, va_rows = np.flatnonzero(~va_mask), np.flatnonzero(va_mask)
     labels = fd.train["label"].to_numpy(np.int64)
     y_tr, y_va = labels[tr_rows], labels[va_rows]
+    # label cleaning and pseudo-labels change the training rows only; va_rows and y_va stay as given
+    from rakuten.training.cleaning import training_rows
+    tr_rows, y_tr, w_tr, extra = training_rows(cfg, paths, fd, fold, tr_rows, y_tr, label_map)
+    if extra:
+        log.info("%s fold %d: training rows changed %s", cfg.name, fold, extra)
 
-    extra: dict = {}  # per-fold facts beyond the scores, for meta.json
     if cfg.kind in ("tfidf", "knn"):
         from rakuten.training import classic
-        texts = np.asarray(field_texts(fd.train, cfg), dtype=object)
+        test_texts = np.asarray(field_texts(fd.test, cfg), dtype=object)
+        # rows index train+test (pseudo-labelled test rows are n_train + j), like the dense features
+        texts = np.concatenate([np.asarray(field_texts(fd.train, cfg), dtype=object), test_texts])
         keep: dict = {}
-        va_l, te_l, extra = classic.fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts,
-                                                np.asarray(field_texts(fd.test, cfg), dtype=object), progress,
-                                                keep=keep)
+        va_l, te_l, fextra = classic.fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts, test_texts,
+                                                 progress, keep=keep, sample_weight=w_tr)
+        extra.update(fextra)
         final = ("joblib", keep)
         va = Predictions(np.zeros(len(va_rows)), va_l, None, y_va)
         te = Predictions(np.zeros(len(fd.test)), te_l, None)
@@ -580,27 +643,34 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         from rakuten.models.registry import create_model
         if not dist_info.is_main:
             barrier(dist_info)  # rank 0 extracts (and caches) the features once
-        feats = frozen_features(cfg, paths, fd, progress and dist_info.is_main)
+        views = _tta_views(cfg)
+        view_feats = {v: frozen_features(cfg, paths, fd, progress and dist_info.is_main, view=v) for v in views}
+        feats = view_feats.get("identity")
+        if feats is None:
+            feats = frozen_features(cfg, paths, fd, progress and dist_info.is_main)
         if dist_info.is_main:
             barrier(dist_info)
         if cfg.model.get("head", "mlp") == "logreg":
             from rakuten.training.classic import frozen_logreg
             keep = {}
-            va_l, te_l = frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep)
+            va_l, te_l = frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep,
+                                       sample_weight=w_tr, predict_feats=[view_feats[v] for v in views])
             final = ("joblib", keep)
-            va = Predictions(np.zeros(len(va_rows)), va_l, feats[va_rows].astype(np.float32), y_va)
-            te = Predictions(np.zeros(len(fd.test)), te_l, feats[len(fd.train):].astype(np.float32))
+            mean_f = np.mean([view_feats[v] for v in views], axis=0).astype(np.float32)
+            va = Predictions(np.zeros(len(va_rows)), va_l, mean_f[va_rows], y_va)
+            te = Predictions(np.zeros(len(fd.test)), te_l, mean_f[len(fd.train):])
             history = []
         # Standardise with the training rows' statistics (never fold k's): raw pooled embeddings have
         # tiny, uneven scales, and a linear head on them stalls for many epochs.
         mu = feats[tr_rows].mean(0, keepdims=True)
         sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
         if cfg.model.get("head", "mlp") != "logreg":
-            inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None)
+            inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None,
+                            view_datasets={v: FeatureDataset((f - mu) / sd) for v, f in view_feats.items()})
             head_cfg = dict(cfg.model)
             model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
             out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress,
-                                    signature=run_signature(cfg, fd))
+                                    signature=run_signature(cfg, fd, paths))
             if out is None:
                 return {"rank": dist_info.rank}
             va, te, history = out
@@ -612,7 +682,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         if dist_info.is_main:
             barrier(dist_info)
         out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress,
-                                    signature=run_signature(cfg, fd))
+                                    signature=run_signature(cfg, fd, paths))
         if out is None:
             return {"rank": dist_info.rank}
         va, te, history = out
@@ -631,7 +701,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
              best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None, **extra)
     meta = exp.update_meta(
         name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
-        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg),
+        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg, paths),
         fold_file=str(fd.fold_file), fold_hash=fd.fold_hash, data_key=fd.content_key, folds={fold: s})
     if all(str(k) in meta["folds"] for k in sorted(fd.folds["fold"].unique())):
         oof = exp.load_oof(fd.folds)
