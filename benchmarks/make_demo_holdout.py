@@ -9,6 +9,7 @@ splits them 80/20 stratified, writing the test codes to ``test_labels/Y_test.csv
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,13 +27,23 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=0,
+                   help="also write the images at this size (0: text only, as the label-noise benchmark needs)")
     args = p.parse_args(argv)
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
-        generate_demo_dataset(Path(tmp), n_train=args.n, n_test=10, seed=args.seed, image_size=16)
+        generate_demo_dataset(Path(tmp), n_train=args.n, n_test=10, seed=args.seed,
+                              image_size=args.image_size or 16)
         x = pd.read_csv(Path(tmp) / "X_train_update.csv", index_col=0)
         y = pd.read_csv(Path(tmp) / "Y_train_CVw08PX.csv", index_col=0)
-    tr, te = train_test_split(x.index, test_size=0.2, stratify=y["prdtypecode"], random_state=args.seed)
+        tr, te = train_test_split(x.index, test_size=0.2, stratify=y["prdtypecode"], random_state=args.seed)
+        if args.image_size:
+            # each split's images in its own folder, under the challenge's file names
+            for rows, folder in ((tr, "image_train"), (te, "image_test")):
+                (out / folder).mkdir(parents=True, exist_ok=True)
+                for _, r in x.loc[rows].iterrows():
+                    name = f"image_{r['imageid']}_product_{r['productid']}.jpg"
+                    shutil.copy(Path(tmp) / "image_train" / name, out / folder / name)
     (out / "test_labels").mkdir(parents=True, exist_ok=True)
     x.loc[tr].to_csv(out / "X_train_update.csv")
     y.loc[tr].to_csv(out / "Y_train_CVw08PX.csv")
