@@ -204,7 +204,7 @@ CPU_PRESET = """\
 name: bundle_cpu
 demo_data: {n_train: 900, n_test: 60, seed: 5, image_size: 64}
 folds: {k: 3, seed: 42}
-experiments: [tfidf_svm_text, text_e5_text_lr, tfidf_e5_svm_text, knn_e5_text, knn_tfidf_text,
+experiments: [tfidf_svm_text, tfidf_char_svm_text, text_e5_text_lr, tfidf_e5_svm_text, knn_e5_text, knn_tfidf_text,
               image_effnetlite0, knn_image_effnetlite0]
 overrides:
   image_effnetlite0: {train.epochs: 5}
