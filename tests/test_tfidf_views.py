@@ -34,3 +34,14 @@ def test_char_wb_never_crosses_a_space():
 def test_bad_views_are_one_line_errors(cfg, msg):
     with pytest.raises(RakutenError, match=msg):
         TfidfLinear(cfg)
+
+
+def test_temperature_calibration_on_fewer_rows_than_ten_per_class():
+    """27 classes, 200 rows: the 10% calibration split (20 rows) cannot hold every class, so it is
+    drawn unstratified instead of crashing; the temperature is fitted and positive."""
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.arange(27), rng.integers(0, 27, 173)])
+    texts = [f"produit{c} mot{c} extra{rng.integers(0, 5)}" for c in y]
+    m = TfidfLinear({"C": 1.0, "classifier": "svm", "calibration": "temperature"}).fit(texts, y)
+    assert m.temperature > 0
+    assert m.predict_logits(["produit3 mot3"], num_classes=27)[0].argmax() == 3

@@ -90,7 +90,10 @@ class TfidfLinear:
 
         idx = np.arange(len(y))
         counts = np.bincount(y)
-        strat = y if counts[counts > 0].min() >= 2 else None
+        # a stratified split needs every class twice and at least one calibration row per class
+        # (small data: ~270 training rows for 27 classes); else a plain random split
+        n_cal = int(np.ceil(0.1 * len(y)))
+        strat = y if counts[counts > 0].min() >= 2 and n_cal >= (counts > 0).sum() else None
         fit_i, cal_i = train_test_split(idx, test_size=0.1, random_state=self.seed, stratify=strat)
         clf = self._base(self.best_C)
         with _quiet_sklearn():
