@@ -44,14 +44,34 @@ def run(script, *args, check=True, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    preset = root / "bundle_smoke.yaml"
-    preset.write_text(PRESET)
-    wd = root / "wd"
-    run("run_all.py", "--preset", preset, "--workdir", wd, "--no-progress")
-    out = run("export.py", "--preset", preset, "--workdir", wd, "--out", root / "bundle")
-    return root, wd, root / "bundle", preset, out.stdout
+def run_dir(bundle_run):
+    return bundle_run   # the tiny run + export of conftest.py, shared with test_serve.py
+
+
+def _assert_reproduces_the_run(b, wd: Path, prods, feature_keys: bool = False) -> None:
+    """Every fold model the bundle holds and the submitted model's bagged output equal the run's own
+    test predictions: identical argmax, probabilities within 1e-5. ``feature_keys``: frozen-feature
+    members also leave their extracted features in the cache (non-string keys); else there are none."""
+    from rakuten.artifacts import Experiment, softmax
+
+    cache: dict = {}
+    full = b.predict(prods)
+    b._fold_logits(b.manifest["submitted"], prods, cache)
+    b.close()
+    members = {n: v for n, v in cache.items() if isinstance(n, str)}
+    if not feature_keys:
+        assert members == cache
+    assert set(members) == set(b.manifest["members"])
+    for name, per in members.items():
+        e = Experiment(wd / "oof", name)
+        for k, logits in per.items():
+            ref = e.load_test([k], ids=prods["id"].to_numpy()).logits
+            assert np.array_equal(logits.argmax(1), ref.argmax(1)), (name, k)
+            assert np.abs(softmax(logits) - softmax(ref)).max() < 1e-5, (name, k)
+    ref = Experiment(wd / "oof", b.manifest["submitted"]).load_test([0, 1, 2], ids=prods["id"].to_numpy(),
+                                                                  average="probs")
+    assert np.array_equal(full.argmax(1), ref.logits.argmax(1))
+    assert np.abs(softmax(full) - softmax(ref.logits)).max() < 1e-5
 
 
 def _test_ids(wd: Path) -> np.ndarray:
@@ -111,26 +131,11 @@ def test_predict_reproduces_the_runs_test_predictions(run_dir):
 
 def test_every_fold_model_matches_within_1e5(run_dir):
     _, wd, bundle, _, _ = run_dir
-    from rakuten.artifacts import Experiment, softmax
     from rakuten.bundle import Bundle, read_products
 
     b = Bundle(bundle)
     prods = read_products(wd / "data" / "demo" / "X_test_update.csv", wd / "data" / "demo" / "image_test")
-    cache: dict = {}
-    full = b.predict(prods)
-    b._fold_logits(b.manifest["submitted"], prods, cache)
-    b.close()
-    assert set(cache) == set(b.manifest["members"])
-    for name, per in cache.items():
-        e = Experiment(wd / "oof", name)
-        for k, logits in per.items():
-            ref = e.load_test([k], ids=prods["id"].to_numpy()).logits
-            assert np.array_equal(logits.argmax(1), ref.argmax(1)), (name, k)
-            assert np.abs(softmax(logits) - softmax(ref)).max() < 1e-5, (name, k)
-    ref = Experiment(wd / "oof", b.manifest["submitted"]).load_test([0, 1, 2], ids=prods["id"].to_numpy(),
-                                                                  average="probs")
-    assert np.array_equal(full.argmax(1), ref.logits.argmax(1))
-    assert np.abs(softmax(full) - softmax(ref.logits)).max() < 1e-5
+    _assert_reproduces_the_run(b, wd, prods)
 
 
 def test_biases_in_the_manifest_are_applied(run_dir):
@@ -227,7 +232,6 @@ def test_cpu_preset_members_reproduce(tmp_path):
     """Frozen e5/EfficientNet heads (MLP and logistic regression), TF-IDF + dense e5, kNN on TF-IDF
     and on frozen features, and the blend over them: the bundle gives the run's test predictions.
     900 training rows: the SVM's temperature split needs 27 rows per inner calibration part."""
-    from rakuten.artifacts import Experiment, softmax
     from rakuten.bundle import Bundle, read_products
 
     preset = tmp_path / "bundle_cpu.yaml"
@@ -238,19 +242,4 @@ def test_cpu_preset_members_reproduce(tmp_path):
     b = Bundle(tmp_path / "bundle")
     assert b.manifest["feature_sources"] == ["image_effnetlite0", "text_e5_text"]
     prods = read_products(wd / "data" / "demo" / "X_test_update.csv", wd / "data" / "demo" / "image_test")
-    cache: dict = {}
-    full = b.predict(prods)
-    b._fold_logits(b.manifest["submitted"], prods, cache)
-    b.close()
-    members = {n: v for n, v in cache.items() if isinstance(n, str)}
-    assert set(members) == set(b.manifest["members"])
-    for name, per in members.items():
-        e = Experiment(wd / "oof", name)
-        for k, logits in per.items():
-            ref = e.load_test([k], ids=prods["id"].to_numpy()).logits
-            assert np.array_equal(logits.argmax(1), ref.argmax(1)), (name, k)
-            assert np.abs(softmax(logits) - softmax(ref)).max() < 1e-5, (name, k)
-    ref = Experiment(wd / "oof", b.manifest["submitted"]).load_test([0, 1, 2], ids=prods["id"].to_numpy(),
-                                                                  average="probs")
-    assert np.array_equal(full.argmax(1), ref.logits.argmax(1))
-    assert np.abs(softmax(full) - softmax(ref.logits)).max() < 1e-5
+    _assert_reproduces_the_run(b, wd, prods, feature_keys=True)

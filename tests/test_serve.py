@@ -18,18 +18,13 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from test_bundle import ENV, PRESET, REPO, run  # noqa: E402
+from test_bundle import ENV, REPO, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    preset = root / "bundle_smoke.yaml"
-    preset.write_text(PRESET)
-    wd = root / "wd"
-    run("run_all.py", "--preset", preset, "--workdir", wd, "--no-progress")
-    run("export.py", "--preset", preset, "--workdir", wd, "--out", root / "bundle")
-    return root, wd, root / "bundle"
+def served(bundle_run):
+    root, wd, bundle, _, _ = bundle_run   # conftest.py's tiny run + export, shared with test_bundle.py
+    return root, wd, bundle
 
 
 @pytest.fixture(scope="module")
