@@ -502,8 +502,6 @@ def frozen_feature_key(cfg, fd: FoldData, view: str = "identity") -> str:
 def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view: str = "identity") -> np.ndarray:
     """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2); ``view``
     is a test-time view of the images (``predict.tta``), cached separately."""
-    import hashlib
-
     from rakuten.artifacts import atomic_save_npz
     from rakuten.training.engine import Engine, resolve_device
 
