@@ -63,6 +63,7 @@ from rakuten.reporting.metrics import scores
 from rakuten.second_level.upstream import (SecondLevelData, class_weights, config_hash, finish_experiment,
                                            fold_is_current, inner_split, load_upstreams, open_experiment,
                                            save_fold, upstream_signature)
+from rakuten.training.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -437,33 +438,53 @@ def _monitor(y: np.ndarray, logits: np.ndarray, weight: torch.Tensor, what: str)
     return scores(y, logits.argmax(1))["macro_f1"]
 
 
+class _ShuffledBatches:
+    """The fitted rows in a fresh random order every epoch, as batches of input tensors + ``labels``.
+
+    One permutation is drawn from ``gen`` per pass, so the order of the batches depends only on the
+    seed and the epoch count (the same draws the fold's earlier loop made)."""
+
+    def __init__(self, X: dict[str, torch.Tensor], y: torch.Tensor, rows: torch.Tensor, batch_size: int,
+                 gen: torch.Generator):
+        self.X, self.y, self.rows, self.bs, self.gen = X, y, rows, batch_size, gen
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.bs)
+
+    def __iter__(self):
+        perm = self.rows[torch.randperm(len(self.rows), generator=self.gen)]
+        for b in range(0, len(perm), self.bs):
+            idx = perm[b:b + self.bs]
+            batch = {k: v[idx] for k, v in self.X.items()}
+            batch["labels"] = self.y[idx]
+            yield batch
+
+
 def train_net(net: FusionNet, X: dict[str, torch.Tensor], y: np.ndarray, fit_idx: np.ndarray,
               val_idx: np.ndarray | None, tcfg, seed: int, progress: bool = False) -> dict:
-    """Minibatch AdamW on ``fit_idx``; with ``val_idx``, keep the best epoch and stop on patience."""
+    """Minibatch AdamW on ``fit_idx`` through the project's ``Engine`` (CPU, fp32, no clipping: the
+    fusion networks are small); with ``val_idx``, keep the best epoch and stop on patience."""
     params = [p for p in net.parameters() if p.requires_grad]
     if not params:        # e.g. late fusion by plain averaging: nothing to learn
         return {"epochs_run": 0, "best_epoch": 0}
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    # one parameter group with decay on every weight (not make_optimizer's two groups): the fusion
+    # heads were tuned this way, and changing it would change every fusion artifact
     opt = torch.optim.AdamW(params, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
-    yt = torch.from_numpy(np.array(y, dtype=np.int64))
-    fit_t = torch.from_numpy(fit_idx)
-    bs = int(tcfg.batch_size)
+
+    def criterion(logits, labels):
+        return F.cross_entropy(logits, labels, weight=net.class_weight)
+
+    engine = Engine(net, criterion, opt, device="cpu", precision="fp32", clip_grad=None, progress=False)
+    batches = _ShuffledBatches(X, torch.from_numpy(np.array(y, dtype=np.int64)), torch.from_numpy(fit_idx),
+                               int(tcfg.batch_size), gen)
     best, best_state, best_epoch, bad = -np.inf, None, 0, 0
     epochs = int(tcfg.epochs)
     bar = tqdm(range(1, epochs + 1), desc="epochs", leave=False, disable=not progress)
     epoch = 0
     for epoch in bar:
-        net.train()
-        perm = fit_t[torch.randperm(len(fit_t), generator=gen)]
-        for b in range(0, len(perm), bs):
-            idx = perm[b:b + bs]
-            batch = {k: v[idx] for k, v in X.items()}
-            batch["label"] = yt[idx]
-            loss = net(batch)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        engine.train_epoch(batches, epoch)
         if val_idx is not None and len(val_idx):
             logits, _ = _predict(net, X, val_idx, int(tcfg.eval_batch_size))
             score = _monitor(y[val_idx], logits, net.class_weight, tcfg.monitor)
