@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import IMAGE_MODEL, TEXT_MODELS, project_full_run  # noqa: E402
+from throughput.common import IMAGE_MODEL, TEXT_MODELS  # noqa: E402
+from throughput.projection import project_full_run  # noqa: E402
 
 
 def merge(files: list[Path]) -> tuple[dict, dict]:

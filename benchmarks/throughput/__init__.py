@@ -1,0 +1,1 @@
+"""The training-throughput benchmark behind ``benchmarks/train_throughput.py`` (see its docstring)."""
