@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     setup_logging(False)
     quiet_progress(True)
     from rakuten.data.prepared import load_dataset
-    from rakuten.pipeline import run_all
+    from rakuten.stages import run_all
     from rakuten.presets import load_preset
 
     data = args.data.resolve()

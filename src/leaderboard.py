@@ -18,15 +18,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        from rakuten.reporting.leaderboard import build_leaderboard
+        from rakuten.stages import leaderboard
 
-        paths = paths_from_args(args)
-        rows = build_leaderboard(paths)
-        print(f"{'rank':>4}  {'experiment':<36} {'kind':<9} {'macro-F1':>8} {'wF1':>7} {'acc':>7}")
-        for r in rows:
-            print(f"{r['rank']:>4}  {r['experiment']:<36} {r['kind']:<9} {r['macro_f1']:>8.4f} "
-                  f"{r['weighted_f1']:>7.4f} {r['accuracy']:>7.4f}")
-        print(f"wrote {paths.submissions_dir / 'leaderboard.md'} (+ .json, .png)")
+        leaderboard(paths_from_args(args))
     return 0
 
 

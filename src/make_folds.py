@@ -8,7 +8,7 @@ import argparse
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
 from rakuten.data.prepared import describe, load_dataset
-from rakuten.folds import folds_path, make_folds, write_folds
+from rakuten.stages import folds_stage
 
 
 def main(argv=None) -> int:
@@ -23,9 +23,7 @@ def main(argv=None) -> int:
         paths = paths_from_args(args)
         ds = load_dataset(paths)
         print(describe(ds))
-        df = make_folds(ds.train, args.k, args.seed)
-        path = folds_path(paths.folds_dir, args.k, args.seed)
-        wrote = write_folds(df, path, args.k, args.seed, force=args.force, extra={"data_dir": str(ds.data_dir)})
+        path, wrote, df = folds_stage(paths, ds, args.k, args.seed, force=args.force)
         print(f"{'wrote' if wrote else 'unchanged'} {path} ({len(df)} rows, {args.k} folds, "
               f"{df.groupby('fold').size().min()}-{df.groupby('fold').size().max()} rows per fold)")
     return 0

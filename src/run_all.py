@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
-        from rakuten.pipeline import run_all
         from rakuten.presets import load_preset
+        from rakuten.stages import run_all
 
         run_all(load_preset(args.preset), paths_from_args(args), progress=not args.no_progress,
                 tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format)

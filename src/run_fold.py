@@ -13,7 +13,6 @@ meta.json. A killed run resumes from its last epoch checkpoint; a finished fold 
 from __future__ import annotations
 
 import argparse
-import os
 
 from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, quiet_progress,
                          setup_logging)
@@ -37,14 +36,12 @@ def main(argv=None) -> int:
     with one_line_errors():
         from rakuten.data.prepared import describe, load_dataset
         from rakuten.experiment import load_experiment
-        from rakuten.presets import experiment_overrides, load_preset
-        from rakuten.training.fold import run_fold
-
-        from rakuten.pipeline import text_only_fallback
+        from rakuten.presets import load_preset
+        from rakuten.stages import is_main_rank, preset_experiments, text_only_fallback, train_folds
+        from rakuten.training.distributed import finish_distributed
 
         paths = paths_from_args(args)
-        # Under `accelerate launch` / `torchrun` every rank runs this; rank 0 alone reports and writes.
-        main = os.environ.get("RANK", "0") == "0"
+        main = is_main_rank()
         # A named config is loaded (and validated) before the data: a bad override is reported at
         # once and nothing, not even the prepared-data cache, is written.
         cfgs = [load_experiment(args.config, args.overrides)] if args.config else None
@@ -52,21 +49,11 @@ def main(argv=None) -> int:
         if main:
             print(describe(ds))
         if cfgs is None:
-            preset = text_only_fallback(load_preset(args.preset), ds, announce=main)
-            cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(args.overrides))
-                    for e in preset.experiments]
+            cfgs = preset_experiments(text_only_fallback(load_preset(args.preset), ds, announce=main), args.overrides)
         for cfg in cfgs:
-            for fold in parse_fold_arg(args.fold, int(cfg.folds.k)):
-                if main:
-                    print(f"***** {cfg.name} fold {fold} *****")
-                s = run_fold(cfg, paths, fold, ds=ds, progress=not args.no_progress, force=args.force)
-                if main:
-                    print(f"{cfg.name} fold {fold}: macro-F1 {s['macro_f1']:.4f}  "
-                          f"weighted-F1 {s['weighted_f1']:.4f}  accuracy {s['accuracy']:.4f}")
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+            train_folds(cfg, paths, parse_fold_arg(args.fold, int(cfg.folds.k)), ds,
+                        progress=not args.no_progress, force=args.force, announce=main)
+        finish_distributed()
     return 0
 
 

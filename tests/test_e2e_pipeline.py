@@ -108,7 +108,7 @@ def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_pat
 def test_presets_with_images_fall_back_to_their_text_only_twin():
     import pandas as pd
 
-    from rakuten.pipeline import text_only_fallback
+    from rakuten.stages import text_only_fallback
     from rakuten.presets import load_preset
 
     class DS:

@@ -138,7 +138,7 @@ def _stack_and_tuned(paths):
 
 def test_stale_tuned_is_not_submitted_and_stale_stack_not_listed(synth):
     from rakuten.reporting.leaderboard import build_leaderboard
-    from rakuten.second_level.api import submit_best
+    from rakuten.stages import submit_best
     from rakuten.second_level.stacker import run_stack
     cfg, _ = _stack_and_tuned(synth)
     assert submit_best(synth, "stack_lgbm").name.startswith("stack_lgbm_tuned_cv")
@@ -171,7 +171,8 @@ def test_study_of_old_upstreams_is_not_reused(synth):
 def test_submission_with_changed_test_predictions_is_rewritten(synth):
     import numpy as np
     from rakuten.artifacts import Experiment, Predictions
-    from rakuten.second_level.api import load_stack, submit_best
+    from rakuten.second_level.api import load_stack
+    from rakuten.stages import submit_best
     from rakuten.second_level.stacker import run_stack
     run_stack(load_stack("stack_lgbm", overrides=SMALL_STACK), synth, progress=False)
     first = submit_best(synth, "stack_lgbm")

@@ -35,9 +35,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rakuten.artifacts import Experiment
 from rakuten.config import Config, ConfigError
+from rakuten.data.prepared import load_dataset
 from rakuten.errors import RakutenError
+from rakuten.experiment import load_experiment
 from rakuten.paths import Paths
+from rakuten.presets import experiment_overrides, load_preset
+from rakuten.stages import ensure_demo_data, folds_stage, text_only_fallback
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +150,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     A fold that is complete on disk (same fold file) is not submitted unless ``force``. A fusion or
     stack runs when each of its inputs is complete on disk or fully produced by this launch.
     """
-    from rakuten.data.prepared import load_dataset
-    from rakuten.experiment import load_experiment
-    from rakuten.folds import folds_path, make_folds, write_folds
-    from rakuten.presets import experiment_overrides, load_preset
     from rakuten.second_level.upstream import fold_file_for
-    from rakuten.artifacts import Experiment
     from rakuten.training.fold import check_experiment_folds, discard_replaced, prepare_fold_data
 
     stages = list(stages or STAGES)
@@ -160,7 +160,6 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     preset = load_preset(preset_name)
     if preset.get("no_images") and not experiments and paths.data_dir is not None:
         # a preset with a text-only twin, on data without training images: plan the twin instead
-        from rakuten.pipeline import text_only_fallback
         preset = text_only_fallback(preset, load_dataset(paths))
     names = experiments or list(preset.experiments)
     cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(overrides or [])) for e in names]
@@ -172,12 +171,10 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
 
     if "unimodal" in stages:
         if paths.data_dir is None:
-            from rakuten.pipeline import ensure_demo_data
             ensure_demo_data(paths, preset)
         ds = load_dataset(paths)   # once here: the workers then read the prepared cache
         for k, seed in specs:      # idempotent, and refuses to replace a different split
-            write_folds(make_folds(ds.train, k, seed), folds_path(paths.folds_dir, k, seed), k, seed,
-                        extra={"data_dir": str(ds.data_dir)})
+            folds_stage(paths, ds, k, seed)
         for cfg in cfgs:
             fd = prepare_fold_data(cfg, paths, ds)
             exp = Experiment(paths.oof_dir, cfg.name)

@@ -1,4 +1,5 @@
-"""The second level as ``run_all`` (and ``launch``) call it: by config name, with the preset's folds.
+"""The second level as the stages (``rakuten.stages``) and ``launch`` call it: by config name, with the
+preset's folds.
 
 Each function is idempotent: folds already done on the same fold file, config and upstream
 artifacts are skipped by the functions it calls.
@@ -67,7 +68,7 @@ def run_second_level(cfg, paths: Paths, progress: bool = True) -> dict:
     return run_fusion(cfg, paths, progress=progress)
 
 
-def _report(res: dict) -> None:
+def report(res: dict) -> None:
     o = res.get("oof") or {}
     skipped = f" (skipped folds {res['skipped']})" if res.get("skipped") else ""
     if o:
@@ -100,8 +101,13 @@ def _run_named(loader, name: str, paths: Paths, preset, progress: bool) -> dict 
     if why:
         print(f"  {cfg.name}: skipped, {why}")
         return None
+    return run_and_report(cfg, paths, progress)
+
+
+def run_and_report(cfg, paths: Paths, progress: bool = True) -> dict:
+    """Run a loaded second-level config and print its OOF line."""
     res = run_second_level(cfg, paths, progress)
-    _report(res)
+    report(res)
     return res
 
 
@@ -111,33 +117,6 @@ def fuse(name: str, paths: Paths, preset=None, progress: bool = True) -> dict | 
 
 def stack(name: str, paths: Paths, preset=None, progress: bool = True) -> dict | None:
     return _run_named(load_stack, name, paths, preset, progress)
-
-
-def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, timeout: float | None = None,
-                   progress: bool = True, total: bool = False) -> dict | None:
-    """Optuna study for ``name`` (SQLite beside it), then the best config refitted as ``<name>_tuned``.
-    ``total``: ``n_trials`` is the study's target size, so a rerun of a finished study adds no trial.
-
-    The tuned model's OOF score is optimistic: its parameters were chosen on those OOF rows. The
-    leaderboard marks it; per-class bias tuning (below) reports its gain on held-out folds instead.
-    """
-    from rakuten.second_level.tuning import tune
-
-    cfg = load_second_level(name, preset)
-    why = drop_skipped_inputs(cfg, preset)
-    if why:
-        print(f"  {cfg.name}: not tuned, {why}")
-        return None
-    res = tune(cfg, paths, n_trials=n_trials, timeout=timeout, progress=progress, total=total)
-    print(f"  study {res['study_name']}: {res['n_trials']} trials ({res['n_complete']} complete, "
-          f"{res['n_pruned']} pruned); best OOF macro-F1 {res['best_value'] if res['best_value'] is None else round(res['best_value'], 4)}")
-    if not res.get("best_config"):
-        return None
-    tuned = load_second_level(res["best_config"], preset)
-    drop_skipped_inputs(tuned, preset)
-    out = run_second_level(tuned, paths, progress)
-    _report(out)
-    return out
 
 
 def tuned_is_stale(paths: Paths, name: str) -> str | None:
@@ -159,71 +138,3 @@ def tuned_is_stale(paths: Paths, name: str) -> str | None:
     if made_from != base_meta.get("config_hash"):
         return f"its parameters were tuned on another version of {name} (config or inputs changed since)"
     return None
-
-
-def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -> Path:
-    """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
-    leaderboard; a file with the same name and content from an earlier run is reused.
-
-    ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
-    metric (``selection.select_submission``), and only among models that beat their best input."""
-    from rakuten.reporting.submission import SubmissionError, make_submission
-
-    if isinstance(exp, (list, tuple)):
-        from rakuten.data.prepared import load_dataset
-        from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
-        metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
-        sel = select_submission(paths, list(exp), metric)
-        for r in sel["table"]:
-            b = r[f"best_input_{metric}"]
-            print(f"  {r['experiment']:32s} OOF {metric} {r[metric]:.4f}  best input {r['best_input']} "
-                  f"{'-' if b is None else f'{b:.4f}'}")
-        note = " (no second level beats its best input: the best input itself)" if sel["fallback_to_input"] else ""
-        print(f"  chosen: {sel['chosen']}{note}; {metric} {sel['optimistic']:.4f} on the rows it was chosen "
-              f"on, {sel['nested']:.4f} nested (chosen on the other folds, per fold {sel['per_fold']})")
-        exp = sel["chosen"]
-    elif exp is None:
-        from rakuten.reporting.leaderboard import build_leaderboard
-        board = build_leaderboard(paths, write=False)
-        if not board:
-            raise SubmissionError("no complete experiment to submit")
-        exp = board[0]["experiment"]
-    elif not str(exp).endswith("_tuned") and Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
-        # the tuned version, unless it is stale or scores below the untuned one on the same OOF rows
-        from rakuten.reporting.leaderboard import score_experiment
-
-        def oof_f1(name):
-            return score_experiment(paths, Experiment(paths.oof_dir, name))[0]["macro_f1"]
-        stale = tuned_is_stale(paths, exp)
-        if stale:
-            print(f"  {exp}_tuned not used: {stale}; submitting {exp}")
-        else:
-            base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
-            if tuned_f1 >= base_f1:
-                exp = f"{exp}_tuned"
-            else:
-                print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: "
-                      f"submitting {exp}")
-    if bias:
-        # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
-        # other folds): on small or well-calibrated data they can hurt, and the check says so.
-        from rakuten.second_level.tuning import tune_biases
-        gain = tune_biases(paths, exp)["heldout"]["mean_gain"]
-        print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
-              f"{'applied' if gain > 0 else 'not applied'}")
-        bias = gain > 0
-    # A file of that name from an earlier run is reused only when its sidecar matches the current
-    # predictions and artifacts; otherwise it is rewritten (and says so). make_submission records
-    # the submitted model in submissions/submitted.json (what export.py bundles).
-    return make_submission(paths, exp, fmt, bias=bias, reuse=True)
-
-
-def leaderboard(paths: Paths) -> list[dict]:
-    from rakuten.reporting.leaderboard import build_leaderboard
-    board = build_leaderboard(paths, write=True)
-    print(f"{'rank':>4}  {'experiment':<36} {'kind':<9} {'macro-F1':>8} {'wF1':>7} {'acc':>7}")
-    for r in board:
-        print(f"{r['rank']:>4}  {r['experiment']:<36} {r['kind']:<9} {r['macro_f1']:>8.4f} "
-              f"{r['weighted_f1']:>7.4f} {r['accuracy']:>7.4f}")
-    print(f"wrote {paths.submissions_dir / 'leaderboard.md'} (+ .json, .png)")
-    return board

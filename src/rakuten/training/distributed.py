@@ -50,6 +50,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def finish_distributed() -> None:
+    """End of a stage script: wait for every rank, then leave the process group (no-op alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
     """Each rank drives its own GPU."""
     if info.enabled and device.type == "cuda":

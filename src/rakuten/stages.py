@@ -1,0 +1,279 @@
+"""The pipeline's stages, each written once: data -> folds -> unimodal OOF -> fusion -> stack ->
+tuning -> submission -> leaderboard. ``run_all`` runs them in order; the stage scripts (``src/*.py``)
+and the Ray launcher (``rakuten.launch``) call the same functions, so changing a stage means changing
+it here.
+
+Each stage reads and writes artifacts and skips what is already complete, so a killed run, rerun,
+redoes only the unfinished work.
+
+Imports: the light modules at the top. The layers a stage alone needs and that are slow to import
+(torch through ``training.fold``, LightGBM and Optuna through ``second_level``, matplotlib through
+``reporting.leaderboard``) are imported inside that stage, so ``make_folds.py`` does not load torch
+and ``run_fold.py`` does not load Optuna.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from rakuten.artifacts import Experiment
+from rakuten.data.challenge import CD_FILES
+from rakuten.data.prepared import describe, load_dataset
+from rakuten.experiment import load_experiment
+from rakuten.folds import folds_path, make_folds, write_folds
+from rakuten.paths import Paths
+from rakuten.presets import experiment_overrides, load_preset
+
+
+@contextmanager
+def stage(name: str, timings: dict):
+    print(f"\n===== {name} =====", flush=True)
+    t0 = time.time()
+    yield
+    timings[name] = round(time.time() - t0, 1)
+    print(f"----- {name}: {timings[name]:.1f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def ensure_demo_data(paths: Paths, preset) -> None:
+    """Generate the demo dataset into ``<workdir>/data/demo`` unless it is there already."""
+    if (paths.demo_data_dir / CD_FILES["x_train"]).exists():
+        print(f"demo data present at {paths.demo_data_dir}")
+        return
+    # PIL and the generator: needed only the first time, on a fresh workdir
+    from rakuten.data.demo import generate_demo_dataset
+
+    d = preset.get("demo_data") or {}
+    summary = generate_demo_dataset(paths.demo_data_dir, n_train=int(d.get("n_train", 3000)),
+                                    n_test=int(d.get("n_test", 600)), seed=int(d.get("seed", 0)),
+                                    image_size=int(d.get("image_size", 500)))
+    print(f"generated demo data: {summary}")
+
+
+def text_only_fallback(preset, ds, announce: bool = True):
+    """A preset with image models, on data with no training image at all (the text CSVs downloaded
+    without the image archive): its ``no_images`` twin, if it names one. Image models would train on
+    blank inputs, cost minutes and add nothing."""
+    twin = preset.get("no_images")
+    if not twin or "has_image" not in ds.train or bool(ds.train["has_image"].any()):
+        return preset
+    if announce:
+        print(f"no training image found: preset {preset.get('name')} -> {twin} (its text-only twin)")
+    return load_preset(twin)
+
+
+def data_stage(paths: Paths, preset):
+    """The dataset (the demo data generated first when no data dir is given and it is missing) and
+    the preset to run on it (its text-only twin on data without images). Returns ``(ds, preset)``."""
+    if paths.data_dir is None:
+        ensure_demo_data(paths, preset)
+    ds = load_dataset(paths)
+    print(describe(ds))
+    return ds, text_only_fallback(preset, ds)
+
+
+# ---------------------------------------------------------------------------------------------- folds
+def folds_stage(paths: Paths, ds, k: int, seed: int, force: bool = False) -> tuple[Path, bool, pd.DataFrame]:
+    """Write the frozen stratified fold file of (k, seed); an identical one is left alone, a
+    different one is refused unless ``force``. Returns (path, whether it was written, the folds)."""
+    path = folds_path(paths.folds_dir, k, seed)
+    df = make_folds(ds.train, k, seed)
+    wrote = write_folds(df, path, k, seed, force=force, extra={"data_dir": str(ds.data_dir)})
+    return path, wrote, df
+
+
+# ------------------------------------------------------------------------------------------- unimodal
+def preset_experiments(preset, overrides: list[str] | None = None) -> list:
+    """The configs of a preset's unimodal experiments, with the preset's and then the caller's overrides."""
+    return [load_experiment(e, experiment_overrides(preset, e) + list(overrides or [])) for e in preset.experiments]
+
+
+def train_folds(cfg, paths: Paths, folds: list[int], ds, progress: bool = True, force: bool = False,
+                announce: bool = True) -> dict[int, dict]:
+    """Train (or skip, when complete) the given folds of one experiment; returns their scores."""
+    from rakuten.training.fold import run_fold   # torch: only the stages that train load it
+
+    out = {}
+    for fold in folds:
+        if announce:
+            print(f"***** {cfg.name} fold {fold} *****")
+        s = run_fold(cfg, paths, fold, ds=ds, progress=progress, force=force)
+        if announce:
+            print(f"{cfg.name} fold {fold}: macro-F1 {s['macro_f1']:.4f}  "
+                  f"weighted-F1 {s['weighted_f1']:.4f}  accuracy {s['accuracy']:.4f}")
+        out[fold] = s
+    return out
+
+
+def unimodal_stage(preset, paths: Paths, ds, progress: bool = True) -> list[str]:
+    """Every fold of every unimodal experiment of the preset. An experiment whose input is empty on
+    this data is skipped (a chance-level model would only add noise to the second level); the
+    skipped names are recorded in ``preset["skipped"]`` for the later stages and returned."""
+    from rakuten.training.fold import empty_field   # torch, as in train_folds
+
+    skipped = []
+    for cfg in preset_experiments(preset):
+        why = empty_field(cfg, ds.train)
+        if why:
+            print(f"  {cfg.name}: skipped, {why}; the second level runs without it")
+            skipped.append(cfg.name)
+            continue
+        train_folds(cfg, paths, list(range(int(cfg.folds.k))), ds, progress=progress)
+    preset["skipped"] = skipped
+    return skipped
+
+
+# ------------------------------------------------------------------------------------- second level
+def fusion_stage(preset, paths: Paths, progress: bool = True) -> None:
+    from rakuten.second_level import api   # torch and LightGBM
+
+    for name in preset.fusion:
+        api.fuse(name, paths, preset, progress=progress)
+
+
+def stack_stage(preset, paths: Paths, progress: bool = True) -> None:
+    from rakuten.second_level import api   # torch and LightGBM
+
+    for name in preset.stack:
+        api.stack(name, paths, preset, progress=progress)
+
+
+def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, timeout: float | None = None,
+                   progress: bool = True, total: bool = False) -> dict | None:
+    """Optuna study for ``name`` (SQLite beside it), then the best config refitted as ``<name>_tuned``.
+    ``total``: ``n_trials`` is the study's target size, so a rerun of a finished study adds no trial.
+
+    The tuned model's OOF score is optimistic: its parameters were chosen on those OOF rows. The
+    leaderboard marks it; per-class bias tuning (below) reports its gain on held-out folds instead.
+    """
+    from rakuten.second_level import api            # torch and LightGBM
+    from rakuten.second_level.tuning import tune    # Optuna
+
+    cfg = api.load_second_level(name, preset)
+    why = api.drop_skipped_inputs(cfg, preset)
+    if why:
+        print(f"  {cfg.name}: not tuned, {why}")
+        return None
+    res = tune(cfg, paths, n_trials=n_trials, timeout=timeout, progress=progress, total=total)
+    print(f"  study {res['study_name']}: {res['n_trials']} trials ({res['n_complete']} complete, "
+          f"{res['n_pruned']} pruned); best OOF macro-F1 {res['best_value'] if res['best_value'] is None else round(res['best_value'], 4)}")
+    if not res.get("best_config"):
+        return None
+    tuned = api.load_second_level(res["best_config"], preset)
+    api.drop_skipped_inputs(tuned, preset)
+    return api.run_and_report(tuned, paths, progress)
+
+
+def tuning_stage(preset, paths: Paths, trials: int | None = None, progress: bool = True) -> None:
+    for name, opts in (preset.get("tune") or {}).items():
+        n = trials if trials is not None else int(opts.get("trials", 10))
+        # total=True: a rerun of a finished pipeline runs no new trial (the study already has n)
+        tune_and_refit(name, paths, preset, n_trials=n, timeout=opts.get("timeout"), progress=progress, total=True)
+
+
+# ----------------------------------------------------------------------------------------- submission
+def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -> Path:
+    """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
+    leaderboard; a file with the same name and content from an earlier run is reused.
+
+    ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
+    metric (``selection.select_submission``), and only among models that beat their best input."""
+    from rakuten.reporting.leaderboard import build_leaderboard, score_experiment   # matplotlib
+    from rakuten.reporting.submission import SubmissionError, make_submission
+    from rakuten.second_level.api import tuned_is_stale
+    from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
+    from rakuten.second_level.tuning import tune_biases   # Optuna
+
+    if isinstance(exp, (list, tuple)):
+        metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+        sel = select_submission(paths, list(exp), metric)
+        for r in sel["table"]:
+            b = r[f"best_input_{metric}"]
+            print(f"  {r['experiment']:32s} OOF {metric} {r[metric]:.4f}  best input {r['best_input']} "
+                  f"{'-' if b is None else f'{b:.4f}'}")
+        note = " (no second level beats its best input: the best input itself)" if sel["fallback_to_input"] else ""
+        print(f"  chosen: {sel['chosen']}{note}; {metric} {sel['optimistic']:.4f} on the rows it was chosen "
+              f"on, {sel['nested']:.4f} nested (chosen on the other folds, per fold {sel['per_fold']})")
+        exp = sel["chosen"]
+    elif exp is None:
+        board = build_leaderboard(paths, write=False)
+        if not board:
+            raise SubmissionError("no complete experiment to submit")
+        exp = board[0]["experiment"]
+    elif not str(exp).endswith("_tuned") and Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
+        # the tuned version, unless it is stale or scores below the untuned one on the same OOF rows
+        def oof_f1(name):
+            return score_experiment(paths, Experiment(paths.oof_dir, name))[0]["macro_f1"]
+        stale = tuned_is_stale(paths, exp)
+        if stale:
+            print(f"  {exp}_tuned not used: {stale}; submitting {exp}")
+        else:
+            base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
+            if tuned_f1 >= base_f1:
+                exp = f"{exp}_tuned"
+            else:
+                print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: "
+                      f"submitting {exp}")
+    if bias:
+        # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
+        # other folds): on small or well-calibrated data they can hurt, and the check says so.
+        gain = tune_biases(paths, exp)["heldout"]["mean_gain"]
+        print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
+              f"{'applied' if gain > 0 else 'not applied'}")
+        bias = gain > 0
+    # A file of that name from an earlier run is reused only when its sidecar matches the current
+    # predictions and artifacts; otherwise it is rewritten (and says so). make_submission records
+    # the submitted model in submissions/submitted.json (what export.py bundles).
+    return make_submission(paths, exp, fmt, bias=bias, reuse=True)
+
+
+def leaderboard(paths: Paths) -> list[dict]:
+    from rakuten.reporting.leaderboard import build_leaderboard   # matplotlib
+
+    board = build_leaderboard(paths, write=True)
+    print(f"{'rank':>4}  {'experiment':<36} {'kind':<9} {'macro-F1':>8} {'wF1':>7} {'acc':>7}")
+    for r in board:
+        print(f"{r['rank']:>4}  {r['experiment']:<36} {r['kind']:<9} {r['macro_f1']:>8.4f} "
+              f"{r['weighted_f1']:>7.4f} {r['accuracy']:>7.4f}")
+    print(f"wrote {paths.submissions_dir / 'leaderboard.md'} (+ .json, .png)")
+    return board
+
+
+# ------------------------------------------------------------------------------------------ run_all
+def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None = None,
+            skip_tuning: bool = False, submit_format: str | None = None) -> dict:
+    timings: dict = {}
+    t_start = time.time()
+    with stage("data", timings):
+        ds, preset = data_stage(paths, preset)
+    with stage("folds", timings):
+        fp, wrote, _ = folds_stage(paths, ds, int(preset.folds.k), int(preset.folds.seed))
+        print(f"{'wrote' if wrote else 'reusing'} {fp}")
+    with stage("unimodal", timings):
+        unimodal_stage(preset, paths, ds, progress=progress)
+    with stage("fusion", timings):
+        fusion_stage(preset, paths, progress=progress)
+    with stage("stack", timings):
+        stack_stage(preset, paths, progress=progress)
+    if not skip_tuning:
+        with stage("tuning", timings):
+            tuning_stage(preset, paths, trials=tune_trials, progress=progress)
+    with stage("submission", timings):
+        sub = submit_best(paths, preset.get("submit"), fmt=submit_format or ds.fmt,
+                          bias=bool(preset.get("submit_bias", False)))
+        print(f"submission: {sub}")
+    with stage("leaderboard", timings):
+        board = leaderboard(paths)
+    timings["total"] = round(time.time() - t_start, 1)
+    print(f"\nall stages done in {timings['total']:.0f}s: {timings}")
+    return {"timings": timings, "submission": str(sub), "leaderboard": board}
+
+
+def is_main_rank() -> bool:
+    """Under ``accelerate launch`` / ``torchrun`` every rank runs a stage script; rank 0 alone reports
+    and writes."""
+    return os.environ.get("RANK", "0") == "0"
