@@ -7,6 +7,9 @@
 Data-parallel inside a fold, same artifacts (rank 0 writes):
     accelerate launch --multi_gpu --num_processes 2 src/run_fold.py --config ... --fold 0
 
+On a fresh checkout it prepares what it needs first, through the same stages as run_all.py: the demo
+data when no --data-dir is given, the fold file when none exists.
+
 Each fold writes oof/<experiment>/fold<k>.npz, test_fold<k>.npz, summary_fold<k>.csv and updates
 meta.json. A killed run resumes from its last epoch checkpoint; a finished fold is skipped.
 """
@@ -34,10 +37,9 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
-        from rakuten.data.prepared import describe, load_dataset
         from rakuten.experiment import load_experiment
         from rakuten.presets import load_preset
-        from rakuten.stages import is_main_rank, preset_experiments, text_only_fallback, train_folds
+        from rakuten.stages import data_stage, ensure_folds, is_main_rank, preset_experiments, train_folds
         from rakuten.training.distributed import finish_distributed
 
         paths = paths_from_args(args)
@@ -45,14 +47,14 @@ def main(argv=None) -> int:
         # A named config is loaded (and validated) before the data: a bad override is reported at
         # once and nothing, not even the prepared-data cache, is written.
         cfgs = [load_experiment(args.config, args.overrides)] if args.config else None
-        ds = load_dataset(paths)
-        if main:
-            print(describe(ds))
+        # as run_all would: the demo data when no --data-dir is given, then the fold file if missing
+        ds, preset = data_stage(paths, load_preset(args.preset), announce=main, fallback=cfgs is None)
         if cfgs is None:
-            cfgs = preset_experiments(text_only_fallback(load_preset(args.preset), ds, announce=main), args.overrides)
-        for cfg in cfgs:
-            train_folds(cfg, paths, parse_fold_arg(args.fold, int(cfg.folds.k)), ds,
-                        progress=not args.no_progress, force=args.force, announce=main)
+            cfgs = preset_experiments(preset, args.overrides)
+        todo = [(cfg, parse_fold_arg(args.fold, int(cfg.folds.k))) for cfg in cfgs]  # a bad --fold fails first
+        ensure_folds(paths, ds, cfgs, write=main)
+        for cfg, folds in todo:
+            train_folds(cfg, paths, folds, ds, progress=not args.no_progress, force=args.force, announce=main)
         finish_distributed()
     return 0
 

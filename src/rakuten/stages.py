@@ -23,6 +23,7 @@ import pandas as pd
 from rakuten.artifacts import Experiment
 from rakuten.data.challenge import CD_FILES
 from rakuten.data.prepared import describe, load_dataset
+from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.folds import folds_path, make_folds, write_folds
 from rakuten.paths import Paths
@@ -66,14 +67,22 @@ def text_only_fallback(preset, ds, announce: bool = True):
     return load_preset(twin)
 
 
-def data_stage(paths: Paths, preset):
-    """The dataset (the demo data generated first when no data dir is given and it is missing) and
-    the preset to run on it (its text-only twin on data without images). Returns ``(ds, preset)``."""
+def data_stage(paths: Paths, preset, announce: bool = True, fallback: bool = True):
+    """The dataset (generated first when no data dir is given and the demo data is missing) and the
+    preset to run on it (with ``fallback``, its text-only twin on data without images). ``announce``
+    false: a helper rank of a data-parallel job, which prints and generates nothing. Returns
+    ``(ds, preset)``."""
     if paths.data_dir is None:
-        ensure_demo_data(paths, preset)
+        if not announce and not (paths.demo_data_dir / CD_FILES["x_train"]).exists():
+            # a helper rank of a data-parallel job: generating beside rank 0 would race on the files
+            raise RakutenError(f"no demo data at {paths.demo_data_dir}: run `python src/run_fold.py --fold 0` "
+                               "once without a launcher first, or pass --data-dir")
+        if announce:
+            ensure_demo_data(paths, preset)
     ds = load_dataset(paths)
-    print(describe(ds))
-    return ds, text_only_fallback(preset, ds)
+    if announce:
+        print(describe(ds))
+    return ds, text_only_fallback(preset, ds, announce) if fallback else preset
 
 
 # ---------------------------------------------------------------------------------------------- folds
@@ -84,6 +93,18 @@ def folds_stage(paths: Paths, ds, k: int, seed: int, force: bool = False) -> tup
     df = make_folds(ds.train, k, seed)
     wrote = write_folds(df, path, k, seed, force=force, extra={"data_dir": str(ds.data_dir)})
     return path, wrote, df
+
+
+def ensure_folds(paths: Paths, ds, cfgs, write: bool = True) -> None:
+    """The fold file of every config that has none yet (an existing file is used as it is).
+    ``write`` false (a helper rank of a data-parallel job): a missing file is an error, not a race."""
+    for k, seed in sorted({(int(c.folds.k), int(c.folds.seed)) for c in cfgs}):
+        if not folds_path(paths.folds_dir, k, seed).exists():
+            if not write:
+                raise RakutenError(f"no fold file {folds_path(paths.folds_dir, k, seed)}: run "
+                                   "`python src/make_folds.py` (or this command without a launcher) first")
+            path, _, _ = folds_stage(paths, ds, k, seed)
+            print(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------------------- unimodal
