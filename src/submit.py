@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        from rakuten.reporting.submission import make_submission
+        from rakuten.stages import make_submission
 
         path = make_submission(paths_from_args(args), args.exp, args.format, bias=args.bias, force=args.force)
         print(f"wrote and validated {path}")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from rakuten.data.prepared import load_dataset
-from rakuten.reporting.submission import (SubmissionError, make_submission, validate_submission,
-                                          write_submission)
+from rakuten.reporting.submission import SubmissionError, validate_submission, write_submission
+from rakuten.stages import make_submission
 from synthetic import make_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -197,6 +197,24 @@ def tuning_stage(preset, paths: Paths, trials: int | None = None, progress: bool
 
 
 # ----------------------------------------------------------------------------------------- submission
+def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool = False,
+                    force: bool = False, reuse: bool = False) -> Path:
+    """``reporting.submission.write_experiment_submission`` with the per-class biases of ``exp``
+    when ``bias``: those in its ``biases.json`` when still current, else fitted now."""
+    from rakuten.reporting.submission import SubmissionError, write_experiment_submission
+    from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
+    from rakuten.second_level.upstream import folds_of_experiment
+
+    biases = None
+    if bias:
+        e = Experiment(paths.oof_dir, exp)
+        if not e.meta_path.exists():
+            raise SubmissionError(f"{exp}: no {e.meta_path}; run the experiment first")
+        _, _, fhash = folds_of_experiment(paths, e)
+        biases = load_biases(paths, exp, fhash) or tune_biases(paths, exp)
+    return write_experiment_submission(paths, exp, fmt, biases=biases, force=force, reuse=reuse)
+
+
 def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -> Path:
     """Submission of ``exp`` (its tuned version when one exists), or of the best experiment on the
     leaderboard; a file with the same name and content from an earlier run is reused.
@@ -204,7 +222,7 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
     ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
     metric (``selection.select_submission``), and only among models that beat their best input."""
     from rakuten.reporting.leaderboard import build_leaderboard, score_experiment   # matplotlib
-    from rakuten.reporting.submission import SubmissionError, make_submission
+    from rakuten.reporting.submission import SubmissionError
     from rakuten.second_level.api import tuned_is_stale
     from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
     from rakuten.second_level.tuning import tune_biases   # Optuna
@@ -247,8 +265,8 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
               f"{'applied' if gain > 0 else 'not applied'}")
         bias = gain > 0
     # A file of that name from an earlier run is reused only when its sidecar matches the current
-    # predictions and artifacts; otherwise it is rewritten (and says so). make_submission records
-    # the submitted model in submissions/submitted.json (what export.py bundles).
+    # predictions and artifacts; otherwise it is rewritten (and says so). The writer records the
+    # submitted model in submissions/submitted.json (what export.py bundles).
     return make_submission(paths, exp, fmt, bias=bias, reuse=True)
 
 

@@ -180,15 +180,17 @@ def sidecar_path(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".json")
 
 
-def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool = False,
-                    force: bool = False, reuse: bool = False) -> Path:
+def write_experiment_submission(paths: Paths, exp: str, fmt: str | None = None, biases: dict | None = None,
+                                force: bool = False, reuse: bool = False) -> Path:
     """Bagged test prediction of experiment ``exp`` -> ``submissions/<exp>[_bias]_cv<score>.<ext>``.
 
-    The score in the name is the OOF macro-F1 recomputed from the artifacts; with ``bias`` it is the
-    held-out-biased OOF macro-F1 (biases fitted on the other folds), not the optimistic in-sample one.
+    ``biases``: the experiment's per-class logit biases as its caller fitted them (the record
+    ``second_level.tuning.tune_biases`` writes: ``biases`` by class index, ``heldout`` scores), added
+    to the test logits; ``None`` for none. The score in the name is the OOF macro-F1 recomputed from
+    the artifacts; with biases it is the held-out-biased OOF macro-F1 (biases fitted on the other
+    folds), not the optimistic in-sample one.
     """
     from rakuten.data.prepared import load_dataset
-    from rakuten.second_level.tuning import load_biases, tune_biases
     from rakuten.second_level.upstream import check_complete, folds_of_experiment
 
     ds = load_dataset(paths)
@@ -206,8 +208,9 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
     test = e.load_test(fold_ids, ids=ds.test["id"].to_numpy(np.int64), average="probs")
     logits = test.logits.astype(np.float64)
     tag = ""
+    bias = biases is not None
     if bias:
-        b = load_biases(paths, exp, fhash) or tune_biases(paths, exp)
+        b = biases
         logits = logits + np.asarray(b["biases"])[None, :]
         score = b["heldout"]["oof_after"]["macro_f1"]
         tag = "_bias"
