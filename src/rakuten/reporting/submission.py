@@ -189,14 +189,14 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
     """
     from rakuten.data.prepared import load_dataset
     from rakuten.second_level.tuning import load_biases, tune_biases
-    from rakuten.second_level.upstream import check_complete, folds_of_experiment
+    from rakuten.lineage import check_complete, fold_file
 
     ds = load_dataset(paths)
     fmt = _check_fmt(fmt or ds.fmt)
     e = Experiment(paths.oof_dir, exp)
     if not e.meta_path.exists():
         raise SubmissionError(f"{exp}: no {e.meta_path}; run the experiment first")
-    fpath, folds_df, fhash = folds_of_experiment(paths, e)
+    fpath, folds_df, fhash = fold_file(paths, e)
     check_folds_match(folds_df, ds.train, fpath)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(e, fold_ids, fhash)
@@ -220,7 +220,7 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
                        "format": fmt, "submission": path.name})
     # The sidecar ties the file to what made it: the name carries only the experiment and its OOF
     # score, and a change that alters the test predictions but not the OOF would keep the name.
-    from rakuten.second_level.upstream import artifact_signature
+    from rakuten.lineage import artifact_signature
     lineage = {"experiment": exp, "format": fmt, "bias": bool(bias), "artifacts": artifact_signature(e),
                "fold_hash": fhash, "predictions": hashlib.sha256(np.asarray(codes, np.int64).tobytes()).hexdigest()[:16]}
     side = sidecar_path(path)

@@ -19,7 +19,7 @@ from sklearn.metrics import f1_score
 from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
-from rakuten.second_level.upstream import check_complete, folds_of_experiment
+from rakuten.lineage import check_complete, fold_file
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,14 @@ def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
     try:
         # a stale candidate (inputs changed since it was fitted; a _tuned tuned on another version
         # of its base) is not a candidate: its test predictions are not those of the current inputs
-        from rakuten.second_level.upstream import lineage_problem
+        from rakuten.lineage import lineage_problem
         stale = lineage_problem(paths, name)
         if stale is None and name.endswith("_tuned"):
             from rakuten.second_level.api import tuned_is_stale
             stale = tuned_is_stale(paths, name[:-len("_tuned")])
         if stale:
             raise ArtifactError(f"stale: {stale}")
-        fpath, folds_df, fhash = folds_of_experiment(paths, e)
+        fpath, folds_df, fhash = fold_file(paths, e)
         if fold_hash is not None and fhash != fold_hash:
             return None
         check_complete(e, sorted(int(k) for k in folds_df["fold"].unique()), fhash)

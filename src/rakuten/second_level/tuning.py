@@ -35,7 +35,7 @@ from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
-from rakuten.second_level.upstream import check_complete, config_hash, folds_of_experiment, upstream_signature
+from rakuten.lineage import check_complete, config_hash, fold_file, upstream_signature, workdir_relative
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
     # The study's signature: the config (less its tuning space) over these upstream artifacts and
     # fold file, the same hash the untuned experiment records as its config_hash. Trials scored on
     # other inputs say nothing about these.
-    signature = config_hash(cfg, {"upstream": upstream_signature(paths, list(objective.data.inputs)),
+    signature = config_hash(cfg, extra={"upstream": upstream_signature(paths, list(objective.data.inputs)),
                                   "fold_hash": objective.data.fold_hash})
     existing = _count_trials(store, name)
     if existing:
@@ -408,7 +408,7 @@ def tune_biases(paths: Paths, exp_name: str, grid=None, rounds: int = 2) -> dict
     exp = Experiment(paths.oof_dir, exp_name)
     if not exp.meta_path.exists():
         raise TuningError(f"{exp_name}: no {exp.meta_path}; run the experiment first")
-    fpath, folds_df, fhash = folds_of_experiment(paths, exp)
+    fpath, folds_df, fhash = fold_file(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(exp, fold_ids, fhash)
     oof = exp.load_oof(folds_df)
@@ -428,7 +428,7 @@ def tune_biases(paths: Paths, exp_name: str, grid=None, rounds: int = 2) -> dict
     before_all = scores(y, logits.argmax(1))
     after_all = scores(y, heldout_pred)
     out = {
-        "experiment": exp_name, "fold_file": str(fpath), "fold_hash": fhash,
+        "experiment": exp_name, "fold_file": workdir_relative(paths, fpath), "fold_hash": fhash,
         "artifacts": upstream_signature(paths, [exp_name])[exp_name],
         "heldout": {"per_fold": per_fold, "mean_gain": float(np.mean([p["gain"] for p in per_fold])),
                     "oof_before": before_all, "oof_after": after_all},
