@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     p.add_argument("--format", choices=["challengedata", "sigir"], default=None,
                    help="submission format (default: that of the input data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="redo the artifacts whose config, data, fold file or upstream changed (a stale "
+                        "unimodal experiment is otherwise an error); current artifacts are reused")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
         from rakuten.presets import load_preset
 
         run_all(load_preset(args.preset), paths_from_args(args), progress=not args.no_progress,
-                tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format)
+                tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format, force=args.force)
     return 0
 
 

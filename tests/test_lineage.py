@@ -54,7 +54,7 @@ def test_changed_text_with_same_ids_and_labels_is_not_reused(demo):
     df["designation"] = df["designation"].str.upper()      # same ids, same labels, other text
     df.to_csv(x)
     line = one_line_error(run("run_fold.py", "--workdir", demo, "--fold", "0", *TFIDF))
-    assert "other data" in line
+    assert "data changed" in line and "--force" in line
     # with --force it retrains on the new text
     r = run("run_fold.py", "--workdir", demo, "--fold", "0", "--force", *TFIDF)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -140,13 +140,15 @@ def test_stale_tuned_is_not_submitted_and_stale_stack_not_listed(synth):
     from rakuten.reporting.leaderboard import build_leaderboard
     from rakuten.second_level.api import submit_best
     from rakuten.second_level.stacker import run_stack
+    from rakuten.second_level.selection import choose_tuned
     cfg, _ = _stack_and_tuned(synth)
-    assert submit_best(synth, "stack_lgbm").name.startswith("stack_lgbm_tuned_cv")
+    assert set(choose_tuned(synth, "stack_lgbm", "macro_f1")["scores"]) == {"stack_lgbm", "stack_lgbm_tuned"}
     _retrain_upstream(synth)
     listed = {r["experiment"] for r in build_leaderboard(synth, write=False)}
     assert "stack_lgbm" not in listed and "stack_lgbm_tuned" not in listed   # both built on old inputs
     run_stack(cfg, synth, progress=False)         # the untuned stack is refitted; tuning is skipped
     assert "stack_lgbm" in {r["experiment"] for r in build_leaderboard(synth, write=False)}
+    assert set(choose_tuned(synth, "stack_lgbm", "macro_f1")["scores"]) == {"stack_lgbm"}   # stale: no candidate
     path = submit_best(synth, "stack_lgbm")
     assert path.name.startswith("stack_lgbm_cv"), path.name
 

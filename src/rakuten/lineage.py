@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -234,9 +233,10 @@ def redo_reason(old: dict, cfg, *, fold_hash: str, config_hash_now: str, data_ke
     if keys:
         shown = ", ".join(keys[:4]) + (f" +{len(keys) - 4} more" if len(keys) > 4 else "")
         return f"config changed ({shown})"
-    if len(str(old.get("config_hash"))) != HASH_LEN:
-        return "made by an older version of the code (another config hash)"
-    return "an input of its config changed (label issues file or pseudo-label source)"
+    view = hashed_view(cfg)
+    if (view.get("data") or {}).get("label_issues") or (view.get("train") or {}).get("pseudo_labels"):
+        return "an input of its config changed (label issues file or pseudo-label source)"
+    return "made by an older version of the code (same config, another config hash)"
 
 
 # ------------------------------------------------------------------------------------- the ledger
@@ -273,15 +273,19 @@ class Ledger:
 _LEDGER: Ledger | None = None
 
 
-@contextmanager
-def run_ledger():
-    """The ledger of one ``run_all``: every note made inside is recorded in it."""
+def begin_run() -> Ledger:
+    """Start the ledger of one ``run_all``: every ``note`` until ``end_run`` is recorded in it."""
     global _LEDGER
-    prev, _LEDGER = _LEDGER, Ledger()
-    try:
-        yield _LEDGER
-    finally:
-        _LEDGER = prev
+    _LEDGER = Ledger()
+    return _LEDGER
+
+
+def end_run(ledger: Ledger) -> dict:
+    """Print the per-stage summary, stop recording; returns {artifact: why redone}."""
+    global _LEDGER
+    print_summary(ledger)
+    _LEDGER = None
+    return ledger.redone
 
 
 def set_stage(name: str) -> None:

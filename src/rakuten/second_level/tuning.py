@@ -35,7 +35,7 @@ from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
-from rakuten.lineage import check_complete, config_hash, fold_file, upstream_signature, workdir_relative
+from rakuten.lineage import check_complete, config_hash, fold_file, note, upstream_signature, workdir_relative
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
             if study_name is not None:
                 raise TuningError(f"study {name!r} in {url} was run on another config or other upstream "
                                   "artifacts; give a new --study-name")
-            print(f"  study {name}: made on another config or other upstream artifacts; starting it afresh")
+            note(f"study {name}", "redone", "made on another config or other upstream artifacts; started afresh")
             optuna.delete_study(study_name=name, storage=store)
             existing = 0
     worker_seed = int(seed if seed is not None else cfg.tune.seed) + existing
@@ -335,6 +335,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
         done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                    for t in study.get_trials(deepcopy=False))
         n_trials = max(0, n_trials - done)
+    note(f"study {name}", "new" if n_trials > 0 else "reused")
     if n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress,
                        gc_after_trial=False)
