@@ -101,6 +101,15 @@ def workdir_relative(paths: Paths, p: str | Path) -> str:
         return str(p)
 
 
+def recorded_config(paths: Paths, cfg) -> dict:
+    """The config as meta.json records it: ``_source_`` relative when the YAML lies in the workdir
+    (a ``best_config.yaml``)."""
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    if d.get("_source_"):
+        d["_source_"] = workdir_relative(paths, d["_source_"])
+    return d
+
+
 def fold_file(paths: Paths, of) -> tuple[Path, pd.DataFrame, str]:
     """(path, table, hash) of the fold file of ``of``: a config (its ``folds: {k, seed}``) or an
     :class:`Experiment` (the file its meta.json names, looked up by name in this workdir's ``folds/``,

@@ -17,8 +17,8 @@ import pandas as pd
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json
 from rakuten.config import ConfigError
 from rakuten.folds import inner_split  # noqa: F401  (inner_split: re-exported)
-from rakuten.lineage import (check_complete, config_hash, fold_file, note, redo_reason,  # noqa: F401
-                             upstream_signature, workdir_relative)
+from rakuten.lineage import (check_complete, config_hash, fold_file, note, recorded_config,  # noqa: F401
+                             redo_reason, upstream_signature, workdir_relative)
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -139,7 +139,7 @@ def open_experiment(paths: Paths, cfg, kind: str, data: SecondLevelData, chash: 
     """Create or reuse ``oof/<name>/``; a changed config or fold file starts the per-fold record afresh."""
     exp = Experiment(paths.oof_dir, cfg["name"])
     sig = upstream_signature(paths, list(data.inputs))
-    base = {"name": cfg["name"], "kind": kind, "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
+    base = {"name": cfg["name"], "kind": kind, "config": recorded_config(paths, cfg),
             "config_hash": chash, "fold_file": workdir_relative(paths, data.fold_file), "fold_hash": data.fold_hash,
             "upstream": {n: {"fold_hash": u.meta.get("fold_hash"), "kind": u.meta.get("kind"), "signature": sig[n]}
                          for n, u in data.inputs.items()}, **extra}

@@ -29,7 +29,7 @@ from rakuten.artifacts import (ArtifactError, Experiment, Predictions, atomic_pa
 from rakuten.data.prepared import data_fingerprint, load_dataset, resolve_data_dir
 from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
-from rakuten.lineage import config_hash, fold_file, note, redo_reason, workdir_relative
+from rakuten.lineage import config_hash, fold_file, note, recorded_config, redo_reason, workdir_relative
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -678,7 +678,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
              best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None, **extra)
     meta = exp.update_meta(
         name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
-        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg, paths),
+        field=None if cfg.kind == "image" else cfg.data.field, config=recorded_config(paths, cfg), config_hash=config_hash(cfg, paths),
         fold_file=workdir_relative(paths, fd.fold_file), fold_hash=fd.fold_hash, data_key=fd.content_key, folds={fold: s})
     if all(str(k) in meta["folds"] for k in sorted(fd.folds["fold"].unique())):
         oof = exp.load_oof(fd.folds)
