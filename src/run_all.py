@@ -30,10 +30,15 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
+        from rakuten.errors import RakutenError
         from rakuten.pipeline import run_all
-        from rakuten.presets import load_preset
+        from rakuten.presets import load_preset, validate_preset
 
-        run_all(load_preset(args.preset), paths_from_args(args), progress=not args.no_progress,
+        if args.trials is not None and args.trials < 0:
+            raise RakutenError(f"--trials must be >= 0 (got {args.trials})")
+        preset = load_preset(args.preset)
+        validate_preset(preset)      # every config it runs, before any data is read or file written
+        run_all(preset, paths_from_args(args), progress=not args.no_progress,
                 tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format, force=args.force)
     return 0
 

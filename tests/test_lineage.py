@@ -324,17 +324,6 @@ submit: [stack_cpu_text_logreg, stack_cpu_text_lgbm]
 """
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """(preset file, a finished tiny run_all workdir); tests copy the workdir before changing it."""
-    root = tmp_path_factory.mktemp("finished")
-    preset = root / "lineage_tiny.yaml"
-    preset.write_text(TINY_PRESET)
-    r = run("run_all.py", "--preset", preset, "--workdir", root / "wd", "--no-progress")
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return preset, root / "wd"
-
-
 def _copy(src: Path, dst: Path) -> Path:
     import shutil
     shutil.copytree(src, dst, symlinks=True)     # copy2: mtimes kept, as cp -a or rsync -a

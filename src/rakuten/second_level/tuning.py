@@ -187,12 +187,16 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     (seen on PostgreSQL). On PostgreSQL the creation runs under an advisory lock, so the second
     worker waits and then finds the tables; on other servers a failed creation is retried.
     """
+    import sqlalchemy
+    try:
+        sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise TuningError(f"--storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:////abs/path/study.db)") from None
     kwargs = {}
     if url.startswith("sqlite"):
         # Several worker processes share one SQLite file: wait for the write lock instead of failing.
         kwargs = {"connect_args": {"timeout": 60}}
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    import sqlalchemy
     if url.startswith("postgresql"):
         engine = sqlalchemy.create_engine(url)
         try:
