@@ -38,23 +38,34 @@ def main(argv=None) -> int:
     quiet_progress(args.no_progress)
     with one_line_errors():
         from rakuten.experiment import load_experiment
+        from rakuten.lineage import fold_file
         from rakuten.presets import load_preset
-        from rakuten.stages import data_stage, ensure_folds, is_main_rank, preset_experiments, train_folds
-        from rakuten.training.distributed import finish_distributed
+        from rakuten.stages import (data_stage, ensure_folds, has_fold_file, is_main_rank, preset_experiments,
+                                    train_folds)
 
         paths = paths_from_args(args)
         main = is_main_rank()
         # A named config is loaded (and validated) before the data: a bad override is reported at
         # once and nothing, not even the prepared-data cache, is written.
         cfgs = [load_experiment(args.config, args.overrides)] if args.config else None
-        # as run_all would: the demo data when no --data-dir is given, then the fold file if missing
+        # A bad --fold is an error before the data is read, and so is a missing fold file in a workdir
+        # that has fold files (another k or seed than its finished work's: a mistake). A workdir
+        # with no fold file at all is a fresh one: it gets its fold file below, as run_all makes it.
+        fresh = not has_fold_file(paths)
+        for cfg in cfgs or []:
+            parse_fold_arg(args.fold, int(cfg.folds.k))
+            if not fresh:
+                fold_file(paths, cfg)
+        # as run_all would: the demo data when no --data-dir is given
         ds, preset = data_stage(paths, load_preset(args.preset), announce=main, fallback=cfgs is None)
         if cfgs is None:
             cfgs = preset_experiments(preset, args.overrides)
         todo = [(cfg, parse_fold_arg(args.fold, int(cfg.folds.k))) for cfg in cfgs]  # a bad --fold fails first
-        ensure_folds(paths, ds, cfgs, write=main)
+        if fresh:
+            ensure_folds(paths, ds, cfgs, write=main)
         for cfg, folds in todo:
             train_folds(cfg, paths, folds, ds, progress=not args.no_progress, force=args.force, announce=main)
+        from rakuten.training.distributed import finish_distributed   # torch: once the inputs are checked
         finish_distributed()
     return 0
 

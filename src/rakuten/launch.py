@@ -150,7 +150,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     A fold that is complete on disk (same fold file) is not submitted unless ``force``. A fusion or
     stack runs when each of its inputs is complete on disk or fully produced by this launch.
     """
-    from rakuten.second_level.upstream import fold_file_for
+    from rakuten.lineage import fold_file
     from rakuten.training.fold import check_experiment_folds, discard_replaced, prepare_fold_data
 
     stages = list(stages or STAGES)
@@ -211,7 +211,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
                            "nor in this launch" if up in lacking else f"input {up} is not run")
                     break
                 try:   # not in this launch: usable if complete on disk on this fold file
-                    _, fdf, fhash = fold_file_for(cfg, paths)
+                    _, fdf, fhash = fold_file(paths, cfg)
                     ok = all(Experiment(paths.oof_dir, up).fold_done(int(k), fhash) for k in fdf["fold"].unique())
                 except RakutenError:
                     ok = False

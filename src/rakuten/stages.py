@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rakuten import lineage
 from rakuten.artifacts import Experiment
 from rakuten.data.challenge import CD_FILES
 from rakuten.data.prepared import describe, load_dataset
@@ -33,6 +34,7 @@ from rakuten.presets import experiment_overrides, load_preset
 @contextmanager
 def stage(name: str, timings: dict):
     print(f"\n===== {name} =====", flush=True)
+    lineage.set_stage(name)
     t0 = time.time()
     yield
     timings[name] = round(time.time() - t0, 1)
@@ -90,9 +92,17 @@ def folds_stage(paths: Paths, ds, k: int, seed: int, force: bool = False) -> tup
     """Write the frozen stratified fold file of (k, seed); an identical one is left alone, a
     different one is refused unless ``force``. Returns (path, whether it was written, the folds)."""
     path = folds_path(paths.folds_dir, k, seed)
+    existed = path.exists()
     df = make_folds(ds.train, k, seed)
-    wrote = write_folds(df, path, k, seed, force=force, extra={"data_dir": str(ds.data_dir)})
+    wrote = write_folds(df, path, k, seed, force=force, extra={"data_dir": lineage.workdir_relative(paths, ds.data_dir)})
+    lineage.note(path.name, "redone" if wrote and existed else "new" if wrote else "reused",
+                 "the training ids or labels changed")
     return path, wrote, df
+
+
+def has_fold_file(paths: Paths) -> bool:
+    """Whether the workdir holds any fold file (a fresh one holds none)."""
+    return paths.folds_dir.is_dir() and any(paths.folds_dir.glob("folds_k*_seed*.csv"))
 
 
 def ensure_folds(paths: Paths, ds, cfgs, write: bool = True) -> None:
@@ -114,15 +124,16 @@ def preset_experiments(preset, overrides: list[str] | None = None) -> list:
 
 
 def train_folds(cfg, paths: Paths, folds: list[int], ds, progress: bool = True, force: bool = False,
-                announce: bool = True) -> dict[int, dict]:
-    """Train (or skip, when complete) the given folds of one experiment; returns their scores."""
+                announce: bool = True, replace_stale: bool = False) -> dict[int, dict]:
+    """Train (or skip, when complete) the given folds of one experiment; returns their scores.
+    ``replace_stale``: retrain an experiment whose config, data or fold file changed (else an error)."""
     from rakuten.training.fold import run_fold   # torch: only the stages that train load it
 
     out = {}
     for fold in folds:
         if announce:
             print(f"***** {cfg.name} fold {fold} *****")
-        s = run_fold(cfg, paths, fold, ds=ds, progress=progress, force=force)
+        s = run_fold(cfg, paths, fold, ds=ds, progress=progress, force=force, replace_stale=replace_stale)
         if announce:
             print(f"{cfg.name} fold {fold}: macro-F1 {s['macro_f1']:.4f}  "
                   f"weighted-F1 {s['weighted_f1']:.4f}  accuracy {s['accuracy']:.4f}")
@@ -130,7 +141,7 @@ def train_folds(cfg, paths: Paths, folds: list[int], ds, progress: bool = True, 
     return out
 
 
-def unimodal_stage(preset, paths: Paths, ds, progress: bool = True) -> list[str]:
+def unimodal_stage(preset, paths: Paths, ds, progress: bool = True, force: bool = False) -> list[str]:
     """Every fold of every unimodal experiment of the preset. An experiment whose input is empty on
     this data is skipped (a chance-level model would only add noise to the second level); the
     skipped names are recorded in ``preset["skipped"]`` for the later stages and returned."""
@@ -143,7 +154,7 @@ def unimodal_stage(preset, paths: Paths, ds, progress: bool = True) -> list[str]
             print(f"  {cfg.name}: skipped, {why}; the second level runs without it")
             skipped.append(cfg.name)
             continue
-        train_folds(cfg, paths, list(range(int(cfg.folds.k))), ds, progress=progress)
+        train_folds(cfg, paths, list(range(int(cfg.folds.k))), ds, progress=progress, replace_stale=force)
     preset["skipped"] = skipped
     return skipped
 
@@ -198,21 +209,21 @@ def tuning_stage(preset, paths: Paths, trials: int | None = None, progress: bool
 
 # ----------------------------------------------------------------------------------------- submission
 def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool = False,
-                    force: bool = False, reuse: bool = False) -> Path:
+                    force: bool = False, reuse: bool = False, selection: dict | None = None) -> Path:
     """``reporting.submission.write_experiment_submission`` with the per-class biases of ``exp``
     when ``bias``: those in its ``biases.json`` when still current, else fitted now."""
     from rakuten.reporting.submission import SubmissionError, write_experiment_submission
     from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
-    from rakuten.second_level.upstream import folds_of_experiment
 
     biases = None
     if bias:
         e = Experiment(paths.oof_dir, exp)
         if not e.meta_path.exists():
             raise SubmissionError(f"{exp}: no {e.meta_path}; run the experiment first")
-        _, _, fhash = folds_of_experiment(paths, e)
+        _, _, fhash = lineage.fold_file(paths, e)
         biases = load_biases(paths, exp, fhash) or tune_biases(paths, exp)
-    return write_experiment_submission(paths, exp, fmt, biases=biases, force=force, reuse=reuse)
+    return write_experiment_submission(paths, exp, fmt, biases=biases, force=force, reuse=reuse,
+                                       selection=selection)
 
 
 def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -> Path:
@@ -221,12 +232,13 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
 
     ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
     metric (``selection.select_submission``), and only among models that beat their best input."""
-    from rakuten.reporting.leaderboard import build_leaderboard, score_experiment   # matplotlib
+    from rakuten.reporting.leaderboard import build_leaderboard   # matplotlib
     from rakuten.reporting.submission import SubmissionError
     from rakuten.second_level.api import tuned_is_stale
-    from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
-    from rakuten.second_level.tuning import tune_biases   # Optuna
+    from rakuten.second_level.selection import METRIC_OF_FORMAT, choose_tuned, select_submission
+    from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
 
+    selection = None
     if isinstance(exp, (list, tuple)):
         metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
         sel = select_submission(paths, list(exp), metric)
@@ -238,36 +250,38 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
         print(f"  chosen: {sel['chosen']}{note}; {metric} {sel['optimistic']:.4f} on the rows it was chosen "
               f"on, {sel['nested']:.4f} nested (chosen on the other folds, per fold {sel['per_fold']})")
         exp = sel["chosen"]
+        selection = {k: sel[k] for k in ("chosen", "metric", "optimistic", "nested", "per_fold")}
     elif exp is None:
         board = build_leaderboard(paths, write=False)
         if not board:
             raise SubmissionError("no complete experiment to submit")
         exp = board[0]["experiment"]
     elif not str(exp).endswith("_tuned") and Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
-        # the tuned version, unless it is stale or scores below the untuned one on the same OOF rows
-        def oof_f1(name):
-            return score_experiment(paths, Experiment(paths.oof_dir, name))[0]["macro_f1"]
+        # the tuned version only when current and better; its score on the rows its parameters were
+        # picked on is optimistic, so the nested score of the choice is reported beside it
         stale = tuned_is_stale(paths, exp)
         if stale:
             print(f"  {exp}_tuned not used: {stale}; submitting {exp}")
         else:
-            base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
-            if tuned_f1 >= base_f1:
-                exp = f"{exp}_tuned"
-            else:
-                print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: "
-                      f"submitting {exp}")
+            metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+            sel = choose_tuned(paths, exp, metric)
+            others = ", ".join(f"{n} {s:.4f}" for n, s in sel["scores"].items())
+            print(f"  {exp} vs {exp}_tuned (OOF {metric}: {others}): chosen {sel['chosen']}; {metric} "
+                  f"{sel['optimistic']:.4f} optimistic (chosen on the rows it is scored on), {sel['nested']:.4f} "
+                  f"nested (chosen on the other folds, per fold {sel['per_fold']})")
+            exp = sel["chosen"]
+            selection = sel
     if bias:
         # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
         # other folds): on small or well-calibrated data they can hurt, and the check says so.
-        gain = tune_biases(paths, exp)["heldout"]["mean_gain"]
+        gain = (load_biases(paths, exp) or tune_biases(paths, exp))["heldout"]["mean_gain"]
         print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
               f"{'applied' if gain > 0 else 'not applied'}")
         bias = gain > 0
     # A file of that name from an earlier run is reused only when its sidecar matches the current
     # predictions and artifacts; otherwise it is rewritten (and says so). The writer records the
     # submitted model in submissions/submitted.json (what export.py bundles).
-    return make_submission(paths, exp, fmt, bias=bias, reuse=True)
+    return make_submission(paths, exp, fmt, bias=bias, reuse=True, selection=selection)
 
 
 def leaderboard(paths: Paths) -> list[dict]:
@@ -284,16 +298,19 @@ def leaderboard(paths: Paths) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ run_all
 def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None = None,
-            skip_tuning: bool = False, submit_format: str | None = None) -> dict:
+            skip_tuning: bool = False, submit_format: str | None = None, force: bool = False) -> dict:
+    """Every stage in order. ``force``: redo the artifacts whose inputs changed (a stale unimodal
+    experiment is otherwise an error: retraining it may cost hours); current ones are reused either way."""
     timings: dict = {}
     t_start = time.time()
+    ledger = lineage.begin_run()
     with stage("data", timings):
         ds, preset = data_stage(paths, preset)
     with stage("folds", timings):
-        fp, wrote, _ = folds_stage(paths, ds, int(preset.folds.k), int(preset.folds.seed))
+        fp, wrote, _ = folds_stage(paths, ds, int(preset.folds.k), int(preset.folds.seed), force=force)
         print(f"{'wrote' if wrote else 'reusing'} {fp}")
     with stage("unimodal", timings):
-        unimodal_stage(preset, paths, ds, progress=progress)
+        unimodal_stage(preset, paths, ds, progress=progress, force=force)
     with stage("fusion", timings):
         fusion_stage(preset, paths, progress=progress)
     with stage("stack", timings):
@@ -308,8 +325,9 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
     with stage("leaderboard", timings):
         board = leaderboard(paths)
     timings["total"] = round(time.time() - t_start, 1)
+    redone = lineage.end_run(ledger)
     print(f"\nall stages done in {timings['total']:.0f}s: {timings}")
-    return {"timings": timings, "submission": str(sub), "leaderboard": board}
+    return {"timings": timings, "submission": str(sub), "leaderboard": board, "redone": redone}
 
 
 def is_main_rank() -> bool:

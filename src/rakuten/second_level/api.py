@@ -124,7 +124,7 @@ def tuned_is_stale(paths: Paths, name: str) -> str | None:
     was fitted, or its parameters come from a study of another version of ``name`` (another config,
     or upstream artifacts that were since retrained; ``tune.base_signature`` in its config is the
     study's signature, which is ``name``'s own ``config_hash``)."""
-    from rakuten.second_level.upstream import lineage_problem
+    from rakuten.lineage import lineage_problem
     tuned = f"{name}_tuned"
     why = lineage_problem(paths, tuned)
     if why:
