@@ -18,8 +18,8 @@ import pandas as pd
 from rakuten.artifacts import Experiment, Predictions, atomic_write_json, file_hash
 from rakuten.folds import folds_path, make_folds, write_folds
 from rakuten.labels import CODES, NUM_CLASSES
+from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.reporting.metrics import scores
 
 TEXT_CLASSES = np.arange(0, 14)
 IMAGE_CLASSES = np.arange(14, NUM_CLASSES)

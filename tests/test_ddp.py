@@ -11,7 +11,7 @@ import pytest
 
 from rakuten.artifacts import Experiment
 from rakuten.folds import read_folds
-from rakuten.reporting.metrics import scores
+from rakuten.metrics import scores
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",

@@ -15,7 +15,7 @@ import pytest
 
 from rakuten.artifacts import Experiment, Predictions
 from rakuten.folds import read_folds
-from rakuten.reporting.metrics import chance_macro_f1, scores
+from rakuten.metrics import chance_macro_f1, scores
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}

@@ -13,9 +13,9 @@ import pytest
 from rakuten.artifacts import Experiment
 from rakuten.config import load_config
 from rakuten.folds import folds_path, read_folds
+from rakuten.metrics import scores
 from rakuten.reporting.anchors import ANCHORS, anchors
 from rakuten.reporting.leaderboard import build_leaderboard
-from rakuten.reporting.metrics import scores
 from rakuten.second_level.fusion import FUSION_DEFAULTS, run_fusion
 from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack
 from synthetic import K, SEED, make_synthetic

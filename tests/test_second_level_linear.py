@@ -12,7 +12,7 @@ from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
 from rakuten.config import load_config
 from rakuten.labels import NUM_CLASSES
-from rakuten.reporting.metrics import scores
+from rakuten.metrics import scores
 from rakuten.second_level.blend import CaruanaBlend, LogitBlend, LogRegStacker, model_meta_features
 from rakuten.second_level.selection import select_submission
 from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack, stack_features, load_stack_data

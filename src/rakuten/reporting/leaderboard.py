@@ -19,9 +19,9 @@ from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomi
 from rakuten.errors import RakutenError
 from rakuten.folds import FoldsError
 from rakuten.labels import CODES
+from rakuten.metrics import chance_macro_f1, scores
 from rakuten.paths import Paths
 from rakuten.reporting.anchors import PUBLIC_LEADERBOARDS, anchors, would_rank
-from rakuten.reporting.metrics import chance_macro_f1, scores
 from rakuten.reporting.plots import plot_confusion, plot_leaderboard
 from rakuten.lineage import check_complete, fold_file, lineage_problem
 

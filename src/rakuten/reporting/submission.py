@@ -23,8 +23,8 @@ from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomi
 from rakuten.data.challenge import Dataset
 from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
+from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.reporting.metrics import scores
 
 log = logging.getLogger(__name__)
 

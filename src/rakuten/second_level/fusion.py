@@ -58,8 +58,8 @@ from tqdm.auto import tqdm
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
 from rakuten.labels import NUM_CLASSES, class_weights
+from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.reporting.metrics import scores
 from rakuten.lineage import config_hash, upstream_signature
 from rakuten.second_level.upstream import (SecondLevelData, finish_experiment,
                                            fold_is_current, inner_split, load_upstreams, open_experiment,

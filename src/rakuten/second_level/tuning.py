@@ -33,8 +33,8 @@ from rakuten.artifacts import Experiment, atomic_write_json, atomic_write_text, 
 from rakuten.config import Config, ConfigError
 from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
+from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.reporting.metrics import scores
 from rakuten.lineage import check_complete, config_hash, fold_file, note, upstream_signature, workdir_relative
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from rakuten.folds import inner_split  # noqa: F401  (inner_split: re-exported)
 from rakuten.lineage import (check_complete, config_hash, fold_file, note, recorded_config,  # noqa: F401
                              redo_reason, upstream_signature, workdir_relative)
 from rakuten.labels import NUM_CLASSES
+from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.reporting.metrics import scores
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
 from rakuten.lineage import config_hash, fold_file, note, recorded_config, redo_reason, workdir_relative
 from rakuten.labels import NUM_CLASSES
+from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.reporting.metrics import scores
 
 log = logging.getLogger(__name__)
 
