@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     quiet_progress(args.no_progress)
     with one_line_errors():
         from rakuten.errors import RakutenError
-        from rakuten.presets import load_preset, validate_preset
-        from rakuten.stages import run_all
+        from rakuten.presets import load_preset
+        from rakuten.stages import run_all, validate_preset
 
         if args.trials is not None and args.trials < 0:
             raise RakutenError(f"--trials must be >= 0 (got {args.trials})")

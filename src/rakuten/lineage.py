@@ -57,13 +57,34 @@ def hashed_view(cfg) -> dict:
     return d
 
 
+def issues_path(cfg, paths) -> Path | None:
+    f = (cfg.data.get("label_issues") or {}).get("file")
+    if not f:
+        return None
+    p = Path(f)
+    return p if p.is_absolute() else paths.workdir / p
+
+
+def input_signature(cfg, paths) -> dict:
+    """Hashes of the files the two switches of ``training.cleaning`` read, for the config hash: a regenerated
+    label_issues.csv or a retrained pseudo-label source invalidates the artifacts built on it."""
+    sig = {}
+    p = issues_path(cfg, paths)
+    if p is not None:
+        sig["label_issues"] = file_hash(p) if p.exists() else "missing"
+    pl = cfg.train.get("pseudo_labels") or {}
+    if pl.get("from"):
+        exp = Experiment(paths.oof_dir, pl["from"])
+        sig["pseudo_labels"] = {p.name: file_hash(p) for p in sorted(exp.dir.glob("test_fold*.npz"))}
+    return sig
+
+
 def config_hash(cfg, paths: Paths | None = None, *, extra: dict | None = None) -> str:
     """The one config hash of every artifact. ``paths`` (unimodal): the hashes of the files an
     enabled switch reads (label_issues.csv, the pseudo-label source) are added, so regenerating one
     invalidates what was built on it. ``extra`` (second level): upstream signatures and fold hash."""
     d = hashed_view(cfg)
     if paths is not None:
-        from rakuten.training.cleaning import input_signature
         sig = input_signature(cfg, paths)
         if sig:
             d["_inputs_"] = sig

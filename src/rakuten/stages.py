@@ -22,6 +22,7 @@ import pandas as pd
 
 from rakuten import lineage
 from rakuten.artifacts import Experiment
+from rakuten.config import Config, ConfigError
 from rakuten.data.challenge import CD_FILES
 from rakuten.data.prepared import describe, load_dataset
 from rakuten.errors import RakutenError
@@ -39,6 +40,28 @@ def stage(name: str, timings: dict):
     yield
     timings[name] = round(time.time() - t0, 1)
     print(f"----- {name}: {timings[name]:.1f}s", flush=True)
+
+
+# --------------------------------------------------------------------------------------------- preset
+def validate_preset(preset: Config) -> None:
+    """Load (and so validate: names, types, ranges) every config the preset runs, with the preset's
+    overrides, before the pipeline reads the data or writes anything: a typo in the last stack's
+    name is then one line at once, not an error after the unimodal models have trained."""
+    from rakuten.second_level.api import load_fusion, load_stack   # torch and LightGBM
+    for name in preset.experiments:
+        load_experiment(name, experiment_overrides(preset, name))
+    for name in preset.get("fusion") or []:
+        load_fusion(name, preset)
+    for name in preset.get("stack") or []:
+        load_stack(name, preset)
+    second = set(preset.get("fusion") or []) | set(preset.get("stack") or [])
+    for name in (preset.get("tune") or {}):
+        if name not in second:
+            raise ConfigError(f"preset {preset.get('name')}: tune names {name!r}, which is not among its fusion/stack")
+    sub = preset.get("submit")
+    for name in ([sub] if isinstance(sub, str) else list(sub or [])):
+        if name not in second and name not in set(preset.experiments):
+            raise ConfigError(f"preset {preset.get('name')}: submit names {name!r}, which the preset does not run")
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten.artifacts import ArtifactError, Experiment, file_hash, softmax
+from rakuten.artifacts import ArtifactError, Experiment, softmax
 from rakuten.config import ConfigError
+from rakuten.lineage import issues_path
 
 log = logging.getLogger(__name__)
 
@@ -131,28 +132,6 @@ def validate(cfg) -> None:
                           "are supported by kind tfidf and the logreg head only; use drop/relabel or weight 1")
 
 
-def issues_path(cfg, paths) -> Path | None:
-    f = (cfg.data.get("label_issues") or {}).get("file")
-    if not f:
-        return None
-    p = Path(f)
-    return p if p.is_absolute() else paths.workdir / p
-
-
-def input_signature(cfg, paths) -> dict:
-    """Hashes of the files the two switches read, for the config hash: a regenerated
-    label_issues.csv or a retrained pseudo-label source invalidates the artifacts built on it."""
-    sig = {}
-    p = issues_path(cfg, paths)
-    if p is not None:
-        sig["label_issues"] = file_hash(p) if p.exists() else "missing"
-    pl = cfg.train.get("pseudo_labels") or {}
-    if pl.get("from"):
-        exp = Experiment(paths.oof_dir, pl["from"])
-        sig["pseudo_labels"] = {p.name: file_hash(p) for p in sorted(exp.dir.glob("test_fold*.npz"))}
-    return sig
-
-
 # -------------------------------------------------------------------------------------- applying
 def read_issues(path: Path) -> pd.DataFrame:
     if not path.exists():
@@ -229,4 +208,4 @@ def _label_map(paths):
 
 
 __all__ = ["label_issue_table", "per_class_table", "confused_pairs", "plot_confused_pairs", "rank_label_issues",
-           "training_rows", "pseudo_labels", "input_signature", "validate", "issues_path"]
+           "training_rows", "pseudo_labels", "validate", "issues_path"]
