@@ -102,7 +102,7 @@ def peers(ds, y_test, paths: Paths, e5_source: str | None) -> list[dict]:
     if e5_source:
         t0 = time.time()
         from rakuten.training.classic import source_features
-        from rakuten.training.fold import FoldData
+        from rakuten.training.fold_data import FoldData
         from rakuten.data.prepared import data_fingerprint, resolve_data_dir
         fd = FoldData(ds.train, ds.test, None, None, "", data_fingerprint(resolve_data_dir(paths)))
         f = source_features(e5_source, paths, fd, progress=False)

@@ -66,7 +66,7 @@ def _ddp_step(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     from rakuten.training.distributed import DistInfo, EpochShuffleSampler, ShardedBatchSampler
-    from rakuten.training.fold import _EpochBatchSampler
+    from rakuten.training.loaders import EpochBatchSampler as _EpochBatchSampler
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -98,7 +98,7 @@ def test_one_ddp_step_equals_one_step_at_twice_the_batch(tmp_path):
     import torch.multiprocessing as mp
 
     from rakuten.training.distributed import EpochShuffleSampler
-    from rakuten.training.fold import _EpochBatchSampler
+    from rakuten.training.loaders import EpochBatchSampler as _EpochBatchSampler
 
     out = tmp_path / "rank0.pt"
     mp.start_processes(_ddp_step, args=(2, 29000 + os.getpid() % 1000, str(out)), nprocs=2, join=True,

@@ -63,7 +63,7 @@ def test_changed_text_with_same_ids_and_labels_is_not_reused(demo):
 def test_changed_image_keeps_text_models_and_changes_image_key(demo):
     from rakuten.data.prepared import load_dataset
     from rakuten.experiment import load_experiment
-    from rakuten.training.fold import experiment_data_key, prepare_fold_data
+    from rakuten.training.fold_data import experiment_data_key, prepare_fold_data
     paths = Paths.make(demo)
     text_cfg, image_cfg = load_experiment("tfidf_text", ["folds.k=3"]), load_experiment("image_tiny", ["folds.k=3"])
     ds = load_dataset(paths)
@@ -81,7 +81,8 @@ def test_changed_image_keeps_text_models_and_changes_image_key(demo):
 def test_frozen_feature_key_covers_cache_size_and_pretrained(demo):
     from rakuten.data.prepared import load_dataset
     from rakuten.experiment import load_experiment
-    from rakuten.training.fold import frozen_feature_key, prepare_fold_data
+    from rakuten.training.features import frozen_feature_key
+    from rakuten.training.fold_data import prepare_fold_data
     paths = Paths.make(demo)
     ds = load_dataset(paths)
     keys = set()
@@ -92,7 +93,7 @@ def test_frozen_feature_key_covers_cache_size_and_pretrained(demo):
 
 
 def test_second_process_on_a_locked_fold_exits_with_one_line(demo):
-    from rakuten.training.fold import fold_lock
+    from rakuten.training.fold_state import fold_lock
     with fold_lock(Paths.make(demo), "tfidf_text", 0):
         line = one_line_error(run("run_fold.py", "--workdir", demo, "--fold", "0", *TFIDF))
     assert "being trained" in line

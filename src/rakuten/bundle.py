@@ -96,7 +96,7 @@ def _source_config(name: str, member_cfg: dict) -> dict:
 
 
 def _extraction_key(cfg: dict) -> str:
-    """What ``training.fold.frozen_features`` keys its cache on (the data aside)."""
+    """What ``training.features.frozen_features`` keys its cache on (the data aside)."""
     m, d = cfg.get("model", {}), cfg.get("data", {})
     return (f"{m.get('name')}|{m.get('backbone')}|{m.get('cpu_int8', False)}|{cfg.get('kind')}|{d.get('field')}|"
             f"{d.get('max_len')}|{d.get('prefix')}|{d.get('image_size')}")
@@ -303,7 +303,7 @@ class Bundle:
         self.load_seconds = time.time() - t0
 
     def _load_source(self, cfg) -> dict:
-        """The frozen backbone of a feature source, as ``training.fold.frozen_features`` builds it
+        """The frozen backbone of a feature source, as ``training.features.frozen_features`` builds it
         (pretrained weights from the offline packages or a local folder; never trained further)."""
         from rakuten.models.registry import create_model
 
@@ -414,7 +414,7 @@ class Bundle:
     def _classic_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """TF-IDF linear models and kNN, as ``training.classic.fit_predict`` predicts its test rows."""
         from rakuten.training.classic import _l2_rows, knn_log_proba
-        from rakuten.training.fold import field_texts
+        from rakuten.training.fold_data import field_texts
 
         cfg = m["cfg"]
         texts = field_texts(products, cfg)
@@ -438,7 +438,8 @@ class Bundle:
     def _frozen_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """Heads on frozen features, standardised with their fold's training statistics."""
         from rakuten.training.engine import Engine
-        from rakuten.training.fold import FeatureDataset, RowSubset, _loader
+        from rakuten.training.inputs import FeatureDataset, RowSubset
+        from rakuten.training.loaders import make_loader
 
         cfg = m["cfg"]
         f = self._features(m["features"], products, cache)
@@ -452,7 +453,7 @@ class Bundle:
                 out[k] = full.astype(np.float32)
                 continue
             engine = Engine(obj["head"], None, device=self.device, precision=cfg.train.precision, progress=False)
-            loader, _ = _loader(RowSubset(FeatureDataset(z), np.arange(len(z)), None), cfg, False, None)
+            loader, _ = make_loader(RowSubset(FeatureDataset(z), np.arange(len(z)), None), cfg, False, None)
             out[k] = engine.predict(loader)[0]
         return out
 
@@ -460,12 +461,13 @@ class Bundle:
         """(logits, embeddings) of a torch text or image model on the products, batched like training's
         eval loaders (length-sorted text batches padded per batch)."""
         from rakuten.training.engine import Engine
-        from rakuten.training.fold import RowSubset, _loader
+        from rakuten.training.inputs import RowSubset
+        from rakuten.training.loaders import make_loader
 
         transform, collate, lengths = None, None, None
         if cfg.kind == "text":
             from rakuten.data.text_dataset import TokenDataset, tokenize_texts
-            from rakuten.training.fold import field_texts
+            from rakuten.training.fold_data import field_texts
             from rakuten.training.samplers import pad_collate
             tokens = tokenize_texts(tok, field_texts(products, cfg), int(cfg.data.max_len))
             ds, lengths = TokenDataset(tokens), tokens.lengths
@@ -474,7 +476,7 @@ class Bundle:
             ds, transform = self._image_inputs(cfg, model, products)
         engine = Engine(model, None, device=self.device, precision=cfg.train.precision, batch_transform=transform,
                         channels_last=bool(cfg.train.channels_last), progress=self.progress)
-        loader, _ = _loader(RowSubset(ds, np.arange(len(products)), None), cfg, False, collate, lengths)
+        loader, _ = make_loader(RowSubset(ds, np.arange(len(products)), None), cfg, False, collate, lengths)
         return engine.predict(loader)
 
     def _image_inputs(self, cfg, model, products: pd.DataFrame):

@@ -151,7 +151,8 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     stack runs when each of its inputs is complete on disk or fully produced by this launch.
     """
     from rakuten.lineage import fold_file
-    from rakuten.training.fold import check_experiment_folds, discard_replaced, prepare_fold_data
+    from rakuten.training.fold_data import prepare_fold_data
+    from rakuten.training.fold_state import check_experiment_folds, discard_replaced
 
     stages = list(stages or STAGES)
     bad = [s for s in stages if s not in STAGES]
@@ -240,7 +241,9 @@ def _where() -> str:
 
 def prepare_task(cfg_dict: dict, workdir: str, data_dir: str | None) -> dict:
     """Build an experiment's shared caches once, before its folds fan out (see the module docstring)."""
-    from rakuten.training.fold import build_inputs_and_model, frozen_features, prepare_fold_data
+    from rakuten.training.features import frozen_features
+    from rakuten.training.fold_data import prepare_fold_data
+    from rakuten.training.inputs import build_inputs_and_model
 
     _worker_setup()
     t0 = time.time()

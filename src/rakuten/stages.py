@@ -30,6 +30,7 @@ from rakuten.experiment import load_experiment
 from rakuten.folds import folds_path, make_folds, write_folds
 from rakuten.paths import Paths
 from rakuten.presets import experiment_overrides, load_preset
+from rakuten.training.fold_data import empty_field
 
 
 @contextmanager
@@ -168,8 +169,6 @@ def unimodal_stage(preset, paths: Paths, ds, progress: bool = True, force: bool 
     """Every fold of every unimodal experiment of the preset. An experiment whose input is empty on
     this data is skipped (a chance-level model would only add noise to the second level); the
     skipped names are recorded in ``preset["skipped"]`` for the later stages and returned."""
-    from rakuten.training.fold import empty_field   # torch, as in train_folds
-
     skipped = []
     for cfg in preset_experiments(preset):
         why = empty_field(cfg, ds.train)

@@ -19,6 +19,7 @@ from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.models.tfidf import TfidfLinear, _quiet_sklearn
+from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
     """Frozen embeddings [n_train + n_test, D] of the frozen-backbone experiment ``name`` (its cached
     extraction is shared with that experiment), L2-normalised: cosine similarity is a dot product."""
-    from rakuten.training.fold import frozen_features
+    from rakuten.training.features import frozen_features
 
     src = load_experiment(name)
     if not src.model.get("freeze_backbone"):
@@ -59,6 +60,26 @@ def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: f
 def _l2_rows(X):
     norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel()) + 1e-12
     return sparse.diags(1.0 / norms) @ X
+
+
+def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_weight, extra: dict,
+             progress: bool = True):
+    """The TF-IDF / k-NN branch of a unimodal fold: fit on the training rows, predict fold ``fold`` and
+    the test rows. Returns (fold predictions, test predictions, ("joblib", the fitted model), no
+    epoch history); what the fit chose (C, its inner search) is added to ``extra``."""
+    test_texts = np.asarray(field_texts(fd.test, cfg), dtype=object)
+    # rows index train+test (pseudo-labelled test rows are n_train + j), like the dense features
+    texts = np.concatenate([np.asarray(field_texts(fd.train, cfg), dtype=object), test_texts])
+    keep: dict = {}
+    va_l, te_l, fextra = fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts, test_texts,
+                                     progress, keep=keep, sample_weight=sample_weight)
+    extra.update(fextra)
+    va = Predictions(np.zeros(len(va_rows)), va_l, None, y_va)
+    te = Predictions(np.zeros(len(fd.test)), te_l, None)
+    if "C" in extra:
+        log.info("%s fold %d: C=%g chosen by the inner search %s", cfg.name, fold, extra["C"],
+                 {r["C"]: round(r["inner_macro_f1"], 4) for r in extra["inner_search"]})
+    return va, te, ("joblib", keep), []
 
 
 def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True,

@@ -1,0 +1,157 @@
+"""The epoch loop of one fold: train through ``Engine``, score the inner split, checkpoint, early-stop;
+then predict fold k and the test rows with the best weights (averaged over test-time views).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_csv
+from rakuten.errors import RakutenError
+from rakuten.labels import NUM_CLASSES
+from rakuten.metrics import scores
+from rakuten.training.fold_state import atomic_torch_save, rng_state, set_rng_state
+from rakuten.training.inputs import Inputs, RowSubset
+from rakuten.training.loaders import make_loader
+
+log = logging.getLogger(__name__)
+
+
+def tta_predict(engine, loader_for_view, views) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (and embeddings) averaged over the test-time ``views``; ``loader_for_view(v)`` yields
+    the same rows, in the same order, as seen through view ``v``."""
+    outs = [engine.predict(loader_for_view(v)) for v in views]
+    logits = np.mean([o[0] for o in outs], axis=0).astype(np.float32)
+    emb = None if any(o[1] is None for o in outs) else np.mean([o[1] for o in outs], axis=0).astype(np.float32)
+    return logits, emb
+
+
+def tta_views(cfg) -> list[str]:
+    return list((cfg.get("predict") or {}).get("tta") or ["identity"])
+
+
+def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr_rows, va_rows, y_tr, y_va,
+                      progress: bool = True, signature: dict | None = None
+                      ) -> tuple[Predictions, Predictions, list[dict]]:
+    """The epoch loop: train, score fold k, checkpoint, early-stop; then predict with the best weights."""
+    from rakuten.training.engine import Engine, make_optimizer, make_scheduler, resolve_device
+    from rakuten.training.losses import make_loss
+
+    from rakuten.training.distributed import barrier, device_for, init_distributed
+
+    t = cfg.train
+    dist_info = init_distributed()
+    device = device_for(dist_info, resolve_device(t.device))
+    main = dist_info.is_main
+    seed = int(t.seed) + fold
+    lengths = inputs.lengths
+    pred_rows, y_pred = va_rows, y_va   # fold k: predicted once, with the chosen weights
+    if t.get("early_stop", "inner") == "inner":
+        # Early stopping watches an inner split of the training folds, never fold k: choosing the
+        # epoch on fold k would make its OOF rows (what the second level learns from) optimistic.
+        from rakuten.folds import inner_split
+        # pseudo-labelled test rows (index >= n_train) are never monitored: only given labels choose the epoch
+        real = tr_rows < inputs.n_train
+        pos = np.flatnonzero(real)
+        fit_pos, mon_pos = inner_split(pos, y_tr[real], float(t.get("inner_frac", 0.1)), seed)
+        fit_pos = np.concatenate([fit_pos, np.flatnonzero(~real)])
+        tr_rows, y_tr, va_rows, y_va = tr_rows[fit_pos], y_tr[fit_pos], tr_rows[mon_pos], y_tr[mon_pos]
+    tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)
+    va_ds = RowSubset(inputs.dataset, va_rows, y_va)
+    pred_ds = RowSubset(inputs.dataset, pred_rows, y_pred)
+    te_rows = np.arange(inputs.n_train, len(inputs.dataset))
+    te_ds = RowSubset(inputs.dataset, te_rows, None)
+    sub = (lambda rows: None if lengths is None else lengths[rows])
+    train_loader, train_sampler = make_loader(tr_ds, cfg, True, inputs.collate, sub(tr_rows), y_tr, seed, dist_info)
+    val_loader, _ = make_loader(va_ds, cfg, False, inputs.collate, sub(va_rows))
+    pred_loader = val_loader if pred_rows is va_rows else make_loader(pred_ds, cfg, False, inputs.collate, sub(pred_rows))[0]
+    test_loader, _ = make_loader(te_ds, cfg, False, inputs.collate, sub(te_rows))
+
+    model = model.to(device)
+    net = model
+    if dist_info.enabled:
+        # DDP averages gradients across ranks; it broadcasts rank 0's initial weights at construction
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=bool(t.get("ddp_find_unused_parameters", False)))
+    criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES).to(device)
+    optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay))
+    steps = math.ceil(len(train_loader) / int(t.grad_accum)) * int(t.epochs)
+    scheduler = make_scheduler(optimizer, steps, warmup_ratio=float(t.warmup_ratio), kind=t.scheduler)
+    engine = Engine(net, criterion, optimizer, scheduler, device=device, precision=t.precision,
+                    grad_accum=int(t.grad_accum), clip_grad=t.clip_grad, batch_transform=inputs.batch_transform,
+                    compile=t.compile, compile_dynamic=t.get("compile_dynamic"),
+                    channels_last=bool(t.channels_last), progress=progress and main)
+
+    ckpt, best_path = exp.checkpoint_path(fold), exp.checkpoint_path(fold).with_name(f"fold{fold}_best.pt")
+    start, best, bad, history = 0, -1.0, 0, []
+    if t.checkpoint and ckpt.exists():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            if signature is not None and state.get("signature") != signature:
+                # a run killed before its first meta.json, then the config or data was edited
+                raise ArtifactError("made with another config, fold file or data")
+            engine.load_state_dict(state["engine"])
+            set_rng_state(state["rng"])
+            start, best, bad, history = state["epoch"] + 1, state["best"], state["bad"], state["history"]
+            log.info("%s fold %d: resumed after epoch %d (best macro-F1 %.4f)", exp.name, fold, start, best)
+        except Exception as e:
+            log.warning("checkpoint %s unusable (%s); training from scratch", ckpt, e)
+            start, best, bad, history = 0, -1.0, 0, []
+    for epoch in range(start, int(t.epochs)):
+        if bad >= int(t.patience):
+            break
+        if train_sampler is not None and hasattr(train_sampler, "set_epoch"):
+            train_sampler.set_epoch(epoch)
+        t0 = time.time()
+        tr = engine.train_epoch(train_loader, epoch)
+        va_logits, _ = engine.predict(val_loader)
+        s = scores(y_va, va_logits)
+        improved = s["macro_f1"] > best
+        if improved:
+            best, bad = s["macro_f1"], 0
+            if main:
+                atomic_torch_save(model.state_dict(), best_path)
+        else:
+            bad += 1
+        row = {"epoch": epoch, "train_loss": tr.get("loss"), **{f"val_{k}": v for k, v in s.items()},
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2), "best": improved}
+        history.append(row)
+        log.info("%s fold %d epoch %d: loss %.4f val macro-F1 %.4f%s", exp.name, fold, epoch, row["train_loss"],
+                 s["macro_f1"], " *" if improved else "")
+        if main:
+            atomic_write_csv(exp.summary_path(fold), pd.DataFrame(history), index=False)
+            if t.checkpoint:
+                atomic_torch_save({"engine": engine.state_dict(), "rng": rng_state(), "epoch": epoch,
+                                    "best": best, "bad": bad, "history": history, "signature": signature}, ckpt)
+        barrier(dist_info)  # ranks stay in step with the checkpoint on disk
+    if not main:
+        return None  # rank 0 predicts and writes; the others' work is done
+    if best_path.exists() and history:
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    views = tta_views(cfg)
+
+    def view_loader(default, rows, labels):
+        def make(view):
+            if inputs.view_datasets is not None:   # frozen features: one dataset per view
+                return make_loader(RowSubset(inputs.view_datasets[view], rows, labels), cfg, False, inputs.collate,
+                               sub(rows))[0]
+            if view != "identity" and not hasattr(inputs.batch_transform, "view"):
+                raise RakutenError(f"{cfg.name}: predict.tta view {view!r} needs an image model")
+            if inputs.batch_transform is not None and hasattr(inputs.batch_transform, "view"):
+                inputs.batch_transform.view = view
+            return default
+        return make
+    try:
+        va_logits, va_emb = tta_predict(engine, view_loader(pred_loader, pred_rows, y_pred), views)
+        te_logits, te_emb = tta_predict(engine, view_loader(test_loader, te_rows, None), views)
+    finally:
+        if inputs.batch_transform is not None and hasattr(inputs.batch_transform, "view"):
+            inputs.batch_transform.view = "identity"
+    return (Predictions(np.zeros(len(pred_rows)), va_logits, va_emb, y_pred),
+            Predictions(np.zeros(len(te_rows)), te_logits, te_emb), history)
