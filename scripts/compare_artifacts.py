@@ -47,6 +47,9 @@ IGNORED_KEYS = (
     "config.tune.base_signature",
     "artifacts",
 )
+# meta.json config._source_: the config file's absolute path in the checkout that ran the pipeline
+# (/work/main, a helper's worktree); compared from "configs/" on, the file's place in the repository
+SOURCE_KEY_SUFFIX = "_source_"
 # .hashes.json: {file: [size, mtime_ns, content hash]}; the mtime is when the file was written
 HASHES_MTIME_INDEX = 1
 # columns of summary_fold<k>.csv that are wall-clock measurements (seconds per epoch)
@@ -86,8 +89,18 @@ def ignored_key(key: str) -> bool:
     return any(fnmatch.fnmatch(key, pat) for pat in IGNORED_KEYS)
 
 
+def in_repository(value):
+    if isinstance(value, str) and "/configs/" in value:
+        return value[value.index("/configs/") + 1:]
+    return value
+
+
 def diff_mapping(a, b) -> list[str]:
     fa, fb = flatten(a), flatten(b)
+    for f in (fa, fb):
+        for k in f:
+            if k.endswith(SOURCE_KEY_SUFFIX):
+                f[k] = in_repository(f[k])
     return sorted(k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")
                   and not ignored_key(k))
 
