@@ -3,6 +3,9 @@ preset's folds.
 
 Each function is idempotent: folds already done on the same fold file, config and upstream
 artifacts are skipped by the functions it calls.
+
+Imports by kind, inside the functions: fusion brings torch and the stacker LightGBM, and a process
+that handles one kind loads only what that kind needs.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import logging
 from pathlib import Path
 
 from rakuten.artifacts import Experiment
-from rakuten.config import load_config
+from rakuten.config import ConfigError, load_config
+from rakuten.lineage import lineage_problem
 from rakuten.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,6 @@ def load_stack(name: str, preset=None, overrides: list[str] | None = None):
 
 def load_second_level(name: str, preset=None, overrides: list[str] | None = None):
     """A fusion or stack config by name or path (its ``kind`` decides the defaults)."""
-    from rakuten.config import ConfigError
     kind = load_config(name, overrides).get("kind")
     if kind not in ("fusion", "stack"):
         raise ConfigError(f"{name}: kind must be fusion or stack (got {kind!r})")
@@ -124,7 +127,6 @@ def tuned_is_stale(paths: Paths, name: str) -> str | None:
     was fitted, or its parameters come from a study of another version of ``name`` (another config,
     or upstream artifacts that were since retrained; ``tune.base_signature`` in its config is the
     study's signature, which is ``name``'s own ``config_hash``)."""
-    from rakuten.lineage import lineage_problem
     tuned = f"{name}_tuned"
     why = lineage_problem(paths, tuned)
     if why:

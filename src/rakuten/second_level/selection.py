@@ -20,6 +20,7 @@ from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
 from rakuten.lineage import check_complete, fold_file, lineage_problem
+from rakuten.second_level.api import tuned_is_stale
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
         # of its base) is not a candidate: its test predictions are not those of the current inputs
         stale = lineage_problem(paths, name)
         if stale is None and name.endswith("_tuned"):
-            from rakuten.second_level.api import tuned_is_stale
             stale = tuned_is_stale(paths, name[:-len("_tuned")])
         if stale:
             raise ArtifactError(f"stale: {stale}")

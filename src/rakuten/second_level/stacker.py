@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
+from rakuten.data.prepared import load_dataset
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.metrics import scores
 from rakuten.paths import Paths
@@ -227,8 +228,6 @@ def stacker_factory(cfg) -> Callable[[], object]:
 
 
 def _meta_features(paths: Paths, ids: np.ndarray, test_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from rakuten.data.prepared import load_dataset
-
     ds = load_dataset(paths)
 
     def feats(df, want):

@@ -22,7 +22,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import random
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,7 @@ def apply_params(cfg, params: dict) -> Config:
 
 def _resolve(cfg) -> Config:
     kind = cfg.get("kind")
+    # by kind, here and below: fusion brings torch, the stacker LightGBM; a study needs only its own
     if kind == "fusion":
         from rakuten.second_level.fusion import fusion_config
         c = fusion_config(cfg)
@@ -187,7 +190,7 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     (seen on PostgreSQL). On PostgreSQL the creation runs under an advisory lock, so the second
     worker waits and then finds the tables; on other servers a failed creation is retried.
     """
-    import sqlalchemy
+    import sqlalchemy   # optuna's own dependency, needed only once a study opens its storage
     try:
         sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -208,8 +211,6 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
         finally:
             engine.dispose()
-    import random
-    import time
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)

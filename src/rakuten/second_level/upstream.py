@@ -7,6 +7,7 @@ the config hash and upstream signatures are ``rakuten.lineage``'s).
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,6 @@ def open_experiment(paths: Paths, cfg, kind: str, data: SecondLevelData, chash: 
 
 
 def _plain(d: dict) -> dict:
-    import json
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 

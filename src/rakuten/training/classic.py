@@ -19,6 +19,7 @@ from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.models.tfidf import TfidfLinear, _quiet_sklearn
+from rakuten.training.features import frozen_features
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
     """Frozen embeddings [n_train + n_test, D] of the frozen-backbone experiment ``name`` (its cached
     extraction is shared with that experiment), L2-normalised: cosine similarity is a dot product."""
-    from rakuten.training.features import frozen_features
 
     src = load_experiment(name)
     if not src.model.get("freeze_backbone"):

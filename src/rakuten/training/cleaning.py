@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten.artifacts import ArtifactError, Experiment, softmax
+from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_path, softmax
 from rakuten.config import ConfigError
+from rakuten.data.prepared import load_dataset
 from rakuten.lineage import issues_path
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
     ``probs`` must be out-of-fold: cleanlab's confident learning assumes no row's probability came
     from a model that trained on that row.
     """
-    from cleanlab.filter import find_label_issues
+    from cleanlab.filter import find_label_issues   # optional: only find_label_issues.py needs cleanlab
     from cleanlab.rank import get_label_quality_scores
 
     labels = np.asarray(labels, dtype=np.int64)
@@ -84,11 +85,9 @@ def confused_pairs(issues: pd.DataFrame, top: int = 15) -> pd.DataFrame:
 
 
 def plot_confused_pairs(pairs: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib   # slow to import, and only this plot needs it
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from rakuten.artifacts import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(pairs), 3) + 1.2))
     names = [f"{g} -> {s}" for g, s in zip(pairs["given_code"], pairs["suggested_code"])]
@@ -151,7 +150,6 @@ def pseudo_labels(cfg, paths, fold: int, test_ids: np.ndarray) -> tuple[np.ndarr
     if pl.get("source", "fold") == "fold":
         if not exp.test_path(fold).exists():
             raise ArtifactError(f"{exp.test_path(fold)}: missing; train experiment {pl['from']} first")
-        from rakuten.artifacts import Predictions
         probs = softmax(Predictions.load(exp.test_path(fold)).reindex(test_ids).logits.astype(np.float64))
     else:
         folds = sorted(int(p.stem.removeprefix("test_fold")) for p in exp.dir.glob("test_fold*.npz"))
@@ -203,7 +201,6 @@ def training_rows(cfg, paths, fd, fold: int, tr_rows: np.ndarray, y_tr: np.ndarr
 
 
 def _label_map(paths):
-    from rakuten.data.prepared import load_dataset
     return load_dataset(paths).label_map
 
 

@@ -13,11 +13,15 @@ import torch
 
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_csv
 from rakuten.errors import RakutenError
+from rakuten.folds import inner_split
 from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import scores
+from rakuten.training.distributed import barrier, device_for, init_distributed
+from rakuten.training.engine import Engine, make_optimizer, make_scheduler, resolve_device
 from rakuten.training.fold_state import atomic_torch_save, rng_state, set_rng_state
 from rakuten.training.inputs import Inputs, RowSubset
 from rakuten.training.loaders import make_loader
+from rakuten.training.losses import make_loss
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,6 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
                       progress: bool = True, signature: dict | None = None
                       ) -> tuple[Predictions, Predictions, list[dict]]:
     """The epoch loop: train, score fold k, checkpoint, early-stop; then predict with the best weights."""
-    from rakuten.training.engine import Engine, make_optimizer, make_scheduler, resolve_device
-    from rakuten.training.losses import make_loss
-
-    from rakuten.training.distributed import barrier, device_for, init_distributed
 
     t = cfg.train
     dist_info = init_distributed()
@@ -54,7 +54,6 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     if t.get("early_stop", "inner") == "inner":
         # Early stopping watches an inner split of the training folds, never fold k: choosing the
         # epoch on fold k would make its OOF rows (what the second level learns from) optimistic.
-        from rakuten.folds import inner_split
         # pseudo-labelled test rows (index >= n_train) are never monitored: only given labels choose the epoch
         real = tr_rows < inputs.n_train
         pos = np.flatnonzero(real)

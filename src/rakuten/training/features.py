@@ -3,14 +3,17 @@ per backbone, field, data and test-time view, and reused by every fold's head (t
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 
 import numpy as np
 import torch
 
+from rakuten.artifacts import atomic_save_npz
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
+from rakuten.training.engine import Engine, resolve_device
 from rakuten.training.fold_data import FoldData
 from rakuten.training.inputs import RowSubset, build_inputs_and_model
 from rakuten.training.loaders import make_loader
@@ -22,7 +25,6 @@ def frozen_feature_key(cfg, fd: FoldData, view: str = "identity") -> str:
     """Cache key of a backbone's embeddings: every config key that changes them (the backbone and its
     weights, the input field and its preprocessing, the image cache size crops come from), the
     experiment's data fingerprint, and the test-time view of the images (``predict.tta``)."""
-    import hashlib
     m = cfg.model
     return hashlib.sha256(f"{m.name}|{m.backbone}|{m.get('cpu_int8', False)}|{cfg.kind}|{cfg.data.get('field')}|"
                          f"{cfg.data.max_len}|"
@@ -34,8 +36,6 @@ def frozen_feature_key(cfg, fd: FoldData, view: str = "identity") -> str:
 def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view: str = "identity") -> np.ndarray:
     """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2); ``view``
     is a test-time view of the images (``predict.tta``), cached separately."""
-    from rakuten.artifacts import atomic_save_npz
-    from rakuten.training.engine import Engine, resolve_device
 
     m = cfg.model
     key = frozen_feature_key(cfg, fd, view)

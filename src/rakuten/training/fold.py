@@ -23,8 +23,12 @@ from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.lineage import config_hash, note, recorded_config, workdir_relative
 from rakuten.metrics import scores
+from rakuten.models.registry import create_model
 from rakuten.paths import Paths
 from rakuten.training import classic
+from rakuten.training.cleaning import training_rows
+from rakuten.training.distributed import barrier, init_distributed
+from rakuten.training.engine import seed_everything
 from rakuten.training.epochs import train_and_predict, tta_views
 from rakuten.training.features import frozen_features
 from rakuten.training.fold_data import FoldData, empty_field, prepare_fold_data
@@ -42,8 +46,6 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     ``force``: retrain even a current fold, discarding a stale experiment (``run_fold.py --force``);
     ``replace_stale``: discard a stale experiment (config, data or fold file changed) but keep the
     folds already done on the current inputs (``run_all.py --force``, resumable)."""
-    from rakuten.training.distributed import barrier, init_distributed
-    from rakuten.training.engine import seed_everything
 
     dist_info = init_distributed()
     if dist_info.enabled and cfg.kind in ("tfidf", "knn"):
@@ -71,8 +73,6 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
 
 def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment, dist_info, progress: bool,
                      force: bool, label_map=None) -> dict:
-    from rakuten.training.distributed import barrier
-    from rakuten.training.engine import seed_everything
 
     barrier(dist_info)
     was_done = exp.fold_done(fold, fd.fold_hash)
@@ -88,7 +88,6 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
     labels = fd.train["label"].to_numpy(np.int64)
     y_tr, y_va = labels[tr_rows], labels[va_rows]
     # label cleaning and pseudo-labels change the training rows only; va_rows and y_va stay as given
-    from rakuten.training.cleaning import training_rows
     tr_rows, y_tr, w_tr, extra = training_rows(cfg, paths, fd, fold, tr_rows, y_tr, label_map)
     if extra:
         log.info("%s fold %d: training rows changed %s", cfg.name, fold, extra)
@@ -97,7 +96,6 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         va, te, final, history = classic.fit_fold(cfg, paths, fd, fold, tr_rows, va_rows, y_tr, y_va, w_tr, extra,
                                                   progress)
     elif cfg.model.freeze_backbone:
-        from rakuten.models.registry import create_model
         if not dist_info.is_main:
             barrier(dist_info)  # rank 0 extracts (and caches) the features once
         views = tta_views(cfg)
@@ -108,10 +106,9 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         if dist_info.is_main:
             barrier(dist_info)
         if cfg.model.get("head", "mlp") == "logreg":
-            from rakuten.training.classic import frozen_logreg
             keep = {}
-            va_l, te_l = frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep,
-                                       sample_weight=w_tr, predict_feats=[view_feats[v] for v in views])
+            va_l, te_l = classic.frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep,
+                                               sample_weight=w_tr, predict_feats=[view_feats[v] for v in views])
             final = ("joblib", keep)
             mean_f = np.mean([view_feats[v] for v in views], axis=0).astype(np.float32)
             va = Predictions(np.zeros(len(va_rows)), va_l, mean_f[va_rows], y_va)

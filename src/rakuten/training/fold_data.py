@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rakuten.data.prepared import data_fingerprint, load_dataset, resolve_data_dir
+from rakuten.data.prepared import content_fingerprint, data_fingerprint, load_dataset, resolve_data_dir
+from rakuten.experiment import load_experiment
 from rakuten.folds import check_folds_match
 from rakuten.lineage import fold_file
 from rakuten.paths import Paths
@@ -40,7 +41,6 @@ def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
 def experiment_data_key(cfg, train: pd.DataFrame, test: pd.DataFrame) -> str:
     """The data fingerprint an experiment's artifacts are keyed on: ids, labels, and only the inputs
     it reads (its text field, or the image files), so a new image does not retrain a text model."""
-    from rakuten.data.prepared import content_fingerprint
     if cfg.kind == "image":
         return content_fingerprint(train, test, images=True)
     uses_other = (cfg.kind == "knn" and cfg.knn.features != "tfidf") or \
@@ -59,7 +59,6 @@ def empty_field(cfg, train: pd.DataFrame) -> str | None:
     """Why the experiment has nothing to learn from on this data (its text field is empty on every
     training row, or it is an image model and no training image exists), else None."""
     if cfg.kind == "knn" and cfg.knn.features != "tfidf":
-        from rakuten.experiment import load_experiment
         return empty_field(load_experiment(cfg.knn.features), train)   # the feature source's input
     if cfg.kind == "image":
         if "has_image" in train and not bool(train["has_image"].any()):

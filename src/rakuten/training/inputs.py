@@ -13,9 +13,17 @@ import torch
 from torch.utils.data import Dataset
 
 from rakuten.artifacts import ArtifactError
+from rakuten.data.image_cache import (CachedImageDataset, GpuImageAugment, build_image_cache,
+                                      load_image_cache, make_image_batch_transform)
+from rakuten.data.prepared import content_fingerprint
+from rakuten.data.text_dataset import TokenDataset, cached_tokens
 from rakuten.labels import NUM_CLASSES
+from rakuten.models.backbones import load_tokenizer
+from rakuten.models.image import image_norm, load_image_backbone
+from rakuten.models.registry import create_model
 from rakuten.paths import Paths
 from rakuten.training.fold_data import FoldData, field_texts
+from rakuten.training.samplers import pad_collate
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +69,6 @@ class Inputs:
 
 
 def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
-    from rakuten.data.text_dataset import TokenDataset, cached_tokens
-    from rakuten.models.backbones import load_tokenizer
-    from rakuten.training.samplers import pad_collate
-
     texts = field_texts(fd.train, cfg) + field_texts(fd.test, cfg)
     # The tiny tokenizer is fitted on the training text of all folds: label-free, and one shared
     # vocabulary keeps the token cache shared across folds.
@@ -79,13 +83,9 @@ def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
 
 
 def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
-    from rakuten.data.image_cache import (CachedImageDataset, GpuImageAugment, build_image_cache,
-                                          load_image_cache, make_image_batch_transform)
-
     size = int(cfg.data.cache_size)
     files = [p or None for p in fd.train["image_path"].tolist() + fd.test["image_path"].tolist()]
     # keyed by the image files' paths, sizes and mtimes: an image repaired in place is re-read
-    from rakuten.data.prepared import content_fingerprint
     cache_file = paths.cache_dir / "images" / f"{content_fingerprint(fd.train, fd.test, images=True)}_{size}.npy"
     try:
         arr = load_image_cache(cache_file)
@@ -107,13 +107,10 @@ def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
 
 
 def build_inputs_and_model(cfg, paths: Paths, fd: FoldData, frozen_backbone: bool = False):
-    from rakuten.models.registry import create_model
-
     if cfg.kind == "text":
         inputs = text_inputs(cfg, paths, fd)
         model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, **inputs.model_kwargs)
     else:
-        from rakuten.models.image import image_norm, load_image_backbone
         backbone = load_image_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
                                        drop_path_rate=cfg.model.get("drop_path_rate", 0.0))
         mean, std = image_norm(backbone)

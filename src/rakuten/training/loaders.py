@@ -4,7 +4,9 @@ batches (every order a function of seed and epoch, sharded under DDP), length-so
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from rakuten.training.distributed import EpochShuffleSampler, ShardedBatchSampler
+from rakuten.training.samplers import ClassBalancedSampler, LengthGroupedBatchSampler
 
 
 def make_loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, seed: int = 0, dist_info=None):
@@ -12,10 +14,6 @@ def make_loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=Non
     so a resumed run replays it; eval loaders sort by length when lengths exist and the engine
     restores the original order through each batch's ``index``. Under DDP, training batches are
     sharded across ranks."""
-    from torch.utils.data import BatchSampler, SequentialSampler
-
-    from rakuten.training.distributed import EpochShuffleSampler, ShardedBatchSampler
-    from rakuten.training.samplers import ClassBalancedSampler, LengthGroupedBatchSampler
 
     bs = int(cfg.train.batch_size if train else cfg.train.eval_batch_size)
     workers = int(cfg.train.num_workers)
