@@ -1,10 +1,10 @@
 """The package's layering, read from the source with ast (every import, also those inside functions).
 
-Layers, bottom to top: base (errors, paths, labels, config, artifacts, folds, lineage, metrics, presets) ->
-data -> models -> training (+ experiment) -> second_level -> reporting -> the top (stages, cli, launch,
-bundle, serve). A module imports only from its own layer or those below, reporting never imports
-second_level, and the only import cycle is the model registry's (registry.py imports the model modules
-so that they register, and they import its decorator).
+Layers, bottom to top: base (errors, paths, labels, config, defaults, artifacts, folds, lineage,
+metrics, presets) -> data -> models -> training (+ experiment) -> second_level -> reporting -> the top
+(stages, cli, launch, bundle, serve). A module imports only from its own layer or those below,
+reporting never imports second_level, and the only import cycle is the model registry's (registry.py
+imports the model modules so that they register, and they import its decorator).
 """
 import ast
 from pathlib import Path
@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "rakuten"
 
 BASE = {"rakuten", "rakuten.errors", "rakuten.paths", "rakuten.labels", "rakuten.config", "rakuten.artifacts",
-        "rakuten.folds", "rakuten.lineage", "rakuten.metrics", "rakuten.presets"}
+        "rakuten.defaults", "rakuten.folds", "rakuten.lineage", "rakuten.metrics", "rakuten.presets"}
 SUBPACKAGES = {"data": 1, "models": 2, "training": 3, "second_level": 4, "reporting": 5}
 TOP = {"rakuten.stages", "rakuten.cli", "rakuten.launch", "rakuten.bundle", "rakuten.serve"}
 LAYER_NAMES = ["base", "data", "models", "training", "second_level", "reporting", "top"]

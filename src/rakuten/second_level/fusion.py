@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
+from rakuten.defaults import FUSION_DEFAULTS
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.metrics import scores
 from rakuten.paths import Paths
@@ -70,45 +71,6 @@ log = logging.getLogger(__name__)
 
 OPS = ("add", "concat", "average")
 HEADS = ("linear", "dropout", "mlp")
-
-# Deep-copied under every fusion config; a config states only what differs.
-FUSION_DEFAULTS: dict = {
-    "kind": "fusion",
-    "folds": {"k": 5, "seed": 42},
-    "fusion": {
-        "variant": "hierarchical",   # hierarchical | baseline | late
-        "text_groups": [],           # hierarchical: one [title_exp, description_exp] list per text backbone
-        "text": [],                  # baseline: text experiment(s) on the concatenated title + description
-        "image": None,               # hierarchical / baseline: the image experiment
-        "inputs": [],                # late: any experiments (embeddings not needed)
-        "level1_op": "average",      # hierarchical, within a backbone
-        "level2_op": "average",      # hierarchical, across backbones and the image
-        "op": "concat",              # baseline: add | concat | average; late: average | weighted
-        "space": "logprob",          # late weighted: prob (convex mix) | logprob (weighted geometric mean)
-        "width": None,               # common width every embedding is projected to first (null: native)
-        "align": "test_anchor",      # test_anchor | none: map other folds' embedding spaces (see docstring)
-        "align_ridge": 1e-3,         # ridge of the alignment maps, relative to the mean feature variance
-        "head": "linear",            # linear | dropout | mlp
-        "dropout": 0.0,
-        "hidden": 256,               # mlp head
-    },
-    "train": {
-        "epochs": 100,
-        "batch_size": 256,
-        "eval_batch_size": 8192,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "early_stopping": "inner",   # inner (split of the training rows) | fixed (train.epochs)
-        "inner_frac": 0.1,
-        "patience": 10,
-        "monitor": "macro_f1",       # macro_f1 | loss, on the inner split
-        "class_weight_power": 0.0,   # loss weight (1 / class frequency) ** power
-        "seed": 42,
-        "num_threads": 1,            # tiny networks: more intra-op threads only add sync overhead
-    },
-    "test_input": "per_fold",        # per_fold | averaged (see module docstring)
-    "save_embeddings": False,        # write the fused vector as ``embeddings`` (large on real data)
-}
 
 
 def fusion_config(cfg) -> Config:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
+from rakuten.defaults import STACK_DEFAULTS
 from rakuten.data.prepared import load_dataset
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.metrics import scores
@@ -39,40 +40,6 @@ from rakuten.second_level.upstream import (SecondLevelData, finish_experiment,
 log = logging.getLogger(__name__)
 
 META_FEATURES = ("has_description", "has_image", "title_len", "description_len")
-
-STACK_DEFAULTS: dict = {
-    "kind": "stack",
-    "folds": {"k": 5, "seed": 42},
-    "stack": {
-        "inputs": [],
-        "meta_features": False,      # the four META_FEATURES (needs the dataset)
-        "test_input": "per_fold",    # per_fold | averaged (see module docstring)
-        # lgbm (LightGBM) | logreg (multinomial LR on log-probs) | blend (per-model weights + class
-        # biases on log-probs) | caruana (hill-climbing selection of a probability average)
-        "model": "lgbm",
-        "features": "proba",         # lgbm inputs: proba | logodds (log p - log(1 - p))
-        "model_meta": False,         # lgbm: + per-model max probability, entropy, and agreement
-    },
-    "blend": {"l2_bias": 1.0e-3, "class_bias": True, "sample_weight_power": 0.0,
-              "max_steps": 30, "metric": "logloss"},
-    "logreg": {"C": 0.01},
-    "lgbm": {
-        "num_leaves": 31,
-        "learning_rate": 0.05,
-        "min_data_in_leaf": 20,
-        "feature_fraction": 0.8,
-        "bagging_fraction": 1.0,
-        "bagging_freq": 0,
-        "lambda_l2": 1.0,
-        "max_bin": 255,
-        "num_boost_round": 2000,
-        "early_stopping_rounds": 50,  # 0: no early stopping, exactly num_boost_round rounds
-        "inner_frac": 0.1,
-        "class_weight_power": 0.0,    # sample weight (1 / class frequency) ** power
-        "num_threads": 2,
-        "seed": 42,
-    },
-}
 
 
 def stack_config(cfg) -> Config:

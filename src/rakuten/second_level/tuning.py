@@ -33,6 +33,7 @@ import yaml
 
 from rakuten.artifacts import Experiment, atomic_write_json, atomic_write_text, read_json
 from rakuten.config import Config, ConfigError
+from rakuten.defaults import TUNE_DEFAULTS
 from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import scores
@@ -73,7 +74,6 @@ STACK_SPACE = {
     "lgbm.lambda_l2": {"type": "float", "low": 1e-3, "high": 30.0, "log": True},
     "lgbm.class_weight_power": {"type": "float", "low": 0.0, "high": 1.0},
 }
-TUNE_DEFAULTS = {"seed": 42, "n_startup_trials": 5, "n_warmup_steps": 1, "space": {}}
 
 
 def search_space(cfg) -> dict:
