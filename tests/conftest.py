@@ -1,9 +1,49 @@
+import os
 import pathlib
 import sys
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+
+# Under CI (.ci/run exports CI=true; GitHub Actions and most runners set it too), a skip for something
+# CI installs hides a failure: requirements.txt, requirements-distributed.txt (Ray, psycopg2), the
+# offline weights (make offline) and, once RAKUTEN_TEST_PG_URL is set, a reachable PostgreSQL. Such a
+# skip is reported as a failure. Skips for what CI does not provide stay skips: the real data sample,
+# and RAKUTEN_TEST_PG_URL unset (scripts/start_postgres.sh could not start a server without root).
+CI = os.environ.get("CI", "").strip().lower() in ("true", "1")
+CI_PROVIDED_SKIPS = (
+    "could not import",             # pytest.importorskip of any package: all are in requirements*.txt
+    "needs requirements-offline",   # test_bundle's offline-weights preset
+    "accelerate not installed",     # test_ddp
+    "unreachable",                  # test_tuning_postgres with RAKUTEN_TEST_PG_URL set
+)
+
+
+def _skip_reason(rep) -> str:
+    lr = rep.longrepr
+    return str(lr[2] if isinstance(lr, tuple) and len(lr) == 3 else lr)
+
+
+def _fail_ci_skip(rep) -> None:
+    if CI and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = _skip_reason(rep)
+        if any(s in reason for s in CI_PROVIDED_SKIPS):
+            rep.outcome = "failed"
+            rep.longrepr = f"CI=true: skipped for a dependency CI installs, a failure here: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_ci_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # a module-level pytest.importorskip (test_serve.py) skips at collection, not in a test
+    outcome = yield
+    _fail_ci_skip(outcome.get_result())
 
 
 @pytest.fixture(scope="session")
