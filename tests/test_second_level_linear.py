@@ -124,3 +124,12 @@ def test_selection_is_nested_and_refuses_a_second_level_below_its_input(synth):
     # only the weak single-input stack: it equals its input, never beats it -> the best input stands in
     sel = select_submission(synth, ["stack_bad"], "macro_f1", write=False)
     assert sel["fallback_to_input"] and sel["chosen"] == "image_tiny"
+
+
+@pytest.mark.parametrize("model", ["logreg", "caruana"])
+def test_linear_stacks_score_on_heldout_labels_like_their_oof(synth, model):
+    """The other linear second levels over all five inputs: beat the best input OOF, and their test
+    files, scored on the held-out labels, stay within the measured gap of that OOF."""
+    res = run_stack(cfg_of(f"name=stack_{model}_heldout", f"stack.model={model}"), synth, progress=False)
+    assert res["oof"]["macro_f1"] > max(single_scores(synth, INPUTS).values())
+    assert_test_close_to_oof(synth, f"stack_{model}_heldout")
