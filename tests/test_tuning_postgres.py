@@ -23,7 +23,8 @@ STACK_FAST = ["lgbm.num_leaves=7", "lgbm.max_bin=31", "lgbm.num_threads=1", "lgb
               "stack.inputs=[text_tiny_title,image_tiny]"]
 TRIALS_PER_WORKER = 4
 
-pytestmark = pytest.mark.skipif(not PG_URL, reason="RAKUTEN_TEST_PG_URL not set (scripts/start_postgres.sh)")
+pytestmark = [pytest.mark.slow,     # two tune.py worker processes
+              pytest.mark.skipif(not PG_URL, reason="RAKUTEN_TEST_PG_URL not set (scripts/start_postgres.sh)")]
 
 
 @pytest.fixture(scope="module")
