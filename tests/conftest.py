@@ -56,6 +56,20 @@ def pytest_make_collect_report(collector):
     _fail_ci_skip(outcome.get_result())
 
 
+# Tests over ~10 s in files this conftest's owner does not edit (their owners may move the mark into
+# the file): each runs the real run_fold.py three times (~15 s on the busy 2-core machine).
+SLOW_ELSEWHERE = (
+    "test_lineage.py::test_changed_text_with_same_ids_and_labels_is_not_reused",
+    "test_lineage.py::test_second_process_on_a_locked_fold_exits_with_one_line",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("/")[-1] in SLOW_ELSEWHERE:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def bundle_run(tmp_path_factory):
     """One tiny run of test_bundle.PRESET and its export, for test_bundle.py and test_serve.py: the
