@@ -15,8 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from synthetic import random_floor
+
+pytestmark = pytest.mark.slow    # minutes: the whole pipeline on generated data
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+# A second level may trail its best input by this much OOF macro-F1 on 360 rows (3 folds of 120):
+# one row is ~0.008 accuracy, and macro-F1 over 27 classes of ~13 rows each moves by more.
+SUBMIT_MARGIN = 0.02
 UNIMODAL = ["tfidf_text", "text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny"]
 
 
@@ -53,7 +60,7 @@ def test_every_stage_writes_its_artifacts(finished):
     assert v.returncode == 0, v.stderr
 
 
-def test_leaderboard_scores_above_chance(finished):
+def test_leaderboard_scores_above_random_guessing(finished):
     wd, _ = finished
     board = json.loads((wd / "submissions" / "leaderboard.json").read_text())
     rows = board if isinstance(board, list) else board["rows"]
@@ -62,11 +69,34 @@ def test_leaderboard_scores_above_chance(finished):
     assert kinds["stack_lgbm"] == "stack" and kinds["fusion_late_weighted"] == "fusion"
     for r in rows:
         assert {"experiment", "kind", "macro_f1", "weighted_f1", "accuracy"} <= set(r)
-    from rakuten.reporting.metrics import chance_macro_f1
-    labels = pd.read_csv(wd / "folds" / "folds_k3_seed42.csv")["label"]
-    best = max(r["macro_f1"] for r in rows)
-    assert best > 10 * chance_macro_f1(labels)
+    floor = random_floor(_labels(wd))       # 0.068 here: random guesses on 360 rows
+    score = {r["experiment"]: r["macro_f1"] for r in rows}
+    # Measured 0.026: the tiny random-init description model (4 epochs, 240 rows, descriptions
+    # empty for ~40% of them) collapses to a few classes, below random guessing. Left out here and
+    # reported; every other member and both second levels must beat random guessing.
+    weak = {n: f for n, f in score.items() if n != "text_tiny_description" and f <= floor}
+    assert not weak, (weak, floor)
+    assert score["tfidf_text"] > 3 * floor and score["stack_lgbm"] > 3 * floor, (score, floor)
     assert (wd / "submissions" / "leaderboard.png").exists() and (wd / "submissions" / "leaderboard.md").exists()
+
+
+def _labels(wd: Path):
+    return pd.read_csv(wd / "folds" / "folds_k3_seed42.csv")["label"].to_numpy()
+
+
+@pytest.mark.xfail(strict=True, reason="smoke (like demo) names one stack for `submit`, which bypasses "
+                   "select_submission's fall-back to the best input; measured: stack_lgbm_tuned OOF macro-F1 "
+                   "0.417 against tfidf_text 0.507 (strict: passes -> fails, so the mark goes once fixed)")
+def test_submitted_model_scores_at_least_its_best_input(finished):
+    """The submitted model (submitted.json) against its own inputs, all OOF on the same rows: at
+    least the best of them minus SUBMIT_MARGIN."""
+    wd, _ = finished
+    board = json.loads((wd / "submissions" / "leaderboard.json").read_text())
+    score = {r["experiment"]: r["macro_f1"] for r in (board if isinstance(board, list) else board["rows"])}
+    sub = json.loads((wd / "submissions" / "submitted.json").read_text())["experiment"]
+    inputs = json.loads((wd / "oof" / sub / "meta.json").read_text()).get("inputs") or []
+    best = max((score[n] for n in inputs), default=score[sub])
+    assert score[sub] >= best - SUBMIT_MARGIN, (sub, score[sub], best, inputs)
 
 
 def test_rerun_reuses_everything(finished):
@@ -98,6 +128,11 @@ def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_pat
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    # the kill landed inside the stack stage: some fold of the stacks is not written yet (else this
+    # test would only check a rerun of finished work)
+    unfinished = [f"{n}/fold{k}" for n in ("stack_lgbm", "stack_lgbm_tuned") for k in range(3)
+                  if not (wd / "oof" / n / f"test_fold{k}.npz").exists()]
+    assert unfinished, "the stack stage had finished before the kill: kill it sooner"
     run_all(wd, "--no-tuning")
     assert all(p.stat().st_mtime_ns == m for p, m in before.items()), "a finished stage was redone"
     meta = json.loads((wd / "oof" / "stack_lgbm" / "meta.json").read_text())

@@ -120,6 +120,7 @@ def test_dry_run_plans_stages_without_ray(demo):
 
 
 # ------------------------------------------------------------------------------- launch.py on Ray
+@pytest.mark.slow
 def test_ray_launch_equals_serial_run(demo):
     """2 folds x 2 experiments + a fusion + a stack as Ray tasks; the same stages one by one through
     run_fold.py / fuse.py / stack.py in another workdir on the same data: identical artifacts. A
