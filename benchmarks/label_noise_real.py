@@ -47,9 +47,9 @@ def run_variant(paths, ds, base: str, name: str, overrides: list[str]) -> dict:
 def score(paths, ds, name: str, y_test) -> dict:
     from real_data import f1s
     from rakuten.artifacts import Experiment
-    from rakuten.second_level.upstream import folds_of_experiment
+    from rakuten.lineage import fold_file
     e = Experiment(paths.oof_dir, name)
-    _, folds_df, _ = folds_of_experiment(paths, e)
+    _, folds_df, _ = fold_file(paths, e)
     oof = e.load_oof(folds_df)   # fold k's rows with their given labels: never cleaned
     test = e.load_test(sorted(int(k) for k in folds_df["fold"].unique()), ids=ds.test["id"].to_numpy(np.int64),
                        average="probs")
@@ -83,9 +83,9 @@ def main(argv=None) -> int:
     rows.append({"variant": "baseline", "experiment": base, **t, **score(paths, ds, base, y_test)})
 
     from rakuten.artifacts import Experiment, atomic_write_csv
-    from rakuten.second_level.upstream import folds_of_experiment
+    from rakuten.lineage import fold_file
     e = Experiment(paths.oof_dir, base)
-    _, folds_df, _ = folds_of_experiment(paths, e)
+    _, folds_df, _ = fold_file(paths, e)
     oof = e.load_oof(folds_df)
     t0 = time.time()
     issues = label_issue_table(oof.ids, folds_df["label"].to_numpy(), oof.logits, ds.label_map)

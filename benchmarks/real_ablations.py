@@ -54,7 +54,8 @@ SUITES = {
 def run_variant(base: str, variant: str, overrides: list[str], paths: Paths, ds, y_test) -> dict:
     from sklearn.metrics import f1_score
 
-    from rakuten.experiment import experiment_folds, load_experiment
+    from rakuten.experiment import load_experiment
+    from rakuten.lineage import fold_file
     from rakuten.reporting.leaderboard import score_experiment
     from rakuten.training.fold import run_fold
 
@@ -64,7 +65,7 @@ def run_variant(base: str, variant: str, overrides: list[str], paths: Paths, ds,
         run_fold(cfg, paths, k, ds=ds, progress=False)
     e = Experiment(paths.oof_dir, cfg.name)
     _, y, pred = score_experiment(paths, e)
-    _, folds_df = experiment_folds(cfg, paths)
+    _, folds_df, _ = fold_file(paths, cfg)
     test = e.load_test(sorted(int(k) for k in folds_df["fold"].unique()), ids=ds.test["id"].to_numpy(np.int64),
                        average="probs")
     tp = test.logits.argmax(1)

@@ -54,7 +54,7 @@ def f1s(y, pred) -> dict:
 
 def score_experiments(paths: Paths, ds, y_test) -> list[dict]:
     from rakuten.reporting.leaderboard import score_experiment
-    from rakuten.second_level.upstream import folds_of_experiment
+    from rakuten.lineage import fold_file
 
     rows = []
     for d in sorted(p for p in paths.oof_dir.iterdir() if (p / "meta.json").exists()):
@@ -64,7 +64,7 @@ def score_experiments(paths: Paths, ds, y_test) -> list[dict]:
         except Exception as err:   # incomplete or stale: reported, not scored
             rows.append({"experiment": d.name, "error": str(err)})
             continue
-        _, folds_df, _ = folds_of_experiment(paths, e)
+        _, folds_df, _ = fold_file(paths, e)
         test = e.load_test(sorted(int(k) for k in folds_df["fold"].unique()),
                            ids=ds.test["id"].to_numpy(np.int64), average="probs")
         rows.append({"experiment": d.name, "kind": row["kind"],

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
         from rakuten.bundle import Bundle, BundleError, export_bundle, submitted_experiment
         from rakuten.presets import load_preset
 
-        paths = paths_from_args(args)
+        paths = paths_from_args(args, writable=False)
         preset = load_preset(args.preset)
         sub = submitted_experiment(paths)["experiment"]
         cands = preset.get("submit")

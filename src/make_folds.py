@@ -9,6 +9,7 @@ import argparse
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
 from rakuten.data.prepared import describe, load_dataset
 from rakuten.folds import folds_path, make_folds, write_folds
+from rakuten.lineage import workdir_relative
 
 
 def main(argv=None) -> int:
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
         print(describe(ds))
         df = make_folds(ds.train, args.k, args.seed)
         path = folds_path(paths.folds_dir, args.k, args.seed)
-        wrote = write_folds(df, path, args.k, args.seed, force=args.force, extra={"data_dir": str(ds.data_dir)})
+        wrote = write_folds(df, path, args.k, args.seed, force=args.force, extra={"data_dir": workdir_relative(paths, ds.data_dir)})
         print(f"{'wrote' if wrote else 'unchanged'} {path} ({len(df)} rows, {args.k} folds, "
               f"{df.groupby('fold').size().min()}-{df.groupby('fold').size().max()} rows per fold)")
     return 0

@@ -23,15 +23,23 @@ def main(argv=None) -> int:
     p.add_argument("--format", choices=["challengedata", "sigir"], default=None,
                    help="submission format (default: that of the input data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="redo the artifacts whose config, data, fold file or upstream changed (a stale "
+                        "unimodal experiment is otherwise an error); current artifacts are reused")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
+        from rakuten.errors import RakutenError
         from rakuten.pipeline import run_all
-        from rakuten.presets import load_preset
+        from rakuten.presets import load_preset, validate_preset
 
-        run_all(load_preset(args.preset), paths_from_args(args), progress=not args.no_progress,
-                tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format)
+        if args.trials is not None and args.trials < 0:
+            raise RakutenError(f"--trials must be >= 0 (got {args.trials})")
+        preset = load_preset(args.preset)
+        validate_preset(preset)      # every config it runs, before any data is read or file written
+        run_all(preset, paths_from_args(args), progress=not args.no_progress,
+                tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format, force=args.force)
     return 0
 
 

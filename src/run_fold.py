@@ -37,10 +37,8 @@ def main(argv=None) -> int:
     with one_line_errors():
         from rakuten.data.prepared import describe, load_dataset
         from rakuten.experiment import load_experiment
-        from rakuten.presets import experiment_overrides, load_preset
-        from rakuten.training.fold import run_fold
-
         from rakuten.pipeline import text_only_fallback
+        from rakuten.presets import experiment_overrides, load_preset
 
         paths = paths_from_args(args)
         # Under `accelerate launch` / `torchrun` every rank runs this; rank 0 alone reports and writes.
@@ -48,6 +46,10 @@ def main(argv=None) -> int:
         # A named config is loaded (and validated) before the data: a bad override is reported at
         # once and nothing, not even the prepared-data cache, is written.
         cfgs = [load_experiment(args.config, args.overrides)] if args.config else None
+        from rakuten.lineage import fold_file
+        for cfg in cfgs or []:
+            parse_fold_arg(args.fold, int(cfg.folds.k))       # a bad --fold or a missing fold file,
+            fold_file(paths, cfg)                              # before the data is read
         ds = load_dataset(paths)
         if main:
             print(describe(ds))
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
             preset = text_only_fallback(load_preset(args.preset), ds, announce=main)
             cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(args.overrides))
                     for e in preset.experiments]
+        from rakuten.training.fold import run_fold   # torch: imported once the inputs are checked
         for cfg in cfgs:
             for fold in parse_fold_arg(args.fold, int(cfg.folds.k)):
                 if main:

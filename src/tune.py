@@ -39,8 +39,11 @@ def main(argv=None) -> int:
         from rakuten.second_level.api import load_second_level
         from rakuten.second_level.tuning import tune, tune_biases
 
-        paths = paths_from_args(args)
+        from rakuten.errors import RakutenError
+        if args.trials < 0 or (args.timeout is not None and args.timeout <= 0):
+            raise RakutenError(f"--trials must be >= 0 and --timeout > 0 (got {args.trials}, {args.timeout})")
         cfg = load_second_level(args.config, overrides=args.overrides)
+        paths = paths_from_args(args)
         if args.trials > 0:
             res = tune(cfg, paths, args.trials, timeout=args.timeout, storage=args.storage,
                        study_name=args.study_name, seed=args.seed, progress=not args.no_progress)

@@ -38,34 +38,14 @@ def snapshot(root: Path) -> dict:
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *words: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    """Exit 2, no traceback, exactly one error line (ours: ``error: ...``; argparse's:
+    ``<script>.py: error: ...``) holding every one of ``words``."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:") or ".py: error:" in line]
     assert len(errors) == 1, r.stderr[-2000:]
     for w in words:
         assert w in errors[0], errors[0]
-
-
-BAD_OVERRIDES = [
-    ("run_fold.py", ["--config", "text_tiny_title", "--fold", "0"], "train.epochs=abc", "train.epochs"),
-    ("run_fold.py", ["--config", "text_tiny_title", "--fold", "0"], "train.lr=-1", "train.lr"),
-    ("run_fold.py", ["--config", "text_tiny_title", "--fold", "0"], "train.batch_size=0", "train.batch_size"),
-    ("run_fold.py", ["--config", "text_tiny_title", "--fold", "0"], "train.epochs=0", "train.epochs"),
-    ("run_fold.py", ["--config", "image_tiny", "--fold", "0", "--force"], "train.epochs=abc", "train.epochs"),
-    ("stack.py", ["--config", "stack_lgbm"], "lgbm.num_leaves=abc", "lgbm.num_leaves"),
-    ("stack.py", ["--config", "stack_lgbm"], "lgbm.feature_fraction=0", "lgbm.feature_fraction"),
-    ("fuse.py", ["--config", "fusion_late_weighted"], "train.epochs=abc", "train.epochs"),
-    ("tune.py", ["--config", "stack_lgbm", "--trials", "1"], "lgbm.learning_rate=-0.1", "lgbm.learning_rate"),
-]
-
-
-@pytest.mark.parametrize("name,args,override,key", BAD_OVERRIDES,
-                         ids=[f"{n}:{o}" for n, _, o, _ in BAD_OVERRIDES])
-def test_bad_config_value_is_one_line_before_any_work(synth, name, args, override, key):
-    before = snapshot(synth.workdir)
-    r = script(name, synth, *args, override)
-    assert_one_line_error(r, key)
-    assert snapshot(synth.workdir) == before
 
 
 def _small_stack(paths, *extra):
@@ -110,3 +90,187 @@ def test_failed_fuse_with_changed_config_keeps_the_finished_experiment(synth):
     r = script("fuse.py", synth, *small, "train.lr=0.01", "--fold", "9")
     assert_one_line_error(r, "fold 9")
     assert meta.read_text() == before
+
+
+# ------------------------------------------------------------------------------ the bad-input matrix
+# Every stage script on a finished tiny workdir (conftest ``finished``), each given one bad input. Each
+# must exit 2 with one error line naming the problem, print no traceback, and change no file of the
+# finished workdir (checked over the whole batch: the cases run in parallel to keep this file under a
+# minute, since each is mostly interpreter and import start-up).
+#   placeholders: {wd} finished workdir, {preset} its preset, {ro} a read-only copy of it, {file} a
+#   plain file, {d:<kind>} a broken copy of its data folder, {missing} a path that does not exist
+RF = ["run_fold.py", "--workdir", "{wd}", "--config", "tfidf_svm_text", "--fold", "0"]
+ST = ["stack.py", "--workdir", "{wd}", "--config", "stack_cpu_text_lgbm", "folds.k=3",
+      "stack.inputs=[tfidf_svm_text,knn_tfidf_text]"]
+TU = ["tune.py", "--workdir", "{wd}", "--config", "stack_cpu_text_lgbm", "--trials", "1"]
+TU_OV = ["folds.k=3", "stack.inputs=[tfidf_svm_text,knn_tfidf_text]"]
+SU = ["submit.py", "--workdir", "{wd}", "--exp", "stack_cpu_text_lgbm"]
+RA = ["run_all.py", "--workdir", "{wd}", "--preset", "{preset}", "--no-progress"]
+PR = ["predict.py", "--bundle", "{missing}", "--input", "{wd}/data/demo/X_test_update.csv", "--out", "{missing}.csv"]
+MATRIX = [
+    # config values: type, range, allowed values, unknown keys, malformed overrides
+    ("run_fold:epochs=abc", RF + ["folds.k=3", "train.epochs=abc"], "train.epochs"),
+    ("run_fold:lr=-1", RF + ["folds.k=3", "train.lr=-1"], "train.lr"),
+    ("run_fold:batch_size=0", RF + ["folds.k=3", "train.batch_size=0"], "train.batch_size"),
+    ("run_fold:epochs=0", RF + ["folds.k=3", "train.epochs=0"], "train.epochs"),
+    ("run_fold:tfidf.C=abc", RF + ["folds.k=3", "tfidf.C=abc"], "tfidf.C"),
+    ("run_fold:field=price", RF + ["folds.k=3", "data.field=price"], "data.field"),
+    ("run_fold:unknown key", RF + ["folds.k=3", "nosuch.key=1"], "nosuch"),
+    ("run_fold:--force, epochs=abc", ["run_fold.py", "--workdir", "{wd}", "--config", "image_tiny", "--fold", "0",
+                                      "--force", "folds.k=3", "train.epochs=abc"], "train.epochs"),
+    ("run_fold:no '='", RF + ["folds.k=3", "train.lr"], "train.lr"),
+    ("run_fold:unknown config", ["run_fold.py", "--workdir", "{wd}", "--config", "nosuch_exp", "--fold", "0"],
+     "nosuch_exp"),
+    ("run_fold:unknown preset", ["run_fold.py", "--workdir", "{wd}", "--preset", "nosuch_preset", "--fold", "0"],
+     "nosuch_preset"),
+    # fold ids
+    ("run_fold:fold 7", RF[:-1] + ["7", "folds.k=3"], "--fold 7"),
+    ("run_fold:fold abc", RF[:-1] + ["abc", "folds.k=3"], "--fold"),
+    ("run_fold:fold -1", RF[:-1] + ["-1", "folds.k=3"], "--fold -1"),
+    ("run_fold:fold file of k=4", RF + ["folds.k=4"], "fold file not found"),
+    ("stack:fold 9", ST + ["--fold", "9"], "fold 9"),
+    # data files: missing, empty, header only, a folder, the data folder a file or absent
+    ("run_fold:X_train a folder", RF + ["folds.k=3", "--data-dir", "{d:xdir}"], "is a directory"),
+    ("run_fold:X_train empty", RF + ["folds.k=3", "--data-dir", "{d:empty}"], "file is empty"),
+    ("run_fold:X_train header only", RF + ["folds.k=3", "--data-dir", "{d:header}"], "header only"),
+    ("run_fold:Y_train missing", RF + ["folds.k=3", "--data-dir", "{d:noy}"], "file not found"),
+    ("run_fold:data dir missing", RF + ["folds.k=3", "--data-dir", "{missing}"], "no such data directory"),
+    ("run_fold:data dir a file", RF + ["folds.k=3", "--data-dir", "{file}"], "is a file"),
+    ("run_all:X_train a folder", RA + ["--data-dir", "{d:xdir}"], "is a directory"),
+    ("submit:data dir missing", SU + ["--data-dir", "{missing}"], "no such data directory"),
+    # workdir: a file, read-only
+    ("run_fold:workdir a file", ["run_fold.py", "--workdir", "{file}", "--config", "tfidf_svm_text", "--fold", "0"],
+     "is a file, not a folder"),
+    ("run_fold:workdir read-only", ["run_fold.py", "--workdir", "{ro}", "--config", "tfidf_svm_text",
+                                    "--fold", "0", "folds.k=3", "--force"], "cannot write"),
+    ("stack:workdir read-only", [*ST[:2], "{ro}", *ST[3:]], "cannot write"),
+    ("tune:workdir a file", [*TU[:2], "{file}", *TU[3:], *TU_OV], "is a file, not a folder"),
+    ("submit:workdir read-only", ["submit.py", "--workdir", "{ro}", "--exp", "stack_cpu_text_lgbm", "--force"],
+     "cannot write"),
+    ("leaderboard:workdir a file", ["leaderboard.py", "--workdir", "{file}"], "is a file, not a folder"),
+    ("leaderboard:workdir read-only", ["leaderboard.py", "--workdir", "{ro}"], "cannot write"),
+    ("run_all:workdir a file", [*RA[:2], "{file}", *RA[3:]], "is a file, not a folder"),
+    ("run_all:workdir read-only", [*RA[:2], "{ro}", *RA[3:], "--force"], "cannot write"),
+    ("make_folds:workdir read-only", ["make_folds.py", "--workdir", "{ro}", "--k", "3", "--force"], "cannot write"),
+    # stack / fuse / tune configs
+    ("stack:num_leaves=abc", ST + ["lgbm.num_leaves=abc"], "lgbm.num_leaves"),
+    ("stack:unknown input", ["stack.py", "--workdir", "{wd}", "--config", "stack_cpu_text_lgbm", "folds.k=3",
+                             "stack.inputs=[nosuch_exp]"], "nosuch_exp"),
+    ("stack:unknown config", ["stack.py", "--workdir", "{wd}", "--config", "nosuch_stack"], "nosuch_stack"),
+    ("fuse:epochs=abc", ["fuse.py", "--workdir", "{wd}", "--config", "fusion_late_weighted", "train.epochs=abc"],
+     "train.epochs"),
+    ("tune:learning_rate=-0.1", TU + TU_OV + ["lgbm.learning_rate=-0.1"], "lgbm.learning_rate"),
+    ("tune:trials -1", TU[:-1] + ["-1"] + TU_OV, "--trials"),
+    ("tune:bad storage", TU + ["--storage", "notaurl"] + TU_OV, "--storage"),
+    # submit: unknown experiment, bad format
+    ("submit:unknown experiment", ["submit.py", "--workdir", "{wd}", "--exp", "nosuch_exp"], "nosuch_exp"),
+    ("submit:format xml", SU + ["--format", "xml"], "--format"),
+    # run_all: presets and options
+    ("run_all:unknown preset", [*RA[:4], "nosuch_preset"], "nosuch_preset"),
+    ("run_all:preset unknown key", [*RA[:4], "{preset:typo}"], "experimets"),
+    ("run_all:preset unknown stack", [*RA[:4], "{preset:stack}"], "nosuch_stack"),
+    ("run_all:preset bad override", [*RA[:4], "{preset:override}"], "tfidf.C"),
+    ("run_all:format xml", RA + ["--format", "xml"], "--format"),
+    ("run_all:trials -1", RA + ["--trials", "-1"], "--trials"),
+    ("make_folds:k=1", ["make_folds.py", "--workdir", "{wd}", "--k", "1", "--force"], "k must be >= 2"),
+    ("make_folds:k=abc", ["make_folds.py", "--workdir", "{wd}", "--k", "abc"], "--k"),
+    # predict: bundle, input, options
+    ("predict:no bundle", PR, "bundle"),
+    ("predict:batch rows 0", PR + ["--batch-rows", "0"], "--batch-rows"),
+    ("predict:input a folder", ["predict.py", "--bundle", "{missing}", "--input", "{wd}/data", "--out", "{missing}.csv"],
+     "bundle"),
+]
+
+
+def _read_only(path: Path) -> None:
+    """Make a tree read-only for this process: immutable as root (whom permissions do not stop),
+    else without write permission."""
+    if os.geteuid() == 0:
+        r = subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("running as root without chattr: cannot make a folder read-only")
+    else:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode & 0o555)
+
+
+def _writable_again(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+    else:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+
+
+def _places(finished, root: Path) -> dict:
+    """The placeholders' values: broken data folders, a read-only copy, bad presets."""
+    import shutil
+    preset, wd = finished
+    data = wd / "data" / "demo"
+    places = {"wd": str(wd), "preset": str(preset), "file": str(root / "plain_file"), "missing": str(root / "nope")}
+    (root / "plain_file").write_text("not a folder\n")
+
+    def broken(kind, change):
+        d = root / f"data_{kind}"
+        d.mkdir()
+        for f in ("X_train_update.csv", "Y_train_CVw08PX.csv", "X_test_update.csv"):
+            shutil.copy2(data / f, d / f)
+        change(d)
+        places[f"d:{kind}"] = str(d)
+    x = "X_train_update.csv"
+    broken("xdir", lambda d: ((d / x).unlink(), (d / x).mkdir()))
+    broken("empty", lambda d: (d / x).write_text(""))
+    broken("header", lambda d: (d / x).write_text((d / x).read_text().splitlines()[0] + "\n"))
+    broken("noy", lambda d: (d / "Y_train_CVw08PX.csv").unlink())
+    text = preset.read_text()
+    for kind, bad in (("typo", text.replace("experiments:", "experimets:")),
+                      ("stack", text.replace("stack: [stack_cpu_text_logreg,", "stack: [nosuch_stack,")),
+                      ("override", text.replace("all: {tfidf.max_features: 3000}", "all: {tfidf.C: abc}"))):
+        assert bad != text
+        (root / f"preset_{kind}.yaml").write_text(bad)
+        places[f"preset:{kind}"] = str(root / f"preset_{kind}.yaml")
+    ro = root / "ro"
+    shutil.copytree(wd, ro, symlinks=True)
+    _read_only(ro)
+    places["ro"] = str(ro)
+    return places
+
+
+@pytest.fixture(scope="module")
+def matrix(finished, tmp_path_factory):
+    """Run every case once (in parallel); {case id: CompletedProcess}, checked by the tests below."""
+    from concurrent.futures import ThreadPoolExecutor
+    root = tmp_path_factory.mktemp("matrix")
+    places = _places(finished, root)
+    wd = finished[1]
+    before, before_ro = snapshot(wd), snapshot(Path(places["ro"]))
+
+    def fill(a: str) -> str:
+        for k, v in places.items():
+            a = a.replace("{" + k + "}", v)
+        return a
+
+    def one(case):
+        cid, argv, _ = case
+        cmd = [sys.executable, str(REPO / "src" / argv[0]), *map(fill, argv[1:])]
+        return cid, subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = dict(pool.map(one, MATRIX))
+        changed = sorted(k for k in set(before) | set(snapshot(wd)) if before.get(k) != snapshot(wd).get(k))
+        changed_ro = snapshot(Path(places["ro"])) != before_ro
+    finally:
+        _writable_again(Path(places["ro"]))
+    return results, changed, changed_ro
+
+
+@pytest.mark.parametrize("cid,argv,word", MATRIX, ids=[c[0] for c in MATRIX])
+def test_bad_input_is_one_line_error(matrix, cid, argv, word):
+    results, _, _ = matrix
+    assert_one_line_error(results[cid], word)
+
+
+def test_bad_inputs_left_the_finished_workdir_untouched(matrix):
+    _, changed, changed_ro = matrix
+    assert changed == [], f"files changed by the bad-input cases: {changed[:10]}"
+    assert not changed_ro

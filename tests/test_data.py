@@ -188,6 +188,25 @@ def test_latin1_bytes_are_read(tmp_path):
     assert ds.train["title"].iloc[0].startswith("Café")
 
 
+def test_one_latin1_row_in_a_utf8_file_is_decoded_alone_and_counted(tmp_path):
+    """Only the row that is not UTF-8 is decoded as latin-1: the accented UTF-8 rows stay intact
+    (decoding the whole file as latin-1 turns their "é" into "Ã©"), and the repair is reported."""
+    from rakuten.data.prepared import describe
+    d = write_cd(tmp_path / "d")
+    path = d / "X_train_update.csv"
+    lines = path.read_text(encoding="utf-8").replace("Produit", "Thé produit").splitlines(keepends=True)
+    data = [line.encode("utf-8") for line in lines]
+    data[3] = lines[3].replace("Thé", "Café").encode("latin-1")      # one pasted latin-1 row
+    path.write_bytes(b"".join(data))
+    ds = load_challenge(d)
+    titles = ds.train["title"].tolist()
+    assert titles[2].startswith("Café")
+    assert all("Ã" not in t for t in titles)
+    assert sum(t.startswith("Thé") for t in titles) == len(titles) - 1
+    assert ds.report["repaired_rows"] == {"X_train_update.csv": 1}
+    assert "1 in X_train_update.csv" in describe(ds)
+
+
 def test_test_set_without_any_image_is_kept_and_counted(tmp_path):
     d = write_cd(tmp_path / "d")
     (d / "image_test").mkdir()  # folder present, no file in it

@@ -16,7 +16,8 @@ from rakuten.folds import folds_path, make_folds, read_folds, write_folds
 from rakuten.labels import CODES, LabelMap, NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.training.cleaning import label_issue_table, training_rows
-from rakuten.training.fold import config_hash, run_fold
+from rakuten.lineage import config_hash
+from rakuten.training.fold import run_fold
 
 K = 3
 

@@ -8,7 +8,8 @@ import torch
 
 from rakuten.labels import NUM_CLASSES
 from rakuten.models.registry import UnknownModelError, create_model, list_models
-from rakuten.training.losses import FocalLoss, class_weights, make_loss
+from rakuten.labels import class_weights
+from rakuten.training.losses import FocalLoss, make_loss
 
 TEXTS = ["Lot de 3 coussins bleus", "Jeu PS4 course de voitures", "Livre de cuisine française",
          "Piscine gonflable ronde", "Figurine manga collector"] * 20
@@ -83,9 +84,26 @@ def test_unknown_model():
 
 def test_class_weights_favour_rare_classes():
     labels = np.array([0] * 90 + [1] * 10)
-    w = class_weights(labels, 2, 1.0)
-    assert w[1] > w[0] and np.isclose((w.numpy() * np.array([90, 10])).sum(), 100)
-    assert class_weights(labels, 2, 0.0) is None
+    w = class_weights(labels, 1.0, 2)
+    assert w[1] > w[0] and np.isclose((w * np.array([90, 10])).sum(), 100)
+    assert np.allclose(class_weights(labels, 0.0, 2), 1.0)
+    assert make_loss({"name": "ce", "class_weight_power": 0.0}, labels, 2).weight is None
+
+
+def test_class_weights_of_absent_classes():
+    """A class with no row takes no part in the normalisation (the mean over the labels stays 1)
+    and gets the rarest present class's weight: finite, never 0 (a batch of it would divide by
+    zero) and never above every real class (as a class of one row would)."""
+    labels = np.array([0] * 90 + [2] * 10)          # class 1 and 3 absent
+    for power in (0.5, 1.0):
+        w = class_weights(labels, power, 4)
+        assert np.isclose(w[labels].mean(), 1.0)
+        assert w[1] == w[3] == w[2] == w.max() and w[0] < w[2]
+    # the same rule in the unimodal loss: weighted CE on a row of an absent class is finite
+    loss = make_loss({"name": "ce", "class_weight_power": 1.0}, labels, 4)
+    assert np.isclose(loss.weight.numpy(), class_weights(labels, 1.0, 4)).all()
+    out = loss(torch.zeros(1, 4), torch.tensor([3]))
+    assert torch.isfinite(out)
 
 
 def test_focal_reduces_easy_example_loss():

@@ -37,8 +37,35 @@ def quiet_progress(no_progress: bool) -> None:
             sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
-def paths_from_args(args) -> Paths:
-    return Paths.make(args.workdir, args.data_dir)
+def paths_from_args(args, writable: bool = True) -> Paths:
+    """The script's Paths, checked before any work: the workdir must be a folder (or not exist yet)
+    and, for a stage that writes, writable -- else one line, not a traceback from deep inside."""
+    paths = Paths.make(args.workdir, args.data_dir)
+    check_workdir(paths.workdir, writable)
+    return paths
+
+
+def check_workdir(workdir, writable: bool = True) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from rakuten.errors import RakutenError
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise RakutenError(f"--workdir {workdir} is a file, not a folder")
+    if not writable:
+        return
+    # the folder the stage writes into first: the workdir, or its nearest existing parent
+    probe_dirs = [workdir] if workdir.exists() else [next(p for p in workdir.parents if p.exists())]
+    probe_dirs += [workdir / d for d in ("folds", "oof", "submissions", "cache") if (workdir / d).is_dir()]
+    for d in probe_dirs:
+        # a real write, not os.access: root passes os.access on a read-only mount or immutable folder
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".write_check.", dir=d)
+        except OSError as e:
+            raise RakutenError(f"--workdir {workdir}: cannot write in {d} ({e.strerror})") from None
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -54,6 +81,11 @@ def one_line_errors():
         yield
     except RakutenError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        # the file system refused (a read-only or misplaced file): the file and the reason in one line
+        where = e.filename if e.filename is not None else ""
+        print(f"error: {where}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
 
 

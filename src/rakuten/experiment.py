@@ -5,8 +5,6 @@ import copy
 from pathlib import Path
 
 from rakuten.config import Config, ConfigError, load_config, validate_config
-from rakuten.folds import folds_path, read_folds
-from rakuten.paths import Paths
 
 # Deep-copied into every experiment config (never aliased); a config states only what differs.
 EXPERIMENT_DEFAULTS: dict = {
@@ -104,8 +102,3 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Con
     validate(cfg)
     return cfg
 
-
-def experiment_folds(cfg, paths: Paths):
-    """(fold file path, fold DataFrame) of the experiment's ``folds: {k, seed}``."""
-    p = folds_path(paths.folds_dir, int(cfg.folds.k), int(cfg.folds.seed))
-    return p, read_folds(p)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from rakuten.artifacts import ArtifactError, atomic_write_csv, atomic_write_json, file_hash, read_json
 
@@ -32,6 +31,7 @@ def make_folds(train: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.DataFrame:
     if counts.min() < k:
         # StratifiedKFold would only warn; a class absent from a fold breaks per-fold macro-F1.
         raise FoldsError(f"class {counts.idxmin()} has {counts.min()} rows, fewer than k={k} folds")
+    from sklearn.model_selection import StratifiedKFold   # here: every stage reads folds, few make them
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.full(len(train), -1, dtype=np.int64)
     for f, (_, va) in enumerate(skf.split(np.zeros(len(train)), train["label"].to_numpy())):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 # Counts per code over all 84,916 train rows (Y_train_CVw08PX.csv of the challenge). They are the real
 # class prior: the demo generator samples from it and the leaderboard reports against it.
 CODE_COUNTS: dict[int, int] = {
@@ -57,3 +59,25 @@ class LabelMap:
     @classmethod
     def load(cls, path: str | Path) -> "LabelMap":
         return cls(json.loads(Path(path).read_text())["codes"])
+
+
+def class_weights(labels, power: float, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Per-class weights ``count ** -power``, normalised so that their mean over ``labels`` is 1 (the
+    loss scale, and so the learning rate, stays comparable across powers). The one class-weight rule
+    of every model (unimodal losses, scikit-learn heads, fusion nets, the stacker).
+
+    A class absent from ``labels`` gets the weight of the rarest present class and takes no part in
+    the normalisation: it cannot be trained on, but a validation row of it (or a fusion net's loss
+    over other rows) must neither vanish (weight 0: a batch of such rows divides by zero) nor count
+    as a class of one row (a weight above every real one).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)[:num_classes]
+    present = counts > 0
+    if not present.any():
+        return np.ones(num_classes)
+    w = np.ones(num_classes)
+    w[present] = counts[present] ** (-float(power))
+    w[present] *= counts[present].sum() / (w[present] * counts[present]).sum()
+    w[~present] = w[present].max()
+    return w

@@ -149,7 +149,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     from rakuten.experiment import load_experiment
     from rakuten.folds import folds_path, make_folds, write_folds
     from rakuten.presets import experiment_overrides, load_preset
-    from rakuten.second_level.upstream import fold_file_for
+    from rakuten.lineage import fold_file
     from rakuten.artifacts import Experiment
     from rakuten.training.fold import check_experiment_folds, discard_replaced, prepare_fold_data
 
@@ -214,7 +214,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
                            "nor in this launch" if up in lacking else f"input {up} is not run")
                     break
                 try:   # not in this launch: usable if complete on disk on this fold file
-                    _, fdf, fhash = fold_file_for(cfg, paths)
+                    _, fdf, fhash = fold_file(paths, cfg)
                     ok = all(Experiment(paths.oof_dir, up).fold_done(int(k), fhash) for k in fdf["fold"].unique())
                 except RakutenError:
                     ok = False

@@ -8,6 +8,7 @@ import logging
 import time
 from contextlib import contextmanager
 
+from rakuten import lineage
 from rakuten.data.challenge import CD_FILES
 from rakuten.paths import Paths
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 @contextmanager
 def stage(name: str, timings: dict):
     print(f"\n===== {name} =====", flush=True)
+    lineage.set_stage(name)
     t0 = time.time()
     yield
     timings[name] = round(time.time() - t0, 1)
@@ -51,7 +53,9 @@ def text_only_fallback(preset, ds, announce: bool = True):
 
 
 def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None = None,
-            skip_tuning: bool = False, submit_format: str | None = None) -> dict:
+            skip_tuning: bool = False, submit_format: str | None = None, force: bool = False) -> dict:
+    """``force``: redo the artifacts whose inputs changed (a stale unimodal experiment is otherwise
+    an error: retraining it may cost hours); current ones are reused either way."""
     from rakuten.data.prepared import describe, load_dataset
     from rakuten.experiment import load_experiment
     from rakuten.folds import folds_path, make_folds, write_folds
@@ -61,6 +65,7 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
 
     timings: dict = {}
     t_start = time.time()
+    ledger = lineage.begin_run()
     with stage("data", timings):
         if paths.data_dir is None:
             ensure_demo_data(paths, preset)
@@ -70,7 +75,11 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
     with stage("folds", timings):
         k, seed = int(preset.folds.k), int(preset.folds.seed)
         fp = folds_path(paths.folds_dir, k, seed)
-        wrote = write_folds(make_folds(ds.train, k, seed), fp, k, seed, extra={"data_dir": str(ds.data_dir)})
+        existed = fp.exists()
+        wrote = write_folds(make_folds(ds.train, k, seed), fp, k, seed, force=force,
+                            extra={"data_dir": lineage.workdir_relative(paths, ds.data_dir)})
+        lineage.note(fp.name, "redone" if wrote and existed else "new" if wrote else "reused",
+                     "the training ids or labels changed")
         print(f"{'wrote' if wrote else 'reusing'} {fp}")
     with stage("unimodal", timings):
         from rakuten.training.fold import empty_field
@@ -84,7 +93,7 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
                 skipped.append(name)
                 continue
             for fold in range(int(cfg.folds.k)):
-                s = run_fold(cfg, paths, fold, ds=ds, progress=progress)
+                s = run_fold(cfg, paths, fold, ds=ds, progress=progress, replace_stale=force)
                 print(f"  {name:28s} fold {fold}: macro-F1 {s['macro_f1']:.4f}")
         preset["skipped"] = skipped
     with stage("fusion", timings):
@@ -108,5 +117,6 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
     with stage("leaderboard", timings):
         board = api.leaderboard(paths)
     timings["total"] = round(time.time() - t_start, 1)
+    redone = lineage.end_run(ledger)
     print(f"\nall stages done in {timings['total']:.0f}s: {timings}")
-    return {"timings": timings, "submission": str(sub), "leaderboard": board}
+    return {"timings": timings, "submission": str(sub), "leaderboard": board, "redone": redone}

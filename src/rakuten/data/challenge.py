@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from rakuten.errors import RakutenError
 
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,41 @@ def detect_format(data_dir: Path) -> str:
 def _read_table(path: Path, sep: str, index_col) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: is a {'directory' if path.is_dir() else 'special file'}, not a file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+    text, repaired = decode_rows(path)
     try:
-        # dtype=str for text keeps pandas 3's string inference from turning ids into floats on NaN
-        return pd.read_csv(path, sep=sep, index_col=index_col, encoding="utf-8", keep_default_na=True)
-    except UnicodeDecodeError as e:
-        # Real exports are UTF-8; fall back to latin-1 rather than failing, but only after saying so.
-        log.warning("%s: not valid UTF-8 (%s); reading as latin-1", path, e.reason)
-        return pd.read_csv(path, sep=sep, index_col=index_col, encoding="latin-1")
+        df = pd.read_csv(io.StringIO(text), sep=sep, index_col=index_col, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+    df.attrs["repaired_rows"] = len(repaired)
+    return df
+
+
+def decode_rows(path: Path) -> tuple[str, list[int]]:
+    """The file's text, decoded as UTF-8 line by line; a line that is not valid UTF-8 (a row pasted
+    from a latin-1 export) is decoded as latin-1 on its own. Returns (text, 1-based numbers of the
+    repaired lines). Decoding the whole file as latin-1 instead would turn every accented character
+    of the UTF-8 rows into mojibake ("Ã©" for "é"). A newline byte never occurs inside a UTF-8
+    multi-byte sequence, so splitting on it is safe, quoted multi-line fields included."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    out, repaired = [], []
+    for i, line in enumerate(raw.splitlines(keepends=True), start=1):
+        try:
+            out.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(line.decode("latin-1"))
+            repaired.append(i)
+    shown = ", ".join(map(str, repaired[:5])) + (" ..." if len(repaired) > 5 else "")
+    log.warning("%s: %d line(s) not valid UTF-8, decoded as latin-1 (line %s); the other lines are UTF-8",
+                path, len(repaired), shown)
+    return "".join(out), repaired
 
 
 def _require_columns(df: pd.DataFrame, cols: list[str], path: Path) -> None:
@@ -91,9 +116,11 @@ def _int_column(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
 def _read_x(path: Path, fmt: str) -> pd.DataFrame:
     if fmt == "challengedata":
         df = _read_table(path, ",", 0)
+        repaired = int(df.attrs.get("repaired_rows", 0))
         _require_columns(df, CD_X_COLUMNS, path)
     else:
         df = _read_table(path, "\t", None)
+        repaired = int(df.attrs.get("repaired_rows", 0))
         _require_columns(df, SIGIR_X_COLUMNS, path)
         df = df.set_index("Integer_id").rename(columns=SIGIR_RENAME)
     if len(df) == 0:
@@ -117,7 +144,9 @@ def _read_x(path: Path, fmt: str) -> pd.DataFrame:
     out["text"] = [join_text(t, d) for t, d in zip(out["title"], out["description"])]
     out["has_description"] = out["description"].str.len() > 0
     out.index.name = "row_index"
-    return out.reset_index()
+    out = out.reset_index()
+    out.attrs["repaired_rows"] = repaired
+    return out
 
 
 def _read_y(path: Path, fmt: str, x: pd.DataFrame, x_path: Path, label_map: LabelMap) -> pd.DataFrame:
@@ -168,17 +197,19 @@ def load_challenge(data_dir: str | Path, label_map: LabelMap | None = None, requ
     """Read, validate and clean one challenge download (either edition)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data directory not found")
+        raise DataError(f"{data_dir}: {'is a file, not a' if data_dir.exists() else 'no such'} data directory")
     fmt = detect_format(data_dir)
     files = CD_FILES if fmt == "challengedata" else SIGIR_FILES
     label_map = label_map or LabelMap()
     x_path, y_path, t_path = (data_dir / files[k] for k in ("x_train", "y_train", "x_test"))
     train = _read_x(x_path, fmt)
+    x_rep = train.attrs.get("repaired_rows", 0)
     train = _read_y(y_path, fmt, train, x_path, label_map)
     if t_path.exists() or require_test:
         test = _read_x(t_path, fmt)
     else:
         test = train.iloc[:0].drop(columns=["code", "label"])
+    t_rep = test.attrs.get("repaired_rows", 0)
     shared = set(train["id"]) & set(test["id"])
     if shared:
         raise DataError(f"{t_path}: productid {min(shared)} also appears in {x_path.name}")
@@ -189,5 +220,7 @@ def load_challenge(data_dir: str | Path, label_map: LabelMap | None = None, requ
         "train_images_found": int(train["has_image"].sum()), "train_images_missing": miss_tr,
         "test_images_found": int(test["has_image"].sum()), "test_images_missing": miss_te,
         "train_missing_description": int((~train["has_description"]).sum()),
+        # lines decoded as latin-1 inside otherwise UTF-8 files, per file (reported on every run)
+        "repaired_rows": {p.name: n for p, n in ((x_path, x_rep), (t_path, t_rep)) if n},
     }
     return Dataset(train=train, test=test, label_map=label_map, fmt=fmt, data_dir=data_dir, report=report)

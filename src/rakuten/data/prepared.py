@@ -49,7 +49,7 @@ def resolve_data_dir(paths: Paths) -> Path:
 def load_dataset(paths: Paths, use_cache: bool = True) -> Dataset:
     data_dir = resolve_data_dir(paths)
     if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data directory not found")
+        raise DataError(f"{data_dir}: {'is a file, not a' if data_dir.exists() else 'no such'} data directory")
     key = data_fingerprint(data_dir)
     cdir = paths.prepared_dir / key
     meta_path = cdir / "prepared.json"
@@ -76,9 +76,11 @@ def load_dataset(paths: Paths, use_cache: bool = True) -> Dataset:
 
 def describe(ds: Dataset) -> str:
     r = ds.report
+    rep = r.get("repaired_rows") or {}
+    fixed = ("; rows decoded as latin-1 (not UTF-8): " + ", ".join(f"{n} in {f}" for f, n in rep.items())) if rep else ""
     return (f"{ds.fmt} data at {ds.data_dir}: {r['n_train']} train / {r['n_test']} test rows; images found "
             f"{r['train_images_found']} train ({r['train_images_missing']} missing), "
-            f"{r['test_images_found']} test ({r['test_images_missing']} missing)")
+            f"{r['test_images_found']} test ({r['test_images_missing']} missing){fixed}")
 
 
 def dump_report(ds: Dataset) -> str:

@@ -181,22 +181,23 @@ def sidecar_path(path: Path) -> Path:
 
 
 def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool = False,
-                    force: bool = False, reuse: bool = False) -> Path:
+                    force: bool = False, reuse: bool = False, selection: dict | None = None) -> Path:
     """Bagged test prediction of experiment ``exp`` -> ``submissions/<exp>[_bias]_cv<score>.<ext>``.
 
     The score in the name is the OOF macro-F1 recomputed from the artifacts; with ``bias`` it is the
     held-out-biased OOF macro-F1 (biases fitted on the other folds), not the optimistic in-sample one.
+    ``selection``: how ``exp`` was chosen (its optimistic and nested scores), kept in the sidecar.
     """
     from rakuten.data.prepared import load_dataset
     from rakuten.second_level.tuning import load_biases, tune_biases
-    from rakuten.second_level.upstream import check_complete, folds_of_experiment
+    from rakuten.lineage import check_complete, fold_file, note
 
     ds = load_dataset(paths)
     fmt = _check_fmt(fmt or ds.fmt)
     e = Experiment(paths.oof_dir, exp)
     if not e.meta_path.exists():
         raise SubmissionError(f"{exp}: no {e.meta_path}; run the experiment first")
-    fpath, folds_df, fhash = folds_of_experiment(paths, e)
+    fpath, folds_df, fhash = fold_file(paths, e)
     check_folds_match(folds_df, ds.train, fpath)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(e, fold_ids, fhash)
@@ -220,7 +221,7 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
                        "format": fmt, "submission": path.name})
     # The sidecar ties the file to what made it: the name carries only the experiment and its OOF
     # score, and a change that alters the test predictions but not the OOF would keep the name.
-    from rakuten.second_level.upstream import artifact_signature
+    from rakuten.lineage import artifact_signature
     lineage = {"experiment": exp, "format": fmt, "bias": bool(bias), "artifacts": artifact_signature(e),
                "fold_hash": fhash, "predictions": hashlib.sha256(np.asarray(codes, np.int64).tobytes()).hexdigest()[:16]}
     side = sidecar_path(path)
@@ -230,13 +231,18 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
             old = read_json(side)
         except ArtifactError:
             pass
-        if old == lineage:
+        if old is not None and {k: old.get(k) for k in lineage} == lineage:
             validate_submission(path, ds, fmt)
             print(f"  {path.name} exists and validates: reused (its sidecar matches the current predictions)")
+            note(path.name, "reused")
+            if selection is not None and old.get("selection") != selection:
+                atomic_write_json(side, {**lineage, "selection": selection})
             return path
-        print(f"  {path.name} exists but was made from other predictions "
-              f"({'no sidecar' if old is None else 'its sidecar differs'}): rewritten")
+        note(path.name, "redone", "made from other predictions "
+             f"({'no sidecar' if old is None else 'its sidecar differs'})")
         force = True
+    elif not path.exists():
+        note(path.name, "new")
     out = write_submission(path, ds, codes, fmt, force=force)
-    atomic_write_json(side, lineage)
+    atomic_write_json(side, lineage if selection is None else {**lineage, "selection": selection})
     return out

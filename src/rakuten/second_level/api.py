@@ -145,7 +145,7 @@ def tuned_is_stale(paths: Paths, name: str) -> str | None:
     was fitted, or its parameters come from a study of another version of ``name`` (another config,
     or upstream artifacts that were since retrained; ``tune.base_signature`` in its config is the
     study's signature, which is ``name``'s own ``config_hash``)."""
-    from rakuten.second_level.upstream import lineage_problem
+    from rakuten.lineage import lineage_problem
     tuned = f"{name}_tuned"
     why = lineage_problem(paths, tuned)
     if why:
@@ -167,11 +167,13 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
 
     ``exp`` may be a list of candidates: the model is then chosen on held-out folds by the target's
     metric (``selection.select_submission``), and only among models that beat their best input."""
+    from rakuten.data.prepared import load_dataset
     from rakuten.reporting.submission import SubmissionError, make_submission
+    from rakuten.second_level.selection import METRIC_OF_FORMAT
 
+    selection = None
     if isinstance(exp, (list, tuple)):
-        from rakuten.data.prepared import load_dataset
-        from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
+        from rakuten.second_level.selection import select_submission
         metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
         sel = select_submission(paths, list(exp), metric)
         for r in sel["table"]:
@@ -182,6 +184,7 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
         print(f"  chosen: {sel['chosen']}{note}; {metric} {sel['optimistic']:.4f} on the rows it was chosen "
               f"on, {sel['nested']:.4f} nested (chosen on the other folds, per fold {sel['per_fold']})")
         exp = sel["chosen"]
+        selection = {k: sel[k] for k in ("chosen", "metric", "optimistic", "nested", "per_fold")}
     elif exp is None:
         from rakuten.reporting.leaderboard import build_leaderboard
         board = build_leaderboard(paths, write=False)
@@ -189,33 +192,33 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
             raise SubmissionError("no complete experiment to submit")
         exp = board[0]["experiment"]
     elif not str(exp).endswith("_tuned") and Experiment(paths.oof_dir, f"{exp}_tuned").meta_path.exists():
-        # the tuned version, unless it is stale or scores below the untuned one on the same OOF rows
-        from rakuten.reporting.leaderboard import score_experiment
-
-        def oof_f1(name):
-            return score_experiment(paths, Experiment(paths.oof_dir, name))[0]["macro_f1"]
+        # the tuned version only when current and better; its score on the rows its parameters were
+        # picked on is optimistic, so the nested score of the choice is reported beside it
+        from rakuten.second_level.selection import choose_tuned
         stale = tuned_is_stale(paths, exp)
         if stale:
             print(f"  {exp}_tuned not used: {stale}; submitting {exp}")
         else:
-            base_f1, tuned_f1 = oof_f1(exp), oof_f1(f"{exp}_tuned")
-            if tuned_f1 >= base_f1:
-                exp = f"{exp}_tuned"
-            else:
-                print(f"  {exp}_tuned scores {tuned_f1:.4f} OOF macro-F1, below {exp}'s {base_f1:.4f}: "
-                      f"submitting {exp}")
+            metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+            sel = choose_tuned(paths, exp, metric)
+            others = ", ".join(f"{n} {s:.4f}" for n, s in sel["scores"].items())
+            print(f"  {exp} vs {exp}_tuned (OOF {metric}: {others}): chosen {sel['chosen']}; {metric} "
+                  f"{sel['optimistic']:.4f} optimistic (chosen on the rows it is scored on), {sel['nested']:.4f} "
+                  f"nested (chosen on the other folds, per fold {sel['per_fold']})")
+            exp = sel["chosen"]
+            selection = sel
     if bias:
         # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
         # other folds): on small or well-calibrated data they can hurt, and the check says so.
-        from rakuten.second_level.tuning import tune_biases
-        gain = tune_biases(paths, exp)["heldout"]["mean_gain"]
+        from rakuten.second_level.tuning import load_biases, tune_biases
+        gain = (load_biases(paths, exp) or tune_biases(paths, exp))["heldout"]["mean_gain"]
         print(f"  per-class logit biases: {gain:+.4f} macro-F1 on held-out folds -> "
               f"{'applied' if gain > 0 else 'not applied'}")
         bias = gain > 0
     # A file of that name from an earlier run is reused only when its sidecar matches the current
     # predictions and artifacts; otherwise it is rewritten (and says so). make_submission records
     # the submitted model in submissions/submitted.json (what export.py bundles).
-    return make_submission(paths, exp, fmt, bias=bias, reuse=True)
+    return make_submission(paths, exp, fmt, bias=bias, reuse=True, selection=selection)
 
 
 def leaderboard(paths: Paths) -> list[dict]:

@@ -57,12 +57,13 @@ from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
-from rakuten.labels import NUM_CLASSES
+from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
-from rakuten.second_level.upstream import (SecondLevelData, class_weights, config_hash, finish_experiment,
+from rakuten.lineage import config_hash, upstream_signature
+from rakuten.second_level.upstream import (SecondLevelData, finish_experiment,
                                            fold_is_current, inner_split, load_upstreams, open_experiment,
-                                           save_fold, upstream_signature)
+                                           save_fold)
 
 log = logging.getLogger(__name__)
 
@@ -561,7 +562,7 @@ def run_fusion(cfg, paths: Paths, folds: list[int] | None = None, force: bool = 
     torch.set_num_threads(int(cfg.train.num_threads))
     data = data or load_fusion_data(cfg, paths)
     names, _ = fusion_inputs(cfg)
-    chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
+    chash = config_hash(cfg, extra={"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
     todo = data.fold_ids if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if k not in data.fold_ids]
     if bad:

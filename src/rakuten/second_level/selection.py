@@ -19,7 +19,7 @@ from sklearn.metrics import f1_score
 from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
-from rakuten.second_level.upstream import check_complete, folds_of_experiment
+from rakuten.lineage import check_complete, fold_file, lineage_problem
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,13 @@ def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
     try:
         # a stale candidate (inputs changed since it was fitted; a _tuned tuned on another version
         # of its base) is not a candidate: its test predictions are not those of the current inputs
-        from rakuten.second_level.upstream import lineage_problem
         stale = lineage_problem(paths, name)
         if stale is None and name.endswith("_tuned"):
             from rakuten.second_level.api import tuned_is_stale
             stale = tuned_is_stale(paths, name[:-len("_tuned")])
         if stale:
             raise ArtifactError(f"stale: {stale}")
-        fpath, folds_df, fhash = folds_of_experiment(paths, e)
+        fpath, folds_df, fhash = fold_file(paths, e)
         if fold_hash is not None and fhash != fold_hash:
             return None
         check_complete(e, sorted(int(k) for k in folds_df["fold"].unique()), fhash)
@@ -123,3 +122,43 @@ def select_submission(paths: Paths, candidates: list[str], metric: str, write: b
     if write:
         atomic_write_json(paths.submissions_dir / "selection.json", out)
     return out
+
+
+def _nested_choice(names: list[str], preds: dict, y: np.ndarray, fold: np.ndarray, metric: str) -> dict:
+    """The best of ``names`` by ``metric`` on all rows (optimistic: chosen and scored on the same
+    rows), and the nested score of that rule: for each fold k the best on the other folds, scored on
+    fold k. Ties go to the earlier name (the untuned model: fewer choices made on these rows)."""
+    def best(rows):
+        return max(names, key=lambda n: (_f1(y[rows], preds[n][rows], metric), -names.index(n)))
+    nested_pred = np.empty_like(y)
+    per_fold = {}
+    for k in sorted(np.unique(fold)):
+        pick = best(np.flatnonzero(fold != k))
+        rows = np.flatnonzero(fold == k)
+        nested_pred[rows] = preds[pick][rows]
+        per_fold[int(k)] = pick
+    chosen = best(np.arange(len(y)))
+    return {"chosen": chosen, "metric": metric, "optimistic": _f1(y, preds[chosen], metric),
+            "nested": _f1(y, nested_pred, metric), "per_fold": per_fold,
+            "scores": {n: _f1(y, preds[n], metric) for n in names}}
+
+
+def choose_tuned(paths: Paths, name: str, metric: str) -> dict:
+    """``name`` or ``<name>_tuned``, with the honest score of that choice beside the optimistic one.
+
+    The tuned model's parameters were picked by its score on these OOF rows, so comparing the two
+    on the same rows favours it. The choice is the better of the two on all rows (what is
+    submitted), reported beside its nested score: for each fold k, the better on the other folds,
+    scored on fold k. A stale or incomplete ``_tuned`` is no candidate. Returns
+    {"chosen", "metric", "optimistic", "nested", "per_fold", "scores"}.
+    """
+    base = _oof_pred(paths, name)
+    if base is None:
+        raise RakutenError(f"{name}: not a complete, current experiment (see the leaderboard's 'Not listed')")
+    tuned = _oof_pred(paths, f"{name}_tuned", base[2])
+    preds = {name: base[1]}
+    if tuned is not None:
+        preds[f"{name}_tuned"] = tuned[1]
+    folds_df = base[0]
+    return _nested_choice(list(preds), preds, folds_df["label"].to_numpy(np.int64), folds_df["fold"].to_numpy(),
+                          metric)

@@ -26,13 +26,14 @@ from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
-from rakuten.labels import NUM_CLASSES
+from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
 from rakuten.second_level.blend import CaruanaBlend, LogitBlend, LogRegStacker, log_proba, model_meta_features
-from rakuten.second_level.upstream import (SecondLevelData, class_weights, config_hash, finish_experiment,
+from rakuten.lineage import config_hash, upstream_signature
+from rakuten.second_level.upstream import (SecondLevelData, finish_experiment,
                                            fold_is_current, inner_split, load_upstreams, open_experiment,
-                                           save_fold, upstream_signature)
+                                           save_fold)
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = F
     cfg = stack_config(cfg)
     data = data or load_stack_data(cfg, paths)
     names = list(cfg.stack.inputs)
-    chash = config_hash(cfg, {"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
+    chash = config_hash(cfg, extra={"upstream": upstream_signature(paths, names), "fold_hash": data.fold_hash})
     X, Xt, feat_names = stack_features(cfg, data, paths)
     todo = data.fold_ids if folds is None else [int(k) for k in folds]
     bad = [k for k in todo if k not in data.fold_ids]

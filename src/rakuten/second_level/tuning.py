@@ -35,7 +35,7 @@ from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
-from rakuten.second_level.upstream import check_complete, config_hash, folds_of_experiment, upstream_signature
+from rakuten.lineage import check_complete, config_hash, fold_file, note, upstream_signature, workdir_relative
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +187,16 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
     (seen on PostgreSQL). On PostgreSQL the creation runs under an advisory lock, so the second
     worker waits and then finds the tables; on other servers a failed creation is retried.
     """
+    import sqlalchemy
+    try:
+        sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise TuningError(f"--storage {url!r} is not an SQLAlchemy URL (e.g. sqlite:////abs/path/study.db)") from None
     kwargs = {}
     if url.startswith("sqlite"):
         # Several worker processes share one SQLite file: wait for the write lock instead of failing.
         kwargs = {"connect_args": {"timeout": 60}}
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    import sqlalchemy
     if url.startswith("postgresql"):
         engine = sqlalchemy.create_engine(url)
         try:
@@ -307,7 +311,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
     # The study's signature: the config (less its tuning space) over these upstream artifacts and
     # fold file, the same hash the untuned experiment records as its config_hash. Trials scored on
     # other inputs say nothing about these.
-    signature = config_hash(cfg, {"upstream": upstream_signature(paths, list(objective.data.inputs)),
+    signature = config_hash(cfg, extra={"upstream": upstream_signature(paths, list(objective.data.inputs)),
                                   "fold_hash": objective.data.fold_hash})
     existing = _count_trials(store, name)
     if existing:
@@ -316,7 +320,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
             if study_name is not None:
                 raise TuningError(f"study {name!r} in {url} was run on another config or other upstream "
                                   "artifacts; give a new --study-name")
-            print(f"  study {name}: made on another config or other upstream artifacts; starting it afresh")
+            note(f"study {name}", "redone", "made on another config or other upstream artifacts; started afresh")
             optuna.delete_study(study_name=name, storage=store)
             existing = 0
     worker_seed = int(seed if seed is not None else cfg.tune.seed) + existing
@@ -335,6 +339,7 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
         done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
                    for t in study.get_trials(deepcopy=False))
         n_trials = max(0, n_trials - done)
+    note(f"study {name}", "new" if n_trials > 0 else "reused")
     if n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=progress,
                        gc_after_trial=False)
@@ -408,7 +413,7 @@ def tune_biases(paths: Paths, exp_name: str, grid=None, rounds: int = 2) -> dict
     exp = Experiment(paths.oof_dir, exp_name)
     if not exp.meta_path.exists():
         raise TuningError(f"{exp_name}: no {exp.meta_path}; run the experiment first")
-    fpath, folds_df, fhash = folds_of_experiment(paths, exp)
+    fpath, folds_df, fhash = fold_file(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     check_complete(exp, fold_ids, fhash)
     oof = exp.load_oof(folds_df)
@@ -428,7 +433,7 @@ def tune_biases(paths: Paths, exp_name: str, grid=None, rounds: int = 2) -> dict
     before_all = scores(y, logits.argmax(1))
     after_all = scores(y, heldout_pred)
     out = {
-        "experiment": exp_name, "fold_file": str(fpath), "fold_hash": fhash,
+        "experiment": exp_name, "fold_file": workdir_relative(paths, fpath), "fold_hash": fhash,
         "artifacts": upstream_signature(paths, [exp_name])[exp_name],
         "heldout": {"per_fold": per_fold, "mean_gain": float(np.mean([p["gain"] for p in per_fold])),
                     "oof_before": before_all, "oof_after": after_all},

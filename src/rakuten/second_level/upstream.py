@@ -2,13 +2,11 @@
 
 A second-level model learns only from out-of-fold outputs, on the same folds as the models that made
 them. This module loads those outputs, refuses to mix experiments made on different fold files, and
-holds the bookkeeping shared by the fusion and stacking stages (config hash, per-fold artifact writes,
-meta.json).
+holds the bookkeeping shared by the fusion and stacking stages (per-fold artifact writes, meta.json;
+the config hash and upstream signatures are ``rakuten.lineage``'s).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json, file_hash
+from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json
 from rakuten.config import ConfigError
-from rakuten.folds import folds_path, inner_split, read_folds  # noqa: F401  (inner_split: re-exported)
+from rakuten.folds import inner_split  # noqa: F401  (inner_split: re-exported)
+from rakuten.lineage import (check_complete, config_hash, fold_file, note, recorded_config,  # noqa: F401
+                             redo_reason, upstream_signature, workdir_relative)
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -85,48 +85,6 @@ class SecondLevelData:
         return sorted(int(k) for k in np.unique(self.fold))
 
 
-def fold_file_for(cfg, paths: Paths) -> tuple[Path, pd.DataFrame, str]:
-    """(path, table, hash) of the fold file named by the config's ``folds: {k, seed}``."""
-    k = int(cfg["folds"]["k"])
-    seed = int(cfg["folds"]["seed"])
-    path = folds_path(paths.folds_dir, k, seed)
-    df = read_folds(path)
-    return path, df, file_hash(path)
-
-
-def resolve_fold_file(paths: Paths, recorded: str | None) -> Path | None:
-    """The fold file a meta.json names; a moved workdir is tolerated by looking in ``folds/`` by name."""
-    if not recorded:
-        return None
-    p = Path(recorded)
-    if not p.is_absolute():
-        p = paths.workdir / p
-    if p.exists():
-        return p
-    alt = paths.folds_dir / Path(recorded).name
-    return alt if alt.exists() else None
-
-
-def folds_of_experiment(paths: Paths, exp: Experiment) -> tuple[Path, pd.DataFrame, str]:
-    """The fold file an experiment was made on, checked against the hash its meta.json records."""
-    meta = exp.read_meta()
-    path = resolve_fold_file(paths, meta.get("fold_file"))
-    if path is None:
-        raise ArtifactError(f"{exp.dir}: fold file {meta.get('fold_file')!r} of meta.json not found")
-    h = file_hash(path)
-    if meta.get("fold_hash") and meta["fold_hash"] != h:
-        raise ArtifactError(f"{exp.name}: made on fold file hash {meta['fold_hash']}, but {path.name} now "
-                            f"hashes to {h}; rerun the experiment")
-    return path, read_folds(path), h
-
-
-def check_complete(exp: Experiment, fold_ids: list[int], fold_hash: str) -> None:
-    missing = [k for k in fold_ids if not exp.fold_done(k, fold_hash)]
-    if missing:
-        raise ArtifactError(f"{exp.name}: fold(s) {', '.join(map(str, missing))} not finished on this fold "
-                            f"file (hash {fold_hash}); run them first")
-
-
 def load_upstreams(paths: Paths, cfg, names: list[str], need_embeddings: tuple[str, ...] = ()) -> SecondLevelData:
     """Load every named experiment's OOF and per-fold test predictions on the config's fold file.
 
@@ -137,7 +95,7 @@ def load_upstreams(paths: Paths, cfg, names: list[str], need_embeddings: tuple[s
         raise ConfigError(f"{cfg.get('name', '?')}: no upstream experiments named")
     if len(set(names)) != len(names):
         raise ConfigError(f"{cfg.get('name', '?')}: an upstream experiment is named twice ({names})")
-    fpath, folds_df, fhash = fold_file_for(cfg, paths)
+    fpath, folds_df, fhash = fold_file(paths, cfg)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
     hashes = {}
     for name in names:
@@ -176,123 +134,42 @@ def load_upstreams(paths: Paths, cfg, names: list[str], need_embeddings: tuple[s
     return data
 
 
-def upstream_signature(paths: Paths, names: list[str]) -> dict:
-    """Content hash of each named experiment's artifacts: a rerun upstream whose outputs changed
-    invalidates what was built on it; one that wrote the same bytes again does not.
-
-    One digest per experiment over the sha256 of every ``fold*.npz`` / ``test_fold*.npz`` and the
-    meta.json fields that define it (config, fold file and data fingerprint hashes). File hashes are
-    cached in ``.hashes.json`` beside them, keyed by size and mtime, so an idempotence check does not
-    re-read GBs of embeddings.
-    """
-    return {name: artifact_signature(Experiment(paths.oof_dir, name)) for name in names}
-
-
-def artifact_signature(exp: Experiment) -> str:
-    files = sorted(list(exp.dir.glob("fold*.npz")) + list(exp.dir.glob("test_fold*.npz")))
-    cache_path = exp.dir / ".hashes.json"
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    except (OSError, ValueError):
-        cache = {}
-    h = hashlib.sha256()
-    fresh = {}
-    for f in files:
-        st = f.stat()
-        c = cache.get(f.name)
-        if not (isinstance(c, list) and c[:2] == [st.st_size, st.st_mtime_ns]):
-            c = [st.st_size, st.st_mtime_ns, file_hash(f)]
-        fresh[f.name] = c
-        h.update(f"{f.name}:{c[2]}|".encode())
-    if exp.meta_path.exists():
-        try:
-            meta = exp.read_meta()
-        except ArtifactError:
-            meta = {}
-        h.update(json.dumps({k: meta.get(k) for k in ("config_hash", "fold_hash", "data_key")},
-                            sort_keys=True).encode())
-    if fresh != cache and exp.dir.exists():
-        try:
-            atomic_write_json(cache_path, fresh)
-        except OSError:
-            pass          # a read-only upstream: hash again next time
-    return h.hexdigest()[:16]
-
-
-def lineage_problem(paths: Paths, name: str, _seen: dict | None = None) -> str | None:
-    """Why ``name`` is stale (an upstream artifact, at any depth, changed since it was built on it),
-    or None. Experiments that record no upstream signatures (unimodal ones) are checked at training
-    time against their fold file, config and data instead."""
-    seen = {} if _seen is None else _seen
-    if name in seen:
-        return seen[name]
-    seen[name] = None
-    exp = Experiment(paths.oof_dir, name)
-    try:
-        meta = exp.read_meta()
-    except ArtifactError as e:
-        seen[name] = str(e)
-        return seen[name]
-    for up, rec in (meta.get("upstream") or {}).items():
-        want = (rec or {}).get("signature")
-        if want is None:
-            continue
-        if not Experiment(paths.oof_dir, up).meta_path.exists():
-            seen[name] = f"its input {up} is gone"
-            break
-        if artifact_signature(Experiment(paths.oof_dir, up)) != want:
-            seen[name] = f"its input {up} changed since it was built (rerun {name})"
-            break
-        deeper = lineage_problem(paths, up, seen)
-        if deeper:
-            seen[name] = f"its input {up} is stale: {deeper}"
-            break
-    return seen[name]
-
-
-def config_hash(cfg, extra: dict | None = None) -> str:
-    """Hash of everything that changes a second-level model's outputs (not its name or tuning space)."""
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    for k in ("_source_", "name", "tune"):
-        d.pop(k, None)
-    blob = json.dumps({"cfg": d, "extra": extra or {}}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def class_weights(y: np.ndarray, power: float, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Per-class weight (1 / frequency) ** power, normalised so the weighted mean over ``y`` is 1."""
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, np.maximum(counts, 1.0) ** (-float(power)), 0.0)
-    w *= len(y) / max((w * counts).sum(), 1e-12)
-    return w
-
-
 # ------------------------------------------------------------------------------ artifact bookkeeping
 def open_experiment(paths: Paths, cfg, kind: str, data: SecondLevelData, chash: str, extra: dict) -> Experiment:
     """Create or reuse ``oof/<name>/``; a changed config or fold file starts the per-fold record afresh."""
     exp = Experiment(paths.oof_dir, cfg["name"])
     sig = upstream_signature(paths, list(data.inputs))
-    base = {"name": cfg["name"], "kind": kind, "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
-            "config_hash": chash, "fold_file": str(data.fold_file), "fold_hash": data.fold_hash,
+    base = {"name": cfg["name"], "kind": kind, "config": recorded_config(paths, cfg),
+            "config_hash": chash, "fold_file": workdir_relative(paths, data.fold_file), "fold_hash": data.fold_hash,
             "upstream": {n: {"fold_hash": u.meta.get("fold_hash"), "kind": u.meta.get("kind"), "signature": sig[n]}
                          for n, u in data.inputs.items()}, **extra}
     old = exp.read_meta() if exp.meta_path.exists() else None
     exp.pending_meta = None
     if old is not None and old.get("config_hash") == chash and old.get("fold_hash") == data.fold_hash:
-        exp.update_meta(**{k: v for k, v in base.items() if k != "folds"})
+        if _plain({k: v for k, v in old.items() if k in base}) != _plain(base):   # a reuse writes nothing
+            exp.update_meta(**{k: v for k, v in base.items() if k != "folds"})
     else:
         if old is not None:
-            log.info("%s: config, upstream or fold file changed; recomputing every fold", exp.name)
+            note(exp.name, "redone", redo_reason(old, cfg, fold_hash=data.fold_hash, config_hash_now=chash,
+                                                 upstream=sig) or "its record is incomplete")
         # Written by the first save_fold, once a new fold has been computed: a run that fails before
         # (a bad fold, a crash in the first fit) leaves the finished experiment as it was.
         exp.pending_meta = {**base, "folds": {}}
     return exp
 
 
+def _plain(d: dict) -> dict:
+    import json
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
 def fold_is_current(exp: Experiment, fold: int, fold_hash: str, chash: str) -> bool:
     if not exp.fold_done(fold, fold_hash):
         return False
-    return exp.read_meta().get("config_hash") == chash
+    current = exp.read_meta().get("config_hash") == chash
+    if current:
+        note(exp.name, "reused")
+    return current
 
 
 def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, fold_scores: dict) -> None:
@@ -307,6 +184,7 @@ def save_fold(exp: Experiment, fold: int, oof: Predictions, test: Predictions, f
     oof.save(exp.oof_path(fold))
     test.save(exp.test_path(fold))
     exp.update_meta(folds={fold: fold_scores})
+    note(exp.name, "new")
 
 
 def finish_experiment(exp: Experiment, data: SecondLevelData) -> dict | None:

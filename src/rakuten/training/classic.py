@@ -17,9 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from rakuten.artifacts import Predictions
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
-from rakuten.labels import NUM_CLASSES
+from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.models.tfidf import TfidfLinear, _quiet_sklearn
-from rakuten.training.losses import class_weights
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,8 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         dense = None
         if dense_cfg.get("experiment"):
             dense = source_features(dense_cfg["experiment"], paths, fd, progress) * float(dense_cfg.get("weight", 1.0))
-        w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
-        w = None if w is None else w.numpy()[y_tr]
+        power = float(cfg.loss.class_weight_power)
+        w = class_weights(y_tr, power)[y_tr] if power else None
         if sample_weight is not None:
             w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
         model = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed)).fit(
@@ -125,8 +124,8 @@ def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, 
     mu = feats[tr_rows].mean(0, keepdims=True)
     sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
     z = (feats - mu) / sd
-    w = class_weights(y_tr, NUM_CLASSES, cfg.loss.class_weight_power)
-    w = None if w is None else w.numpy()[y_tr]
+    power = float(cfg.loss.class_weight_power)
+    w = class_weights(y_tr, power)[y_tr] if power else None
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
     clf = LogisticRegression(C=float(cfg.model.get("head_C", 0.1)), max_iter=300, random_state=int(cfg.train.seed))

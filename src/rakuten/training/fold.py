@@ -28,8 +28,8 @@ from rakuten.artifacts import (ArtifactError, Experiment, Predictions, atomic_pa
                                file_hash)
 from rakuten.data.prepared import data_fingerprint, load_dataset, resolve_data_dir
 from rakuten.errors import RakutenError
-from rakuten.experiment import experiment_folds
 from rakuten.folds import check_folds_match
+from rakuten.lineage import config_hash, fold_file, note, recorded_config, redo_reason, workdir_relative
 from rakuten.labels import NUM_CLASSES
 from rakuten.paths import Paths
 from rakuten.reporting.metrics import scores
@@ -52,11 +52,11 @@ class FoldData:
 
 def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
     ds = ds or load_dataset(paths)
-    fpath, folds = experiment_folds(cfg, paths)
+    fpath, folds, fhash = fold_file(paths, cfg)
     check_folds_match(folds, ds.train, fpath)
     train = ds.train.set_index("id").loc[folds["id"].to_numpy()].reset_index()
     test = ds.test.reset_index(drop=True)
-    return FoldData(train, test, folds, fpath, file_hash(fpath), data_fingerprint(resolve_data_dir(paths)),
+    return FoldData(train, test, folds, fpath, fhash, data_fingerprint(resolve_data_dir(paths)),
                     experiment_data_key(cfg, train, test))
 
 
@@ -78,37 +78,6 @@ def run_signature(cfg, fd: FoldData, paths: Paths | None = None) -> dict:
     return {"config_hash": config_hash(cfg, paths), "fold_hash": fd.fold_hash, "data_key": fd.content_key}
 
 
-# Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
-_RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_size", "compile", "compile_dynamic"),
-                 "data": ("pad_to_multiple_of",)}
-
-
-def config_hash(cfg, paths: Paths | None = None) -> str:
-    """Hash of what a run computes from. Switches that are off (no label-issues file, no pseudo-label
-    source, identity-only TTA) are left out, so adding them kept every earlier artifact valid; when
-    on, the hashes of the files they read are added (``paths`` given), so a regenerated
-    label_issues.csv or a retrained source experiment invalidates the artifacts built on it."""
-    import hashlib
-    import json
-    d = cfg.to_dict()
-    d.pop("_source_", None)
-    for sec, keys in _RUNTIME_KEYS.items():
-        for k in keys:
-            d.get(sec, {}).pop(k, None)
-    if not (d.get("data", {}).get("label_issues") or {}).get("file"):
-        d.get("data", {}).pop("label_issues", None)
-    if not (d.get("train", {}).get("pseudo_labels") or {}).get("from"):
-        d.get("train", {}).pop("pseudo_labels", None)
-    if list((d.get("predict") or {}).get("tta") or ["identity"]) == ["identity"]:
-        d.pop("predict", None)
-    if paths is not None:
-        from rakuten.training.cleaning import input_signature
-        sig = input_signature(cfg, paths)
-        if sig:
-            d["_inputs_"] = sig
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = False,
                            paths: Paths | None = None) -> Path | None:
     """All folds of an experiment come from one fold file, one config and one data fingerprint:
@@ -120,25 +89,27 @@ def check_experiment_folds(exp: Experiment, fd: FoldData, cfg, force: bool = Fal
     """
     if not exp.meta_path.exists():
         return None
-    meta = exp.read_meta()
-    reason = None
-    if meta.get("fold_hash") not in (None, fd.fold_hash):
-        reason = f"made on another fold file ({meta.get('fold_file')})"
-    elif meta.get("config_hash") not in (None, config_hash(cfg, paths)):
-        reason = "trained with a different config"
-    elif meta.get("data_key") not in (None, fd.content_key):
-        reason = "trained on other data (its ids, labels, text or image files changed)"
+    reason = stale_reason(exp, fd, cfg, paths)
     if not reason:
         return None
     if not force:
-        raise ArtifactError(f"{exp.dir}: {reason}; pass --force to discard it and retrain, "
+        raise ArtifactError(f"{exp.dir}: {reason}; rerun with --force to discard it and retrain, "
                             "or give the changed config another name")
     aside = exp.dir.with_name(f".{exp.dir.name}.replaced")
     if aside.exists():
         shutil.rmtree(aside)
     exp.dir.rename(aside)
-    log.info("%s: %s; retraining (the old artifacts are deleted once the new fold is written)", exp.name, reason)
+    note(exp.name, "redone", f"{reason} (the old artifacts are deleted once the new fold is written)")
     return aside
+
+
+def stale_reason(exp: Experiment, fd: FoldData, cfg, paths: Paths | None = None) -> str | None:
+    """Why an existing unimodal experiment is not the one ``cfg`` on this data and fold file would
+    make (one line), or None when it is current or absent."""
+    if not exp.meta_path.exists():
+        return None
+    return redo_reason(exp.read_meta(), cfg, fold_hash=fd.fold_hash, config_hash_now=config_hash(cfg, paths),
+                       data_key=fd.content_key)
 
 
 def restore_replaced(exp: Experiment, aside: Path | None) -> None:
@@ -571,8 +542,13 @@ def save_tokenizer(tok, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the stage
-def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force: bool = False) -> dict:
-    """Train fold ``fold`` of experiment ``cfg`` (skipped when its artifacts are complete)."""
+def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force: bool = False,
+             replace_stale: bool = False) -> dict:
+    """Train fold ``fold`` of experiment ``cfg`` (skipped when its artifacts are complete).
+
+    ``force``: retrain even a current fold, discarding a stale experiment (``run_fold.py --force``);
+    ``replace_stale``: discard a stale experiment (config, data or fold file changed) but keep the
+    folds already done on the current inputs (``run_all.py --force``, resumable)."""
     from rakuten.training.distributed import barrier, init_distributed
     from rakuten.training.engine import seed_everything
 
@@ -589,7 +565,7 @@ def run_fold(cfg, paths: Paths, fold: int, ds=None, progress: bool = True, force
     exp = Experiment(paths.oof_dir, cfg.name)
     # rank 0 holds the fold's lock (the other ranks of one data-parallel job are its helpers)
     with fold_lock(paths, cfg.name, fold) if dist_info.is_main else nullcontext():
-        aside = check_experiment_folds(exp, fd, cfg, force, paths) if dist_info.is_main else None
+        aside = check_experiment_folds(exp, fd, cfg, force or replace_stale, paths) if dist_info.is_main else None
         try:
             s = _run_locked_fold(cfg, paths, fold, fd, exp, dist_info, progress, force,
                                  ds.label_map if ds is not None else None)
@@ -606,9 +582,12 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
     from rakuten.training.engine import seed_everything
 
     barrier(dist_info)
-    if not force and exp.fold_done(fold, fd.fold_hash):
+    was_done = exp.fold_done(fold, fd.fold_hash)
+    if not force and was_done:
         log.info("%s fold %d: artifacts complete, skipping", cfg.name, fold)
+        note(cfg.name, "reused")
         return exp.read_meta()["folds"][str(fold)]
+    note(cfg.name, "redone" if was_done else "new", "--force" if was_done else None)
     seed_everything(int(cfg.train.seed) + fold, deterministic=bool(cfg.train.deterministic))
     t0 = time.time()
     va_mask = (fd.folds["fold"] == fold).to_numpy()
@@ -699,8 +678,8 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
              best_epoch=int(np.argmax([h["val_macro_f1"] for h in history])) if history else None, **extra)
     meta = exp.update_meta(
         name=cfg.name, kind="unimodal", modality="image" if cfg.kind == "image" else "text",
-        field=None if cfg.kind == "image" else cfg.data.field, config=cfg.to_dict(), config_hash=config_hash(cfg, paths),
-        fold_file=str(fd.fold_file), fold_hash=fd.fold_hash, data_key=fd.content_key, folds={fold: s})
+        field=None if cfg.kind == "image" else cfg.data.field, config=recorded_config(paths, cfg), config_hash=config_hash(cfg, paths),
+        fold_file=workdir_relative(paths, fd.fold_file), fold_hash=fd.fold_hash, data_key=fd.content_key, folds={fold: s})
     if all(str(k) in meta["folds"] for k in sorted(fd.folds["fold"].unique())):
         oof = exp.load_oof(fd.folds)
         exp.update_meta(oof=scores(oof.labels, oof.logits))

@@ -9,26 +9,19 @@
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rakuten.errors import RakutenError
+from rakuten.labels import class_weights
 
 
-def class_weights(labels, num_classes: int, power: float) -> torch.Tensor | None:
-    """Inverse-frequency weights to ``power``, normalised to a frequency-weighted mean of 1.
-
-    Normalising keeps the loss scale (and so the learning rate) comparable across powers.
-    """
+def loss_weights(labels, num_classes: int, power: float) -> torch.Tensor | None:
+    """``rakuten.labels.class_weights`` as a loss's ``weight`` tensor; None when unweighted."""
     if not power:
         return None
-    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
-    counts = np.maximum(counts, 1.0)
-    w = counts ** (-float(power))
-    w = w / (w * counts).sum() * counts.sum()
-    return torch.tensor(w, dtype=torch.float32)
+    return torch.tensor(class_weights(labels, power, num_classes), dtype=torch.float32)
 
 
 class FocalLoss(nn.Module):
@@ -64,7 +57,7 @@ class WeightedCE(nn.Module):
 
 def make_loss(loss_cfg: dict, train_labels, num_classes: int) -> nn.Module:
     name = loss_cfg.get("name", "ce")
-    weight = class_weights(train_labels, num_classes, loss_cfg.get("class_weight_power", 0.0))
+    weight = loss_weights(train_labels, num_classes, loss_cfg.get("class_weight_power", 0.0))
     ls = float(loss_cfg.get("label_smoothing", 0.0))
     if name == "ce":
         return WeightedCE(weight, ls)
