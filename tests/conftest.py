@@ -58,10 +58,7 @@ def pytest_make_collect_report(collector):
 
 # Tests over ~10 s in files this conftest's owner does not edit (their owners may move the mark into
 # the file): each runs the real run_fold.py three times (~15 s on the busy 2-core machine).
-SLOW_ELSEWHERE = (
-    "test_lineage.py::test_changed_text_with_same_ids_and_labels_is_not_reused",
-    "test_lineage.py::test_second_process_on_a_locked_fold_exits_with_one_line",
-)
+SLOW_ELSEWHERE: tuple = ()   # test_lineage.py marks its own now
 
 
 def pytest_collection_modifyitems(config, items):

@@ -50,8 +50,13 @@ def test_every_stage_writes_its_artifacts(finished):
             assert (wd / "oof" / name / f"fold{k}.npz").exists() and (wd / "oof" / name / f"test_fold{k}.npz").exists()
     assert (wd / "oof" / "stack_lgbm" / "study.db").exists()
     assert (wd / "oof" / "stack_lgbm" / "best_config.yaml").exists()
-    subs = sorted((wd / "submissions").glob("stack_lgbm_tuned*_cv*.csv"))
+    # stack_lgbm or its tuned version, whichever scores higher on the OOF rows (ties: untuned), with
+    # the nested score of that choice beside the optimistic one, printed and in the sidecar
+    assert "stack_lgbm vs stack_lgbm_tuned" in r.stdout and " nested (chosen on the other folds" in r.stdout
+    subs = sorted((wd / "submissions").glob("stack_lgbm*_cv*.csv"))
     assert len(subs) == 1
+    sel = json.loads((subs[0].parent / (subs[0].name + ".json")).read_text())["selection"]
+    assert subs[0].name.startswith(sel["chosen"] + "_cv") and {"optimistic", "nested"} <= set(sel)
     sub = pd.read_csv(subs[0], index_col=0)
     x_test = pd.read_csv(wd / "data" / "demo" / "X_test_update.csv", index_col=0)
     assert list(sub.index) == list(x_test.index) and list(sub.columns) == ["prdtypecode"]
