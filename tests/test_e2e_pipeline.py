@@ -56,7 +56,8 @@ def test_every_stage_writes_its_artifacts(finished):
     subs = sorted((wd / "submissions").glob("stack_lgbm*_cv*.csv"))
     assert len(subs) == 1
     sel = json.loads((subs[0].parent / (subs[0].name + ".json")).read_text())["selection"]
-    assert subs[0].name.startswith(sel["chosen"] + "_cv") and {"optimistic", "nested"} <= set(sel)
+    assert subs[0].name.startswith((sel["chosen"] + "_cv", sel["chosen"] + "_bias_cv")), (subs[0].name, sel)
+    assert {"optimistic", "nested"} <= set(sel)
     sub = pd.read_csv(subs[0], index_col=0)
     x_test = pd.read_csv(wd / "data" / "demo" / "X_test_update.csv", index_col=0)
     assert list(sub.index) == list(x_test.index) and list(sub.columns) == ["prdtypecode"]
