@@ -58,11 +58,8 @@ def pytest_make_collect_report(collector):
 
 # Tests over ~10 s in files this conftest's owner does not edit (their owners may move the mark into
 # the file), by file::function (every parametrisation); measured on the busy 2-core machine.
+# test_lineage.py marks its own.
 SLOW_ELSEWHERE = (
-    "test_lineage.py::test_changed_text_with_same_ids_and_labels_is_not_reused",      # 3 run_fold.py, 15 s
-    "test_lineage.py::test_second_process_on_a_locked_fold_exits_with_one_line",      # 3 run_fold.py, 15 s
-    "test_lineage.py::test_run_all_rerun_reuses_all_and_one_change_redoes_exactly_downstream",  # 17 s
-    "test_lineage.py::test_unimodal_of_an_older_hash_is_redone_with_its_reason",      # 11 s
     "test_bad_inputs.py::test_failed_fuse_with_changed_config_keeps_the_finished_experiment",  # 24 s
     "test_bad_inputs.py::test_leaderboard_is_not_replaced_by_an_empty_one",           # 12 s
     # the 56-case matrix: its module fixture runs the scripts on a finished workdir, 126 s

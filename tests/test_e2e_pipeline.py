@@ -50,10 +50,16 @@ def test_every_stage_writes_its_artifacts(finished):
             assert (wd / "oof" / name / f"fold{k}.npz").exists() and (wd / "oof" / name / f"test_fold{k}.npz").exists()
     assert (wd / "oof" / "stack_lgbm" / "study.db").exists()
     assert (wd / "oof" / "stack_lgbm" / "best_config.yaml").exists()
-    # the submitted stack, tuned or not (submit_best keeps the tuned one only when it scores higher)
+    # stack_lgbm or its tuned version, whichever scores higher on the OOF rows (ties: untuned), with
+    # the nested score of that choice beside the optimistic one, printed and in the sidecar; the
+    # submission file is the one submitted.json names
+    assert "stack_lgbm vs stack_lgbm_tuned" in r.stdout and " nested (chosen on the other folds" in r.stdout
     submitted = json.loads((wd / "submissions" / "submitted.json").read_text())
     subs = sorted((wd / "submissions").glob("stack_lgbm*_cv*.csv"))
     assert [p.name for p in subs] == [submitted["submission"]] and submitted["experiment"].startswith("stack_lgbm")
+    sel = json.loads((subs[0].parent / (subs[0].name + ".json")).read_text())["selection"]
+    assert subs[0].name.startswith((sel["chosen"] + "_cv", sel["chosen"] + "_bias_cv")), (subs[0].name, sel)
+    assert {"optimistic", "nested"} <= set(sel)
     sub = pd.read_csv(subs[0], index_col=0)
     x_test = pd.read_csv(wd / "data" / "demo" / "X_test_update.csv", index_col=0)
     assert list(sub.index) == list(x_test.index) and list(sub.columns) == ["prdtypecode"]

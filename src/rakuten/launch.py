@@ -149,7 +149,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     from rakuten.experiment import load_experiment
     from rakuten.folds import folds_path, make_folds, write_folds
     from rakuten.presets import experiment_overrides, load_preset
-    from rakuten.lineage import fold_file
+    from rakuten.lineage import fold_file, workdir_relative
     from rakuten.artifacts import Experiment
     from rakuten.training.fold import check_experiment_folds, discard_replaced, prepare_fold_data
 
@@ -176,8 +176,8 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
             ensure_demo_data(paths, preset)
         ds = load_dataset(paths)   # once here: the workers then read the prepared cache
         for k, seed in specs:      # idempotent, and refuses to replace a different split
-            write_folds(make_folds(ds.train, k, seed), folds_path(paths.folds_dir, k, seed), k, seed,
-                        extra={"data_dir": str(ds.data_dir)})
+            write_folds(make_folds(ds.train, k, seed), folds_path(paths.folds_dir, k, seed), k, seed, force=force,
+                        extra={"data_dir": workdir_relative(paths, ds.data_dir)})
         for cfg in cfgs:
             fd = prepare_fold_data(cfg, paths, ds)
             exp = Experiment(paths.oof_dir, cfg.name)

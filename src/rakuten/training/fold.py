@@ -24,8 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rakuten.artifacts import (ArtifactError, Experiment, Predictions, atomic_path, atomic_write_csv,
-                               file_hash)
+from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_path, atomic_write_csv
 from rakuten.data.prepared import data_fingerprint, load_dataset, resolve_data_dir
 from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
