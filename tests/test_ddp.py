@@ -18,6 +18,8 @@ ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
        "OMP_NUM_THREADS": "1"}
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
+pytestmark = pytest.mark.slow    # process groups: spawned ranks and accelerate launch
+
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate not installed")
 def test_two_process_fold_matches_one_process(tmp_path):

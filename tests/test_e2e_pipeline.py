@@ -15,8 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from synthetic import random_floor
+
+pytestmark = pytest.mark.slow    # minutes: the whole pipeline on generated data
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+# A second level may trail its best input by this much OOF macro-F1 on 360 rows (3 folds of 120):
+# one row is ~0.008 accuracy, and macro-F1 over 27 classes of ~13 rows each moves by more.
+SUBMIT_MARGIN = 0.02
 UNIMODAL = ["tfidf_text", "text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny"]
 
 
@@ -43,8 +50,16 @@ def test_every_stage_writes_its_artifacts(finished):
             assert (wd / "oof" / name / f"fold{k}.npz").exists() and (wd / "oof" / name / f"test_fold{k}.npz").exists()
     assert (wd / "oof" / "stack_lgbm" / "study.db").exists()
     assert (wd / "oof" / "stack_lgbm" / "best_config.yaml").exists()
-    subs = sorted((wd / "submissions").glob("stack_lgbm_tuned*_cv*.csv"))
-    assert len(subs) == 1
+    # stack_lgbm or its tuned version, whichever scores higher on the OOF rows (ties: untuned), with
+    # the nested score of that choice beside the optimistic one, printed and in the sidecar; the
+    # submission file is the one submitted.json names
+    assert "stack_lgbm vs stack_lgbm_tuned" in r.stdout and " nested (chosen on the other folds" in r.stdout
+    submitted = json.loads((wd / "submissions" / "submitted.json").read_text())
+    subs = sorted((wd / "submissions").glob("stack_lgbm*_cv*.csv"))
+    assert [p.name for p in subs] == [submitted["submission"]] and submitted["experiment"].startswith("stack_lgbm")
+    sel = json.loads((subs[0].parent / (subs[0].name + ".json")).read_text())["selection"]
+    assert subs[0].name.startswith((sel["chosen"] + "_cv", sel["chosen"] + "_bias_cv")), (subs[0].name, sel)
+    assert {"optimistic", "nested"} <= set(sel)
     sub = pd.read_csv(subs[0], index_col=0)
     x_test = pd.read_csv(wd / "data" / "demo" / "X_test_update.csv", index_col=0)
     assert list(sub.index) == list(x_test.index) and list(sub.columns) == ["prdtypecode"]
@@ -53,7 +68,7 @@ def test_every_stage_writes_its_artifacts(finished):
     assert v.returncode == 0, v.stderr
 
 
-def test_leaderboard_scores_above_chance(finished):
+def test_leaderboard_scores_above_random_guessing(finished):
     wd, _ = finished
     board = json.loads((wd / "submissions" / "leaderboard.json").read_text())
     rows = board if isinstance(board, list) else board["rows"]
@@ -62,11 +77,36 @@ def test_leaderboard_scores_above_chance(finished):
     assert kinds["stack_lgbm"] == "stack" and kinds["fusion_late_weighted"] == "fusion"
     for r in rows:
         assert {"experiment", "kind", "macro_f1", "weighted_f1", "accuracy"} <= set(r)
-    from rakuten.metrics import chance_macro_f1
-    labels = pd.read_csv(wd / "folds" / "folds_k3_seed42.csv")["label"]
-    best = max(r["macro_f1"] for r in rows)
-    assert best > 10 * chance_macro_f1(labels)
+    floor = random_floor(_labels(wd))       # 0.068 here: random guesses on 360 rows
+    score = {r["experiment"]: r["macro_f1"] for r in rows}
+    # Left out, measured at or below random guessing on this preset (4 epochs, 240 training rows):
+    # text_tiny_description 0.026 (descriptions empty for ~40% of rows), image_tiny 0.044 with 2 torch
+    # threads and 0.088 with 1, and fusion_hier_avg_avg (reads its embeddings) 0.054 / 0.080.
+    # Every other member, the late fusion and both stacks must beat random guessing.
+    at_random = {"text_tiny_description", "image_tiny", "fusion_hier_avg_avg"}
+    weak = {n: f for n, f in score.items() if n not in at_random and f <= floor}
+    assert not weak, (weak, floor)
+    assert score["tfidf_text"] > 3 * floor and score["stack_lgbm"] > 3 * floor, (score, floor)
     assert (wd / "submissions" / "leaderboard.png").exists() and (wd / "submissions" / "leaderboard.md").exists()
+
+
+def _labels(wd: Path):
+    return pd.read_csv(wd / "folds" / "folds_k3_seed42.csv")["label"].to_numpy()
+
+
+@pytest.mark.xfail(strict=True, reason="smoke (like demo) names one stack for `submit`, which bypasses "
+                   "select_submission's fall-back to the best input; measured: the submitted stack_lgbm OOF "
+                   "macro-F1 0.379-0.417 against tfidf_text 0.507 (strict: once fixed it passes and fails)")
+def test_submitted_model_scores_at_least_its_best_input(finished):
+    """The submitted model (submitted.json) against its own inputs, all OOF on the same rows: at
+    least the best of them minus SUBMIT_MARGIN."""
+    wd, _ = finished
+    board = json.loads((wd / "submissions" / "leaderboard.json").read_text())
+    score = {r["experiment"]: r["macro_f1"] for r in (board if isinstance(board, list) else board["rows"])}
+    sub = json.loads((wd / "submissions" / "submitted.json").read_text())["experiment"]
+    inputs = json.loads((wd / "oof" / sub / "meta.json").read_text()).get("inputs") or []
+    best = max((score[n] for n in inputs), default=score[sub])
+    assert score[sub] >= best - SUBMIT_MARGIN, (sub, score[sub], best, inputs)
 
 
 def test_rerun_reuses_everything(finished):
@@ -90,14 +130,21 @@ def test_kill_during_stacker_then_rerun_reuses_finished_stages(finished, tmp_pat
                              str(wd), "--no-progress"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     seen = []
+    stack = wd / "oof" / "stack_lgbm"
     for line in proc.stdout:
         seen.append(line)
         if "===== stack =====" in line:
-            time.sleep(1.0)
+            # kill once the stacker has written its first fold, so the kill lands inside it
+            deadline = time.time() + 120
+            while not (stack / "test_fold0.npz").exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+    # the stack was unfinished when killed (else this test would only check a rerun of finished work)
+    left = [k for k in range(3) if not (stack / f"test_fold{k}.npz").exists()]
+    assert left, "the stacker had written every fold before the kill"
     run_all(wd, "--no-tuning")
     assert all(p.stat().st_mtime_ns == m for p, m in before.items()), "a finished stage was redone"
     meta = json.loads((wd / "oof" / "stack_lgbm" / "meta.json").read_text())

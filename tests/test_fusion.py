@@ -18,7 +18,7 @@ from rakuten.labels import NUM_CLASSES
 from rakuten.second_level.fusion import (FUSION_DEFAULTS, FUSION_VARIANTS, create_fusion,
                                          fit_predict_fold, fusion_config, fusion_inputs, load_fusion_data,
                                          run_fusion)
-from synthetic import make_synthetic, single_scores
+from synthetic import assert_test_close_to_oof, make_synthetic, single_scores
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["train.lr=0.01", "train.epochs=60"]
@@ -56,14 +56,22 @@ def synth_copy(synth, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- networks alone
-def test_image_projection_is_the_thesis_conv1d():
-    """The fast matmul path gives exactly what nn.Conv1d(kernel 1) gives on [B, D_img, 1]."""
-    fcfg = fusion_config({"name": "t", "fusion": {"text_groups": [["a", "b"]], "image": "img"}}).fusion
-    net = create_fusion(fcfg, {"a": 8, "b": 8, "img": 20})
+@pytest.mark.parametrize("op", ["concat", "average"])
+def test_image_projection_is_the_thesis_conv1d(op):
+    """The network's forward pass (its fast matmul for the image) gives the fused features that the
+    thesis's nn.Conv1d(kernel 1) on [B, D_img, 1] gives, combined with the text embeddings by hand."""
+    fcfg = fusion_config({"name": "t", "fusion": {"text_groups": [["a", "b"]], "image": "img", "level1_op": op,
+                                                  "level2_op": op, "head": "linear"}}).fusion
+    net = create_fusion(fcfg, {"a": 8, "b": 8, "img": 20}).eval()
     assert isinstance(net.image_proj, torch.nn.Conv1d) and net.image_proj.kernel_size == (1,)
-    x = torch.randn(5, 20)
-    ours = torch.nn.functional.linear(x, net.image_proj.weight.squeeze(-1), net.image_proj.bias)
-    torch.testing.assert_close(ours, net.image_proj(x.unsqueeze(-1)).squeeze(-1))
+    batch = {"a": torch.randn(5, 8), "b": torch.randn(5, 8), "img": torch.randn(5, 20)}
+    with torch.no_grad():
+        out = net(batch)
+        img = net.image_proj(batch["img"].unsqueeze(-1)).squeeze(-1)        # the real Conv1d
+        ref = (torch.cat([batch["a"], batch["b"], img], dim=1) if op == "concat"
+               else ((batch["a"] + batch["b"]) / 2 + img) / 2)
+        torch.testing.assert_close(out["features"], ref)
+        torch.testing.assert_close(out["logits"], ref @ net.head.weight.T + net.head.bias)
 
 
 @pytest.mark.parametrize("op1", ["add", "concat", "average"])
@@ -131,6 +139,7 @@ def test_every_fusion_config_beats_its_best_input(synth, name):
     assert sorted(meta["folds"]) == ["0", "1", "2", "3", "4"]
     t = Predictions.load(exp.test_path(0))
     assert t.logits.shape == (270, NUM_CLASSES) and np.isfinite(t.logits).all()
+    assert_test_close_to_oof(synth, cfg.name)     # the test rows, scored on the held-out labels
 
 
 def test_fold_k_model_is_fitted_only_on_other_folds(synth):
@@ -146,7 +155,9 @@ def test_fold_k_model_is_fitted_only_on_other_folds(synth):
         assert np.array_equal(out.oof.ids, data.ids[pred])
 
 
-def _altered(data, rows, rng, labels=True, embeddings=True):
+def _altered(data, rows, rng, labels=True, inputs=True):
+    """A copy of ``data`` with random labels and random upstream inputs (embeddings and logits: late
+    fusion reads the logits) on ``rows``."""
     d = copy.copy(data)
     d.folds_df = data.folds_df.copy()
     if labels:
@@ -156,26 +167,31 @@ def _altered(data, rows, rng, labels=True, embeddings=True):
     d.inputs = {}
     for n, u in data.inputs.items():
         u2 = copy.copy(u)
-        if embeddings and u.oof.embeddings is not None:
-            emb = u.oof.embeddings.copy()
-            emb[rows] = rng.normal(0, 50, size=(len(rows), emb.shape[1]))
-            u2.oof = Predictions(u.oof.ids, u.oof.logits, emb, u.oof.labels)
+        if inputs:
+            emb = None if u.oof.embeddings is None else u.oof.embeddings.copy()
+            if emb is not None:
+                emb[rows] = rng.normal(0, 50, size=(len(rows), emb.shape[1]))
+            logits = u.oof.logits.copy()
+            logits[rows] = rng.normal(0, 20, size=(len(rows), logits.shape[1]))
+            u2.oof = Predictions(u.oof.ids, logits, emb, u.oof.labels)
         d.inputs[n] = u2
     return d
 
 
-@pytest.mark.parametrize("name", ["fusion_hier_avg_avg", "fusion_late_weighted"])
-def test_fold_k_rows_do_not_reach_fold_k_model(synth, name):
-    """Noise in fold k's labels and embeddings leaves fold k's model (its test output) bit-identical;
-    the same noise in another fold changes it (so the check has power)."""
-    cfg = cfg_of(name)
+@pytest.mark.parametrize("name,overrides", [
+    ("fusion_hier_avg_avg", ()), ("fusion_late_weighted", ()), ("fusion_baseline_concat", ()),
+    ("fusion_baseline_concat", ("test_input=averaged",)), ("fusion_late_weighted", ("test_input=averaged",))])
+def test_fold_k_rows_do_not_reach_fold_k_model(synth, name, overrides):
+    """Noise in fold k's labels, embeddings and logits leaves fold k's model (its test output)
+    bit-identical; the same noise in another fold changes it (so the check has power)."""
+    cfg = cfg_of(name, *overrides)
     data = load_fusion_data(cfg, synth)
     rng = np.random.default_rng(1)
     k = 2
     ref = fit_predict_fold(cfg, data, k)
     same = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == k), rng), k)
     np.testing.assert_array_equal(ref.test.logits, same.test.logits)
-    labels_only = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == k), rng, embeddings=False), k)
+    labels_only = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == k), rng, inputs=False), k)
     np.testing.assert_array_equal(ref.oof.logits, labels_only.oof.logits)
     other = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == 0), rng), k)
     assert not np.array_equal(ref.test.logits, other.test.logits)

@@ -95,6 +95,7 @@ def demo(tmp_path_factory):
     return root, data, preset
 
 
+@pytest.mark.slow     # the demo fixture: demo data and two make_folds.py runs (~10 s)
 def test_missing_ray_is_one_line_naming_the_requirements(demo, tmp_path):
     """Without ray, launch.py exits 2 with one line that names requirements-distributed.txt."""
     root, data, preset = demo
@@ -108,6 +109,7 @@ def test_missing_ray_is_one_line_naming_the_requirements(demo, tmp_path):
     assert r.stderr.strip().splitlines() == ["error: ray is not installed; pip install -r requirements-distributed.txt"]
 
 
+@pytest.mark.slow
 def test_dry_run_plans_stages_without_ray(demo):
     root, data, preset = demo
     r = _run(["src/launch.py", "--preset", "demo", "--workdir", str(root / "ray"), "--data-dir", str(data),
@@ -120,6 +122,7 @@ def test_dry_run_plans_stages_without_ray(demo):
 
 
 # ------------------------------------------------------------------------------- launch.py on Ray
+@pytest.mark.slow
 def test_ray_launch_equals_serial_run(demo):
     """2 folds x 2 experiments + a fusion + a stack as Ray tasks; the same stages one by one through
     run_fold.py / fuse.py / stack.py in another workdir on the same data: identical artifacts. A

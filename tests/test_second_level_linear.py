@@ -17,7 +17,7 @@ from rakuten.second_level.blend import CaruanaBlend, LogitBlend, LogRegStacker, 
 from rakuten.second_level.selection import select_submission
 from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack, stack_features, load_stack_data
 from rakuten.training.classic import knn_log_proba
-from synthetic import K, make_synthetic, single_scores
+from synthetic import K, assert_test_close_to_oof, make_synthetic, single_scores
 
 INPUTS = ["text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny", "tfidf_text"]
 
@@ -108,6 +108,7 @@ def test_blend_stack_runs_oof_equal_to_cross_val_predict(synth):
     oof = Experiment(synth.oof_dir, "stack_blend_ref").load_oof(data.folds_df)
     assert np.allclose(np.exp(oof.logits), ref, atol=1e-5)
     assert res["oof"]["macro_f1"] > max(single_scores(synth, INPUTS).values())
+    assert_test_close_to_oof(synth, "stack_blend_ref")   # its test files, scored on the held-out labels
 
 
 def test_selection_is_nested_and_refuses_a_second_level_below_its_input(synth):
@@ -116,8 +117,19 @@ def test_selection_is_nested_and_refuses_a_second_level_below_its_input(synth):
     run_stack(cfg_of("name=stack_bad", "stack.model=caruana", "stack.inputs=[image_tiny]"), synth, progress=False)
     sel = select_submission(synth, ["stack_good", "stack_bad"], "macro_f1", write=False)
     assert sel["chosen"] == "stack_good"
+    for name in ("stack_good", "stack_bad"):
+        assert_test_close_to_oof(synth, name)
     assert set(sel["per_fold"]) == set(range(K))
     assert 0 < sel["nested"] <= 1 and sel["optimistic"] >= sel["nested"] - 0.05
     # only the weak single-input stack: it equals its input, never beats it -> the best input stands in
     sel = select_submission(synth, ["stack_bad"], "macro_f1", write=False)
     assert sel["fallback_to_input"] and sel["chosen"] == "image_tiny"
+
+
+@pytest.mark.parametrize("model", ["logreg", "caruana"])
+def test_linear_stacks_score_on_heldout_labels_like_their_oof(synth, model):
+    """The other linear second levels over all five inputs: beat the best input OOF, and their test
+    files, scored on the held-out labels, stay within the measured gap of that OOF."""
+    res = run_stack(cfg_of(f"name=stack_{model}_heldout", f"stack.model={model}"), synth, progress=False)
+    assert res["oof"]["macro_f1"] > max(single_scores(synth, INPUTS).values())
+    assert_test_close_to_oof(synth, f"stack_{model}_heldout")

@@ -20,6 +20,8 @@ httpx = pytest.importorskip("httpx")
 
 from test_bundle import ENV, REPO, run  # noqa: E402
 
+pytestmark = pytest.mark.slow    # reads the session fixture bundle_run (a tiny run and its export)
+
 
 @pytest.fixture(scope="module")
 def served(bundle_run):

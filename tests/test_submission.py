@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
 
 from rakuten.data.prepared import load_dataset
+from rakuten.labels import CODES
 from rakuten.reporting.submission import SubmissionError, validate_submission, write_submission
 from rakuten.stages import make_submission
-from synthetic import make_synthetic
+from synthetic import TEST_GAP, bagged_test_proba, heldout_labels, make_synthetic, oof_macro_f1, random_floor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,11 +50,36 @@ def test_challengedata_file_is_valid_and_named_by_cv_score(cd_file, ds):
     assert validate_submission(cd_file, ds, "challengedata")["rows"] == len(ds.test)
 
 
-def test_predictions_are_the_bagged_test_argmax(cd_file, ds, synth):
-    from rakuten.artifacts import Experiment
-    t = Experiment(synth.oof_dir, "image_tiny").load_test(list(range(5)), ds.test["id"].to_numpy(), average="probs")
-    want = ds.label_map.decode(t.logits.argmax(1))
-    assert pd.read_csv(cd_file, index_col=0)["prdtypecode"].tolist() == want
+def _codes_by_id(path: Path, data_dir: Path) -> pd.Series:
+    """A ChallengeData submission's codes keyed by product id, through X_test_update.csv's row index."""
+    x_test = pd.read_csv(data_dir / "X_test_update.csv", index_col=0)
+    sub = pd.read_csv(path, index_col=0)
+    assert sub.index.isin(x_test.index).all()
+    return pd.Series(sub["prdtypecode"].to_numpy(), index=x_test.loc[sub.index, "productid"].to_numpy(np.int64))
+
+
+def test_predictions_are_the_bagged_test_argmax(cd_file, synth):
+    """Each product's code is the argmax of the mean fold-model probability, recomputed from the npz
+    files with numpy/scipy and joined by product id: the fixture's test files list the rows in a
+    fold-specific order, so a writer that pairs rows by position fails here."""
+    proba = bagged_test_proba(synth, "image_tiny")
+    want = pd.Series(np.asarray(CODES)[proba.to_numpy().argmax(1)], index=proba.index)
+    got = _codes_by_id(cd_file, synth.data_dir)
+    assert set(got.index) == set(want.index)
+    assert (got.loc[want.index] == want).all()
+
+
+def test_submission_scores_on_heldout_labels_like_its_oof(cd_file, synth):
+    """The submitted codes, scored on the held-out test labels, within TEST_GAP of the experiment's
+    OOF macro-F1 (and far above the random floor): shuffled ids or another experiment's rows fail."""
+    y = heldout_labels(synth)
+    got = _codes_by_id(cd_file, synth.data_dir)
+    code_index = {c: i for i, c in enumerate(CODES)}
+    f1 = f1_score(y.loc[got.index].to_numpy(), [code_index[int(c)] for c in got], average="macro")
+    oof = oof_macro_f1(synth, "image_tiny")
+    below, above = TEST_GAP
+    assert oof - below <= f1 <= oof + above, (f1, oof)
+    assert f1 > 3 * random_floor(y.to_numpy())
 
 
 def test_no_silent_overwrite(synth, cd_file):

@@ -30,6 +30,7 @@ def synth(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("tune"))
 
 
+@pytest.mark.slow
 def test_fusion_study_writes_db_and_a_runnable_best_config(synth):
     cfg = load_config("fusion/fusion_hier_avg_avg.yaml", ["train.epochs=25", "train.lr=0.01"],
                       defaults=copy.deepcopy(FUSION_DEFAULTS))
@@ -56,6 +57,7 @@ def test_fusion_study_writes_db_and_a_runnable_best_config(synth):
     assert not (synth.oof_dir / "fusion_hier_avg_avg" / "meta.json").exists()
 
 
+@pytest.mark.slow
 def test_second_worker_process_joins_the_same_study(synth, tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     cmd = [sys.executable, str(REPO / "src" / "tune.py"), "--config", "stack_lgbm", "--trials", "3",

@@ -175,7 +175,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
             ensure_demo_data(paths, preset)
         ds = load_dataset(paths)   # once here: the workers then read the prepared cache
         for k, seed in specs:      # idempotent, and refuses to replace a different split
-            folds_stage(paths, ds, k, seed)
+            folds_stage(paths, ds, k, seed, force=force)
         for cfg in cfgs:
             fd = prepare_fold_data(cfg, paths, ds)
             exp = Experiment(paths.oof_dir, cfg.name)

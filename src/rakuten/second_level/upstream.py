@@ -18,8 +18,8 @@ import pandas as pd
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json
 from rakuten.config import ConfigError
 from rakuten.folds import inner_split  # noqa: F401  (inner_split: re-exported)
-from rakuten.lineage import (check_complete, config_hash, fold_file, note, recorded_config,  # noqa: F401
-                             redo_reason, upstream_signature, workdir_relative)
+from rakuten.lineage import (check_complete, fold_file, note, recorded_config, redo_reason, upstream_signature,
+                             workdir_relative)
 from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import scores
 from rakuten.paths import Paths
