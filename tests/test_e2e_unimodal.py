@@ -110,7 +110,7 @@ def test_bad_fold_and_override_give_one_line(workdir):
     # finished folds made with another config are never reused silently
     r = run("run_fold.py", "--workdir", workdir, "--config", "tfidf_text", "--fold", "0", "folds.k=3", "tfidf.C=1.5",
             check=False)
-    assert r.returncode == 2 and "trained with a different config" in r.stderr
+    assert r.returncode == 2 and "config changed (tfidf.C)" in r.stderr  # names the key that changed
     r = run("run_fold.py", "--workdir", workdir, "--config", "tfidf_text", "--fold", "0", "folds.k=3",
             "train.num_workers=0", "-v")
     assert "artifacts complete, skipping" in r.stderr  # runtime-only keys do not invalidate

@@ -261,7 +261,8 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
     from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
 
     selection = None
-    if isinstance(exp, (list, tuple)):
+    chosen_among_candidates = isinstance(exp, (list, tuple))   # select_submission already guards
+    if chosen_among_candidates:
         metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
         sel = select_submission(paths, list(exp), metric)
         for r in sel["table"]:
@@ -293,6 +294,8 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
                   f"nested (chosen on the other folds, per fold {sel['per_fold']})")
             exp = sel["chosen"]
             selection = sel
+    if not chosen_among_candidates:
+        exp, selection = _never_below_best_input(paths, exp, fmt, selection)
     if bias:
         # Per-class biases are used only when they raised macro-F1 on held-out folds (fitted on the
         # other folds): on small or well-calibrated data they can hurt, and the check says so.
@@ -304,6 +307,28 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
     # predictions and artifacts; otherwise it is rewritten (and says so). The writer records the
     # submitted model in submissions/submitted.json (what export.py bundles).
     return make_submission(paths, exp, fmt, bias=bias, reuse=True, selection=selection)
+
+
+def _never_below_best_input(paths: Paths, exp: str, fmt: str | None, selection: dict | None):
+    """A second level named alone (a preset's ``submit: stack_x``) is submitted only when it beats
+    its best input on the OOF rows by the target's metric; otherwise that input is, as a list of
+    candidates would choose (``select_submission``'s fall-back). Unimodal experiments pass as they are."""
+    from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
+
+    base = exp[:-len("_tuned")] if exp.endswith("_tuned") else exp
+    try:
+        upstream = Experiment(paths.oof_dir, base).read_meta().get("upstream")
+    except Exception:  # noqa: BLE001 - no readable meta.json: make_submission reports it in one line
+        return exp, selection
+    if not upstream:
+        return exp, selection
+    metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+    sel = select_submission(paths, [base], metric, write=False)
+    if not sel["fallback_to_input"]:
+        return exp, selection
+    print(f"  {exp} does not beat its best input on the OOF rows ({metric}): submitting {sel['chosen']}; "
+          f"{metric} {sel['optimistic']:.4f} on the rows it was chosen on, {sel['nested']:.4f} nested")
+    return sel["chosen"], {k: sel[k] for k in ("chosen", "metric", "optimistic", "nested", "per_fold")}
 
 
 def leaderboard(paths: Paths) -> list[dict]:
