@@ -257,13 +257,13 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
     from rakuten.reporting.leaderboard import build_leaderboard   # matplotlib
     from rakuten.reporting.submission import SubmissionError
     from rakuten.second_level.api import tuned_is_stale
-    from rakuten.second_level.selection import METRIC_OF_FORMAT, choose_tuned, select_submission
+    from rakuten.second_level.selection import choose_tuned, select_submission
     from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
 
     selection = None
     chosen_among_candidates = isinstance(exp, (list, tuple))   # select_submission already guards
     if chosen_among_candidates:
-        metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+        metric = _target_metric(paths, fmt)
         sel = select_submission(paths, list(exp), metric)
         for r in sel["table"]:
             b = r[f"best_input_{metric}"]
@@ -286,7 +286,7 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
         if stale:
             print(f"  {exp}_tuned not used: {stale}; submitting {exp}")
         else:
-            metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+            metric = _target_metric(paths, fmt)
             sel = choose_tuned(paths, exp, metric)
             others = ", ".join(f"{n} {s:.4f}" for n, s in sel["scores"].items())
             print(f"  {exp} vs {exp}_tuned (OOF {metric}: {others}): chosen {sel['chosen']}; {metric} "
@@ -309,11 +309,17 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
     return make_submission(paths, exp, fmt, bias=bias, reuse=True, selection=selection)
 
 
+def _target_metric(paths: Paths, fmt: str | None) -> str:
+    """The metric the submission is chosen by: that of the target format (the data's when not given)."""
+    from rakuten.second_level.selection import METRIC_OF_FORMAT
+    return METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+
+
 def _never_below_best_input(paths: Paths, exp: str, fmt: str | None, selection: dict | None):
     """A second level named alone (a preset's ``submit: stack_x``) is submitted only when it beats
     its best input on the OOF rows by the target's metric; otherwise that input is, as a list of
     candidates would choose (``select_submission``'s fall-back). Unimodal experiments pass as they are."""
-    from rakuten.second_level.selection import METRIC_OF_FORMAT, select_submission
+    from rakuten.second_level.selection import select_submission
 
     base = exp[:-len("_tuned")] if exp.endswith("_tuned") else exp
     try:
@@ -322,7 +328,7 @@ def _never_below_best_input(paths: Paths, exp: str, fmt: str | None, selection: 
         return exp, selection
     if not upstream:
         return exp, selection
-    metric = METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
+    metric = _target_metric(paths, fmt)
     sel = select_submission(paths, [base], metric, write=False)
     if not sel["fallback_to_input"]:
         return exp, selection
