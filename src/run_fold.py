@@ -65,8 +65,9 @@ def main(argv=None) -> int:
             ensure_folds(paths, ds, cfgs, write=main)
         for cfg, folds in todo:
             train_folds(cfg, paths, folds, ds, progress=not args.no_progress, force=args.force, announce=main)
-        from rakuten.training.distributed import finish_distributed   # torch: once the inputs are checked
-        finish_distributed()
+        from rakuten.training.distributed import finish_distributed, hard_exit  # torch: once the inputs are checked
+        if finish_distributed():
+            hard_exit(0)   # a rank of a DDP run: torch's gloo can abort the interpreter's own exit
     return 0
 
 
