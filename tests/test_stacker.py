@@ -170,6 +170,23 @@ def test_stack_config_errors():
         stack_config({"name": "s", "stack": {"inputs": ["a"]}, "lgbm": {"num_leafs": 3}})
     with pytest.raises(ConfigError, match="inputs"):
         stack_config({"name": "s"})
+    # one path for fusion and stack: the old one is refused with the new one named
+    with pytest.raises(ConfigError, match="stack.test_input is now test_input"):
+        stack_config({"name": "s", "stack": {"inputs": ["a"], "test_input": "averaged"}})
+    with pytest.raises(ConfigError, match="test_input must be per_fold or averaged"):
+        stack_config({"name": "s", "stack": {"inputs": ["a"]}, "test_input": "mean"})
+
+
+def test_stack_averaged_test_input(synth):
+    """``test_input=averaged`` (the path fusion uses too) feeds every fold booster the mean of the
+    upstream fold models' test logits: other test predictions than per_fold's, still scored close to
+    the OOF on the held-out labels."""
+    run_stack(cfg_of(*FIXED, "name=stack_pf", "stack.meta_features=false"), synth, progress=False)
+    run_stack(cfg_of(*FIXED, "name=stack_avg", "stack.meta_features=false", "test_input=averaged"), synth,
+              progress=False)
+    pf, avg = (Predictions.load(Experiment(synth.oof_dir, n).test_path(0)) for n in ("stack_pf", "stack_avg"))
+    assert not np.allclose(pf.logits, avg.logits, atol=1e-4)
+    assert_test_close_to_oof(synth, "stack_avg")
 
 
 def test_stack_script(synth):

@@ -4,7 +4,7 @@
 objects), each text member's tokenizer, the resolved configs, the label map, the per-class biases the
 submission applied, and writes ``manifest.json``. ``Bundle`` loads one and predicts products the way
 the run predicted its test set: every unimodal fold model on the products, each second-level fold
-model on its upstream fold models' outputs (``stack.test_input``), the fold models' probabilities
+model on its upstream fold models' outputs (``test_input``), the fold models' probabilities
 averaged (``Experiment.load_test(average="probs")``, what ``submit.py`` does), then the biases.
 
 Layout::
@@ -509,7 +509,7 @@ class Bundle:
         ups = {u: self._fold_logits(u, products, cache) for u in cfg.stack.inputs}
         out = {}
         for k in m["folds"]:
-            if cfg.stack.test_input == "per_fold":
+            if cfg.test_input == "per_fold":
                 lp = [log_proba(ups[u][k]) for u in cfg.stack.inputs]
             else:   # averaged: the mean of the upstream fold models' logits (SecondLevelData.test_input)
                 lp = [log_proba(np.mean([ups[u][j] for j in sorted(ups[u])], axis=0)) for u in cfg.stack.inputs]

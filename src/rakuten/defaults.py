@@ -114,7 +114,8 @@ FUSION_DEFAULTS: dict = {
         "seed": 42,
         "num_threads": 1,            # tiny networks: more intra-op threads only add sync overhead
     },
-    "test_input": "per_fold",        # per_fold | averaged (see second_level/fusion.py)
+    # per_fold | averaged (see second_level/fusion.py); the stacker's is at the same path
+    "test_input": "per_fold",
     "save_embeddings": False,        # write the fused vector as ``embeddings`` (large on real data)
 }
 
@@ -123,10 +124,10 @@ FUSION_DEFAULTS: dict = {
 STACK_DEFAULTS: dict = {
     "kind": "stack",
     "folds": {"k": 5, "seed": 42},
+    "test_input": "per_fold",        # per_fold | averaged: the same option, at the same path, as fusion's
     "stack": {
         "inputs": [],
         "meta_features": False,      # the four META_FEATURES (needs the dataset)
-        "test_input": "per_fold",    # per_fold | averaged (see second_level/stacker.py)
         # lgbm (LightGBM) | logreg (multinomial LR on log-probs) | blend (per-model weights + class
         # biases on log-probs) | caruana (hill-climbing selection of a probability average)
         "model": "lgbm",

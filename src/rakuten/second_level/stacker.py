@@ -4,7 +4,7 @@ Features: softmax(logits) of every input experiment (27 columns each) and, optio
 meta-features of the product (description present, image present, title length, description length).
 K-fold on the inputs' own fold file: fold k's booster is fitted on the other folds' OOF rows only.
 Early stopping watches an inner stratified split of those training rows, never fold k. Test
-predictions (``stack.test_input: per_fold``) apply fold k's booster to the upstream fold-k models'
+predictions (``test_input: per_fold``) apply fold k's booster to the upstream fold-k models'
 test probabilities, which are distributed like the OOF rows it is scored on; the fold boosters' test
 probabilities are then averaged. Output logits are log-probabilities; no embeddings.
 
@@ -45,6 +45,10 @@ META_FEATURES = ("has_description", "has_image", "title_len", "description_len")
 def stack_config(cfg) -> Config:
     """The config over STACK_DEFAULTS, validated."""
     d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
+    if "test_input" in (d.get("stack") or {}):
+        # its old path (before fusion and stack shared one): a bundle exported before then says so too
+        raise ConfigError(f"{d.get('name') or 'stack config'}: stack.test_input is now test_input "
+                          "(top level, as in fusion configs); move it, or re-export an older bundle")
     c = Config(deep_merge(STACK_DEFAULTS, d))
     validate_config(c, STACK_DEFAULTS, c.get("_source_") or c.get("name") or "config")
     if not c.get("name"):
@@ -53,8 +57,8 @@ def stack_config(cfg) -> Config:
         raise ConfigError(f"{c.name}: kind must be stack (got {c.kind!r})")
     if not c.stack.inputs:
         raise ConfigError(f"{c.name}: stack.inputs must name the experiments to stack")
-    if c.stack.test_input not in ("per_fold", "averaged"):
-        raise ConfigError(f"{c.name}: stack.test_input must be per_fold or averaged")
+    if c.test_input not in ("per_fold", "averaged"):
+        raise ConfigError(f"{c.name}: test_input must be per_fold or averaged")
     if c.stack.model not in STACK_MODELS:
         raise ConfigError(f"{c.name}: stack.model must be one of {', '.join(STACK_MODELS)} (got {c.stack.model!r})")
     if c.stack.features not in ("proba", "logodds"):
@@ -218,7 +222,7 @@ def stack_features(cfg, data: SecondLevelData, paths: Paths | None = None
     cfg = stack_config(cfg)
     names = list(cfg.stack.inputs)
     oof_lp = [log_proba(data.inputs[n].oof.logits) for n in names]
-    test_lp = {k: [log_proba(data.inputs[n].test_input(k, cfg.stack.test_input).logits) for n in names]
+    test_lp = {k: [log_proba(data.inputs[n].test_input(k, cfg.test_input).logits) for n in names]
                for k in data.fold_ids}
     if cfg.stack.model != "lgbm":
         # the linear second levels read log-probabilities, model-major (what blend._split expects)
