@@ -15,7 +15,9 @@ import torch
 from rakuten.artifacts import ArtifactError, Experiment, Predictions
 from rakuten.config import CONFIG_DIR, ConfigError, load_config
 from rakuten.labels import NUM_CLASSES
-from rakuten.second_level.fusion import (FUSION_DEFAULTS, FUSION_VARIANTS, create_fusion,
+from rakuten.models.fusion_nets import FUSION_MODELS
+from rakuten.models.registry import create_model, model_class
+from rakuten.second_level.fusion import (FUSION_DEFAULTS, FUSION_VARIANTS,
                                          fit_predict_fold, fusion_config, fusion_inputs, load_fusion_data,
                                          run_fusion)
 from synthetic import assert_test_close_to_oof, make_synthetic, single_scores
@@ -62,7 +64,7 @@ def test_image_projection_is_the_thesis_conv1d(op):
     thesis's nn.Conv1d(kernel 1) on [B, D_img, 1] gives, combined with the text embeddings by hand."""
     fcfg = fusion_config({"name": "t", "fusion": {"text_groups": [["a", "b"]], "image": "img", "level1_op": op,
                                                   "level2_op": op, "head": "linear"}}).fusion
-    net = create_fusion(fcfg, {"a": 8, "b": 8, "img": 20}).eval()
+    net = create_model("fusion_hierarchical", cfg=fcfg, in_dims={"a": 8, "b": 8, "img": 20}).eval()
     assert isinstance(net.image_proj, torch.nn.Conv1d) and net.image_proj.kernel_size == (1,)
     batch = {"a": torch.randn(5, 8), "b": torch.randn(5, 8), "img": torch.randn(5, 20)}
     with torch.no_grad():
@@ -83,9 +85,9 @@ def test_hierarchical_forward_every_op_and_head(op1, op2, head):
         "text_groups": [["t1", "d1"], ["t2", "d2"]], "image": "img", "level1_op": op1, "level2_op": op2,
         "head": head, "dropout": 0.2, "hidden": 16}}).fusion
     dims = {"t1": 8, "d1": 6, "t2": 10, "d2": 10, "img": 20}
-    net = create_fusion(fcfg, dims)
+    net = create_model("fusion_hierarchical", cfg=fcfg, in_dims=dims)
     batch = {k: torch.randn(4, d) for k, d in dims.items()}
-    batch["label"] = torch.tensor([0, 1, 2, 26])
+    batch["labels"] = torch.tensor([0, 1, 2, 26])
     out = net(batch)
     assert out["logits"].shape == (4, NUM_CLASSES)
     assert out["features"].shape == (4, net.out_width)
@@ -99,9 +101,11 @@ def test_registry_forward_smoke(variant):
               "baseline": {"text": ["a"], "image": "img"},
               "late": {"inputs": ["a", "b", "img"], "op": "weighted"}}[variant]
     cfg = fusion_config({"name": "t", "fusion": {"variant": variant, **fusion}})
-    specs = FUSION_VARIANTS[variant].inputs(cfg.fusion)
+    cls = model_class(FUSION_MODELS[variant])
+    assert cls.variant == variant
+    specs = cls.inputs(cfg.fusion)
     dims = {n: (NUM_CLASSES if f == "logits" else 12) for n, f in specs}
-    net = create_fusion(cfg.fusion, dims)
+    net = create_model(FUSION_MODELS[variant], cfg=cfg.fusion, in_dims=dims)
     out = net({n: torch.randn(3, d) for n, d in dims.items()})
     assert out["logits"].shape == (3, NUM_CLASSES) and torch.isfinite(out["logits"]).all()
 

@@ -1,5 +1,7 @@
-"""Registry-wide smoke tests: every registered model builds on tiny sizes, runs forward and backward,
-returns logits [B, 27] and embeddings [B, D] with no NaN; losses behave."""
+"""Registry-wide smoke tests: every registered model builds on tiny sizes; the torch unimodal models
+run forward and backward and return logits [B, 27] and embeddings [B, D] with no NaN, the fusion
+networks return logits, features and (given ``labels``) a loss, and the TF-IDF model fits a few rows;
+losses behave."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +48,20 @@ CASES = [(n, b) for n in ("text_flat_tanh", "text_cls", "text_mean") for b in ("
 CASES += [("image_timm", "tiny:cnn"), ("image_timm", "timm:test_efficientnet"), ("head_mlp", None)]
 
 
+# the fusion networks: registry name -> (their ``fusion:`` section, input name -> width)
+FUSION_CASES = {
+    "fusion_hierarchical": ({"text_groups": [["t", "d"]], "image": "img", "level1_op": "concat",
+                             "level2_op": "average", "head": "mlp", "dropout": 0.1, "hidden": 8},
+                            {"t": 8, "d": 6, "img": 10}),
+    "fusion_baseline": ({"text": ["t"], "image": "img", "op": "concat", "head": "dropout", "dropout": 0.1},
+                        {"t": 8, "img": 10}),
+    "fusion_late": ({"inputs": ["a", "b"], "op": "weighted", "space": "logprob"},
+                    {"a": NUM_CLASSES, "b": NUM_CLASSES}),
+}
+
+
 def test_registry_lists_every_case():
-    assert {n for n, _ in CASES} == set(list_models())
+    assert {n for n, _ in CASES} | set(FUSION_CASES) | {"tfidf_linear"} == set(list_models())
 
 
 @pytest.mark.parametrize("name,backbone", CASES)
@@ -62,6 +76,38 @@ def test_forward_backward(name, backbone, tokenizer):
     out["logits"].sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(FUSION_CASES))
+def test_fusion_forward_backward(name):
+    """A fusion network built by the registry reads its inputs and ``labels`` from the batch."""
+    from rakuten.models.fusion_nets import FUSION_MODELS
+    torch.manual_seed(0)
+    fcfg, dims = FUSION_CASES[name]
+    model = create_model(name, cfg=fcfg, in_dims=dims, num_classes=NUM_CLASSES)
+    assert FUSION_MODELS[model.variant] == name
+    batch = {k: torch.randn(4, d) for k, d in dims.items()}
+    with torch.no_grad():
+        assert "loss" not in model(batch)
+    batch["labels"] = torch.tensor([0, 1, 2, 26])
+    out = model(batch)
+    assert out["logits"].shape == (4, NUM_CLASSES) and torch.isfinite(out["logits"]).all()
+    if out["features"] is not None:
+        assert out["features"].shape == (4, model.out_width)
+    want = torch.nn.functional.cross_entropy(out["logits"], batch["labels"])
+    torch.testing.assert_close(out["loss"], want)      # class weights are 1 until the trainer sets them
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_tfidf_linear_fits_a_few_rows():
+    labels = np.arange(len(TEXTS)) % 5                  # TEXTS[i] is text i % 5
+    model = create_model("tfidf_linear", cfg={"C": 1.0, "max_features": 500}, num_classes=NUM_CLASSES, seed=0)
+    logits = model.fit(TEXTS, labels).predict_logits(TEXTS[:5])
+    assert logits.shape == (5, NUM_CLASSES) and np.isfinite(logits).all()
+    assert logits.argmax(1).tolist() == [0, 1, 2, 3, 4]
+    assert np.allclose(np.exp(logits).sum(1), 1.0, atol=1e-6)
 
 
 def test_flat_pooling_independent_of_padding(tokenizer):

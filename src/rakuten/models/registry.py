@@ -5,8 +5,10 @@
 
     model = create_model("text_cls", cfg=model_cfg, num_classes=27, tokenizer=tok)
 
-Configs name models by string; the training loop never knows which one it runs: every model's
-``forward(batch: dict) -> dict`` returns ``logits`` [B, C] and ``embeddings`` [B, D].
+Configs name models by string; the training loop never knows which one it runs: every unimodal torch
+model's ``forward(batch: dict) -> dict`` returns ``logits`` [B, C] and ``embeddings`` [B, D]; the
+fusion networks (``fusion_*``) return ``logits`` and ``features``; ``tfidf_linear`` is a scikit-learn
+model (``fit(texts, labels)``, ``predict_logits(texts)``). Labels travel in a batch as ``labels``.
 """
 from __future__ import annotations
 
@@ -36,24 +38,31 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_class(name: str):
+    """The constructor registered as ``name`` (for class-level helpers such as a fusion network's
+    ``check_config``/``inputs``); raises UnknownModelError like ``create_model``."""
+    _import_all()
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}") from None
+
+
 def create_model(name: str, **kwargs):
     """Build the registered model ``name``.
 
     Args:
-        name: registry name (``text_flat_tanh``, ``text_cls``, ``text_mean``, ``image_timm``, ``head_mlp``).
-        **kwargs: forwarded to the model's constructor; every model takes ``cfg`` (the ``model:``
-            section of an experiment config) and ``num_classes``.
+        name: registry name (``text_flat_tanh``, ``text_cls``, ``text_mean``, ``image_timm``, ``head_mlp``,
+            ``fusion_hierarchical``, ``fusion_baseline``, ``fusion_late``, ``tfidf_linear``).
+        **kwargs: forwarded to the model's constructor; every model takes ``cfg`` (its config section:
+            ``model:`` for the torch unimodal models, ``fusion:`` for the fusion networks, which also
+            take ``in_dims``, ``tfidf:`` for ``tfidf_linear``) and ``num_classes``.
     Raises:
         UnknownModelError: naming the registered models.
     """
-    _import_all()
-    try:
-        ctor = _MODELS[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}") from None
-    return ctor(**kwargs)
+    return model_class(name)(**kwargs)
 
 
 def _import_all() -> None:
     # Registration happens at import; importing here keeps callers from needing to know the modules.
-    from rakuten.models import heads, image, text  # noqa: F401
+    from rakuten.models import fusion_nets, heads, image, text, tfidf  # noqa: F401

@@ -33,11 +33,17 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from rakuten.errors import RakutenError
+from rakuten.labels import NUM_CLASSES
+from rakuten.models.registry import register_model
 
 
+@register_model("tfidf_linear")
 class TfidfLinear:
-    def __init__(self, cfg: dict, seed: int = 42):
-        self.cfg, self.seed = cfg, seed
+    """``create_model("tfidf_linear", cfg=<tfidf section>, num_classes=27, seed=...)``: the vectorisers and
+    the linear classifier of a ``kind: tfidf`` member (and the vectorisers of ``knn.features: tfidf``)."""
+
+    def __init__(self, cfg: dict, seed: int = 42, num_classes: int = NUM_CLASSES):
+        self.cfg, self.seed, self.num_classes = cfg, seed, int(num_classes)
         word_ngrams = cfg.get("word_ngrams", (1, 2))
         char_ngrams = cfg.get("char_ngrams", (2, 5))
         analyzer = cfg.get("char_analyzer", "char_wb")
@@ -145,7 +151,10 @@ class TfidfLinear:
             self.clf.fit(X, labels, sample_weight=sample_weight)
         return self
 
-    def predict_logits(self, texts, num_classes: int, dense=None) -> np.ndarray:
+    def predict_logits(self, texts, num_classes: int | None = None, dense=None) -> np.ndarray:
+        """[n, num_classes] log-probabilities (``num_classes``: the constructor's by default)."""
+        # getattr: a model pickled before num_classes was kept
+        num_classes = getattr(self, "num_classes", NUM_CLASSES) if num_classes is None else int(num_classes)
         X = self._features(texts, fit=False, dense=dense)
         if self.kind == "svm" and self.calibration != "sigmoid":
             from scipy.special import log_softmax

@@ -5,6 +5,9 @@ training folds, return fold k's and the test rows' logits (log-probabilities).
 Why they are here: on the real French titles (``shared/data/rakuten_text_fr``) a linear model on
 TF-IDF n-grams plus frozen e5 embeddings is the strongest single member, and nearest neighbours on
 either representation are weak alone but make different errors, which the blend exploits.
+
+The TF-IDF model is built through the model registry (``create_model("tfidf_linear", ...)``); k-NN is
+not a model class (``knn_log_proba`` votes over a bank of training rows) and is called directly.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from rakuten.artifacts import Predictions
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, class_weights
-from rakuten.models.tfidf import TfidfLinear, _quiet_sklearn
+from rakuten.models.registry import create_model
+from rakuten.models.tfidf import _quiet_sklearn
 from rakuten.training.features import frozen_features
 from rakuten.training.fold_data import field_texts
 
@@ -101,9 +105,8 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         w = class_weights(y_tr, power)[y_tr] if power else None
         if sample_weight is not None:
             w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
-        model = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed)).fit(
-            list(texts_train[tr_rows]), y_tr, w,
-            dense=None if dense is None else dense[tr_rows])
+        model = create_model("tfidf_linear", cfg=cfg.tfidf, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))
+        model.fit(list(texts_train[tr_rows]), y_tr, w, dense=None if dense is None else dense[tr_rows])
         va = model.predict_logits(list(texts_train[va_rows]), NUM_CLASSES,
                                   dense=None if dense is None else dense[va_rows])
         te = model.predict_logits(list(texts_test), NUM_CLASSES, dense=None if dense is None else dense[n_tr:])
@@ -119,7 +122,7 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         y_bank = np.asarray(y_tr, dtype=np.int64)
         if kc.features == "tfidf":
             # the TF-IDF vectorisers of the experiment's tfidf section, fitted on the training folds only
-            vec = TfidfLinear(cfg.tfidf, seed=int(cfg.train.seed))
+            vec = create_model("tfidf_linear", cfg=cfg.tfidf, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))
             bank = _l2_rows(vec._features(list(texts_train[tr_rows]), fit=True))
             va = knn_log_proba(_l2_rows(vec._features(list(texts_train[va_rows]), fit=False)), bank, y_bank,
                                kc.k, kc.temperature)
