@@ -134,7 +134,7 @@ PENDING = {"rakuten/models/registry.py", "rakuten/models/tfidf.py", "rakuten/mod
 def unexplained_local_imports(text: str) -> list[int]:
     """Line numbers of the imports inside a function body that say nowhere why they are local: a comment
     on the import's line(s), on the line directly above, or above the first of a run of consecutive
-    local imports (one comment may cover a group)."""
+    local import statements (one comment may cover a group; blank lines may separate its sections)."""
     comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(text).readline)
                 if tok.type == tokenize.COMMENT}
     lines = text.splitlines()
@@ -145,18 +145,16 @@ def unexplained_local_imports(text: str) -> list[int]:
     bad = []
 
     def scan(body: list[ast.stmt], in_function: bool) -> None:
-        explained = False      # the previous statement was an explained local import ending on the line above
-        prev_end = None
+        explained = False      # the previous statement was an explained local import
         for st in body:
             if isinstance(st, (ast.Import, ast.ImportFrom)) and in_function:
                 own = any(n in comments for n in range(st.lineno, st.end_lineno + 1)) \
                     or comment_only(st.lineno - 1)
-                explained = own or (explained and prev_end == st.lineno - 1)
+                explained = own or explained
                 if not explained:
                     bad.append(st.lineno)
-                prev_end = st.end_lineno
                 continue
-            explained, prev_end = False, None
+            explained = False
             inner = in_function or isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef))
             for field in ("body", "orelse", "finalbody"):
                 if isinstance(getattr(st, field, None), list):
@@ -190,6 +188,8 @@ def test_the_local_import_check_sees_violations():
            "    # heavy: torch\n"
            "    import torch\n"
            "    import torch.nn\n"                      # group under one comment
+           "\n"
+           "    from rakuten.x import y\n"               # still the group
            "    x = 1\n"
            "    import re\n"                            # 8: the group ended
            "    import sys  # optional: nothing\n"
@@ -199,4 +199,4 @@ def test_the_local_import_check_sees_violations():
            "    class K:\n"
            "        def g(self):\n"
            "            import csv\n")                  # 15
-    assert unexplained_local_imports(src) == [3, 8, 11, 15]
+    assert unexplained_local_imports(src) == [3, 10, 13, 17]
