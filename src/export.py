@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: pandas and numpy (the bundle) load only after the arguments are checked
         from rakuten.bundle import Bundle, BundleError, export_bundle, submitted_experiment
         from rakuten.presets import load_preset
 

@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: pandas, and scikit-learn in cleaning, load only after the arguments are checked
         from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv
         from rakuten.data.prepared import load_dataset
         from rakuten.lineage import check_complete, fold_file

@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: torch (fusion) loads only after the arguments are checked
         from rakuten.second_level.api import load_fusion
         from rakuten.second_level.fusion import run_fusion
 

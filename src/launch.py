@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: pandas (launch) loads only after the arguments are checked
         from rakuten.launch import Resources, format_table, launch, parse_folds, parse_list
 
         res = Resources(gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,

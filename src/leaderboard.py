@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: pandas (stages) loads only after the arguments are checked
         from rakuten.stages import leaderboard
 
         leaderboard(paths_from_args(args))

@@ -13,8 +13,10 @@ prdtypecode, label (class index), top-3 codes with probabilities, missing_inputs
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rakuten.cli import one_line_errors, quiet_progress, setup_logging
+from rakuten.errors import RakutenError
 
 
 def main(argv=None) -> int:
@@ -32,15 +34,13 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
-        from pathlib import Path
-
+        # heavy: numpy, pandas and the bundle (torch) load only after the arguments are checked
         import numpy as np
         import pandas as pd
         from tqdm.auto import tqdm
 
         from rakuten.artifacts import atomic_path
         from rakuten.bundle import Bundle, predictions_frame, read_products
-        from rakuten.errors import RakutenError
 
         if args.batch_rows < 1:
             raise RakutenError("--batch-rows must be >= 1")

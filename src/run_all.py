@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, quiet_progress, setup_logging
+from rakuten.errors import RakutenError
 
 
 def main(argv=None) -> int:
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
-        from rakuten.errors import RakutenError
+        # heavy: yaml and pandas (stages) load only after the arguments are checked
         from rakuten.presets import load_preset
         from rakuten.stages import run_all, validate_preset
 

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
     with one_line_errors():
+        # heavy: pandas, and torch in stages, load only after the arguments are checked
         from rakuten.experiment import load_experiment
         from rakuten.lineage import fold_file
         from rakuten.presets import load_preset

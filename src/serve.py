@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: uvicorn, fastapi and the bundle load only after the arguments are checked
         import uvicorn
 
         from rakuten.bundle import Bundle

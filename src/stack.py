@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: scikit-learn and LightGBM (the stacker) load only after the arguments are checked
         from rakuten.second_level.api import load_stack
         from rakuten.second_level.stacker import run_stack
 

@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: pandas (stages) loads only after the arguments are checked
         from rakuten.stages import make_submission
 
         path = make_submission(paths_from_args(args), args.exp, args.format, bias=args.bias, force=args.force)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+from rakuten.errors import RakutenError
 
 
 def main(argv=None) -> int:
@@ -36,10 +37,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: Optuna and scikit-learn load only after the arguments are checked
         from rakuten.second_level.api import load_second_level
         from rakuten.second_level.tuning import tune, tune_biases
 
-        from rakuten.errors import RakutenError
         if args.trials < 0 or (args.timeout is not None and args.timeout <= 0):
             raise RakutenError(f"--trials must be >= 0 and --timeout > 0 (got {args.trials}, {args.timeout})")
         cfg = load_second_level(args.config, overrides=args.overrides)

@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # heavy: pandas and scikit-learn load only after the arguments are checked
         from rakuten.data.prepared import load_dataset
         from rakuten.reporting.submission import validate_submission
 

@@ -7,6 +7,8 @@ reporting never imports second_level, and the only import cycle is the model reg
 imports the model modules so that they register, and they import its decorator).
 """
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -120,3 +122,81 @@ def test_the_checker_sees_violations():
     real = imports(modules())
     assert "rakuten.training.engine" in real["rakuten.training.fold"]       # top-level import seen
     assert "rakuten.second_level.tuning" in real["rakuten.stages"]          # function-level import seen
+
+
+# Files whose function-level imports another change will annotate or move (#12); the lead removes them
+# from this list after merging it. Their unannotated imports are tolerated and counted, not failed.
+PENDING = {"rakuten/models/registry.py", "rakuten/models/tfidf.py", "rakuten/models/heads.py",
+           "rakuten/models/text.py", "rakuten/models/image.py", "rakuten/second_level/fusion.py",
+           "rakuten/training/classic.py", "rakuten/training/fold.py"}
+
+
+def unexplained_local_imports(text: str) -> list[int]:
+    """Line numbers of the imports inside a function body that say nowhere why they are local: a comment
+    on the import's line(s), on the line directly above, or above the first of a run of consecutive
+    local import statements (one comment may cover a group; blank lines may separate its sections)."""
+    comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+                if tok.type == tokenize.COMMENT}
+    lines = text.splitlines()
+
+    def comment_only(n: int) -> bool:
+        return n in comments and lines[n - 1].lstrip().startswith("#")
+
+    bad = []
+
+    def scan(body: list[ast.stmt], in_function: bool) -> None:
+        explained = False      # the previous statement was an explained local import
+        for st in body:
+            if isinstance(st, (ast.Import, ast.ImportFrom)) and in_function:
+                own = any(n in comments for n in range(st.lineno, st.end_lineno + 1)) \
+                    or comment_only(st.lineno - 1)
+                explained = own or explained
+                if not explained:
+                    bad.append(st.lineno)
+                continue
+            explained = False
+            inner = in_function or isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for field in ("body", "orelse", "finalbody"):
+                if isinstance(getattr(st, field, None), list):
+                    scan(getattr(st, field), inner)
+            for h in getattr(st, "handlers", []) + getattr(st, "cases", []):
+                scan(h.body, inner)
+
+    scan(ast.parse(text).body, False)
+    return bad
+
+
+def test_every_function_level_import_says_why():
+    """Imports go at the top of a module; one inside a function is kept there only when it is heavy
+    (torch, transformers, ...), optional (ray, cleanlab, ...) or breaks a cycle, and a comment says which."""
+    bad, pending = [], 0
+    for f in sorted(SRC.rglob("*.py")):
+        rel = f.relative_to(SRC).as_posix()
+        found = unexplained_local_imports(f.read_text())
+        if rel in PENDING:
+            pending += len(found)
+        else:
+            bad += [f"src/{rel}:{n}" for n in found]
+    print(f"{pending} unexplained function-level imports remain in the PENDING files")
+    assert bad == [], f"{len(bad)} function-level imports without a comment saying why:\n" + "\n".join(bad)
+
+
+def test_the_local_import_check_sees_violations():
+    src = ("import os\n"
+           "def f():\n"
+           "    import json\n"                          # 3: no reason
+           "    # heavy: torch\n"
+           "    import torch\n"
+           "    import torch.nn\n"                      # group under one comment
+           "\n"
+           "    from rakuten.x import y\n"               # still the group
+           "    x = 1\n"
+           "    import re\n"                            # 8: the group ended
+           "    import sys  # optional: nothing\n"
+           "    if x:\n"
+           "        from a import (b,\n"                # 11
+           "                       c)\n"
+           "    class K:\n"
+           "        def g(self):\n"
+           "            import csv\n")                  # 15
+    assert unexplained_local_imports(src) == [3, 10, 13, 17]

@@ -203,10 +203,12 @@ class Experiment:
     def save_model(self, fold: int, obj, torch_weights: bool = False) -> Path:
         path = self.model_path(fold, "pt" if torch_weights else "joblib")
         if torch_weights:
+            # heavy: torch
             import torch
             with atomic_path(path, suffix=".pt") as tmp:
                 torch.save(obj, tmp)
         else:
+            # heavy: joblib
             import joblib
             with atomic_path(path, suffix=".joblib") as tmp:
                 joblib.dump(obj, tmp)
@@ -228,6 +230,7 @@ class Experiment:
         The lock file is never removed (removing it would let two writers lock different inodes).
         """
         try:
+            # optional: fcntl is POSIX only
             import fcntl
         except ImportError:  # not POSIX (Windows): parallel folds are not supported there
             fcntl = None

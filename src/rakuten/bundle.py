@@ -24,20 +24,31 @@ one-line reason: their embedding alignment is fitted on the run's own test rows.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import logging
 import platform
 import shutil
+import subprocess
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rakuten.artifacts import Experiment, atomic_write_json, read_json, softmax
+from rakuten.config import Config
+from rakuten.data.challenge import SIGIR_RENAME, DataError
+from rakuten.data.text import clean_text, join_text
 from rakuten.errors import RakutenError
+from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, LabelMap
-from rakuten.paths import Paths
+from rakuten.models.backbones import load_tokenizer
+from rakuten.models.registry import create_model
+from rakuten.paths import REPO_ROOT, Paths
+from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +97,6 @@ def _source_config(name: str, member_cfg: dict) -> dict:
     if member_cfg.get("name") == name:
         cfg = member_cfg
     else:
-        from rakuten.experiment import load_experiment
         cfg = load_experiment(name).to_dict()
     backbone = str(cfg.get("model", {}).get("backbone", ""))
     if cfg.get("kind") == "text" and backbone.startswith("tiny:"):
@@ -120,7 +130,6 @@ def _members(paths: Paths, name: str, out: dict) -> None:
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
     v = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "tokenizers", "timm", "scikit-learn", "lightgbm", "numpy", "pandas"):
         try:
@@ -128,8 +137,6 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     try:
-        import subprocess
-        from rakuten.paths import REPO_ROOT
         v["rakuten_commit"] = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
                                              capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -217,8 +224,6 @@ def read_products(path: str | Path, images: str | Path | None = None) -> pd.Data
     """New products from the challenge's X format (CSV: ``,designation,description,productid,imageid``;
     SIGIR TSV) or JSON lines (``title`` or ``designation``, optional ``description``, ``productid``,
     ``imageid``, ``image_path``). Returns the columns the models read, one row per product, in order."""
-    from rakuten.data.challenge import SIGIR_RENAME, DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -238,9 +243,6 @@ def read_products(path: str | Path, images: str | Path | None = None) -> pd.Data
 
 def products_frame(df: pd.DataFrame, images: str | Path | None = None, where: str = "input") -> pd.DataFrame:
     """Products (``designation`` required; others optional) -> the cleaned model inputs."""
-    from rakuten.data.challenge import DataError
-    from rakuten.data.text import clean_text, join_text
-
     if "designation" not in df.columns:
         raise DataError(f"{where}: no title column (designation or title)")
     n = len(df)
@@ -276,8 +278,6 @@ class Bundle:
     """A loaded bundle: ``predict(products)`` -> (log of the averaged probabilities [n, 27], info)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", progress: bool = False):
-        from rakuten.config import Config
-
         t0 = time.time()
         self.path = Path(path)
         mpath = self.path / "manifest.json"
@@ -305,13 +305,11 @@ class Bundle:
     def _load_source(self, cfg) -> dict:
         """The frozen backbone of a feature source, as ``training.features.frozen_features`` builds it
         (pretrained weights from the offline packages or a local folder; never trained further)."""
-        from rakuten.models.registry import create_model
-
         if cfg.kind == "text":
-            from rakuten.models.backbones import load_tokenizer
             tok = load_tokenizer(cfg.model.backbone)
             model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, tokenizer=tok)
         else:
+            # heavy: torch and timm load only when a bundle has an image member
             from rakuten.models.image import load_image_backbone
             tok = None
             backbone = load_image_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
@@ -319,8 +317,7 @@ class Bundle:
             model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, backbone=backbone)
         model = model.eval()
         if self.device == "cpu" and cfg.model.get("cpu_int8", False):
-            import warnings
-
+            # heavy: torch
             import torch
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*deprecated.*")
@@ -340,12 +337,14 @@ class Bundle:
         return self.manifest["model_version"]
 
     def _load_member(self, name: str, entry: dict, cfg, d: Path) -> dict:
+        # heavy: joblib (scikit-learn) and torch load only when a bundle loads its members
         import joblib
         import torch
 
         models = {}
         tok = None
         if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
+            # heavy: transformers
             from transformers import PreTrainedTokenizerFast
             tok = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
         for k, fname in zip(entry["folds"], entry["files"]):
@@ -355,7 +354,6 @@ class Bundle:
                 continue
             state = torch.load(f, map_location="cpu", weights_only=False)
             if "in_dim" in state:   # a head on frozen features
-                from rakuten.models.registry import create_model
                 head = create_model("head_mlp", cfg=dict(cfg.model), num_classes=NUM_CLASSES, in_dim=state["in_dim"])
                 head.load_state_dict(state["state_dict"])
                 models[k] = {"head": head.eval(), "mu": state["mu"], "sd": state["sd"]}
@@ -366,13 +364,12 @@ class Bundle:
         return models
 
     def _torch_model(self, cfg, tok, state_dict):
-        from rakuten.models.registry import create_model
-
         if cfg.kind == "text":
             # backbone from its config only (tiny:* random init, then these weights); hub names
             # would need the hub (see the module docstring)
             model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, tokenizer=tok)
         else:
+            # heavy: torch and timm
             from rakuten.models.image import load_image_backbone
             backbone = load_image_backbone(cfg.model.backbone, pretrained=False,
                                            drop_path_rate=cfg.model.get("drop_path_rate", 0.0))
@@ -413,8 +410,8 @@ class Bundle:
 
     def _classic_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """TF-IDF linear models and kNN, as ``training.classic.fit_predict`` predicts its test rows."""
+        # heavy: torch and scikit-learn
         from rakuten.training.classic import _l2_rows, knn_log_proba
-        from rakuten.training.fold_data import field_texts
 
         cfg = m["cfg"]
         texts = field_texts(products, cfg)
@@ -437,6 +434,7 @@ class Bundle:
 
     def _frozen_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """Heads on frozen features, standardised with their fold's training statistics."""
+        # heavy: the training modules load torch
         from rakuten.training.engine import Engine
         from rakuten.training.inputs import FeatureDataset, RowSubset
         from rakuten.training.loaders import make_loader
@@ -460,14 +458,15 @@ class Bundle:
     def _torch_run(self, cfg, model, products: pd.DataFrame, tok=None) -> tuple[np.ndarray, np.ndarray]:
         """(logits, embeddings) of a torch text or image model on the products, batched like training's
         eval loaders (length-sorted text batches padded per batch)."""
+        # heavy: the training modules load torch
         from rakuten.training.engine import Engine
         from rakuten.training.inputs import RowSubset
         from rakuten.training.loaders import make_loader
 
         transform, collate, lengths = None, None, None
         if cfg.kind == "text":
+            # heavy: torch
             from rakuten.data.text_dataset import TokenDataset, tokenize_texts
-            from rakuten.training.fold_data import field_texts
             from rakuten.training.samplers import pad_collate
             tokens = tokenize_texts(tok, field_texts(products, cfg), int(cfg.data.max_len))
             ds, lengths = TokenDataset(tokens), tokens.lengths
@@ -480,8 +479,7 @@ class Bundle:
         return engine.predict(loader)
 
     def _image_inputs(self, cfg, model, products: pd.DataFrame):
-        import tempfile
-
+        # heavy: torch
         from rakuten.data.image_cache import (CachedImageDataset, GpuImageAugment, build_image_cache,
                                               load_image_cache, make_image_batch_transform)
         from rakuten.models.image import image_norm
@@ -502,6 +500,7 @@ class Bundle:
         return CachedImageDataset(self._images[key]), make_image_batch_transform(augment)
 
     def _stack_logits(self, name: str, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+        # heavy: scikit-learn and LightGBM
         from rakuten.second_level.blend import log_proba, model_meta_features
         from rakuten.second_level.stacker import _log_proba, _logodds, _proba_full, stack_config
 

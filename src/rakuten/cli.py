@@ -5,8 +5,11 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
+from rakuten.errors import RakutenError
 from rakuten.paths import Paths
 
 # Tokenizers' Rust thread pool deadlocks after fork (DataLoader workers); set before any import of it.
@@ -46,10 +49,6 @@ def paths_from_args(args, writable: bool = True) -> Paths:
 
 
 def check_workdir(workdir, writable: bool = True) -> None:
-    import tempfile
-    from pathlib import Path
-
-    from rakuten.errors import RakutenError
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise RakutenError(f"--workdir {workdir} is a file, not a folder")
@@ -76,7 +75,6 @@ def setup_logging(verbose: bool = False) -> None:
 @contextmanager
 def one_line_errors():
     """Expected failures (bad data, bad config, missing artifacts) exit 2 with one line on stderr."""
-    from rakuten.errors import RakutenError
     try:
         yield
     except RakutenError as e:
@@ -91,7 +89,6 @@ def one_line_errors():
 
 def parse_fold_arg(value: str, k: int | None = None) -> list[int] | None:
     """``--fold``: an index, a comma list, or 'all' (``None`` when ``k`` is unknown, else 0..k-1)."""
-    from rakuten.errors import RakutenError
     if value == "all":
         return None if k is None else list(range(k))
     try:

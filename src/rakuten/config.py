@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from rakuten.paths import CONFIG_DIR
+from rakuten.artifacts import atomic_write_text
 
 
 class ConfigError(RakutenError, ValueError):
@@ -151,7 +152,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None, defaults: 
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
-    from rakuten.artifacts import atomic_write_text
     d = cfg.to_dict() if isinstance(cfg, Config) else cfg
     atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
 

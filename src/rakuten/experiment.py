@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rakuten.config import Config, ConfigError, load_config, validate_config
 from rakuten.defaults import EXPERIMENT_DEFAULTS
+from rakuten.training.cleaning import validate
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -28,7 +29,6 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Con
             raise ConfigError(f"{cfg._source_}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
     if cfg.kind != "image" and list(tta) != ["identity"]:
         raise ConfigError(f"{cfg._source_}: predict.tta is for image models (kind {cfg.kind!r})")
-    from rakuten.training.cleaning import validate
     validate(cfg)
     return cfg
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rakuten.artifacts import atomic_write_json
+
 # Counts per code over all 84,916 train rows (Y_train_CVw08PX.csv of the challenge). They are the real
 # class prior: the demo generator samples from it and the leaderboard reports against it.
 CODE_COUNTS: dict[int, int] = {
@@ -53,7 +55,6 @@ class LabelMap:
         return {"codes": list(self.codes), "index": {str(c): i for c, i in self._index.items()}}
 
     def save(self, path: str | Path) -> None:
-        from rakuten.artifacts import atomic_write_json
         atomic_write_json(path, self.to_json())
 
     @classmethod

@@ -36,13 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rakuten.artifacts import Experiment
+from rakuten.cli import setup_logging
 from rakuten.config import Config, ConfigError
 from rakuten.data.prepared import load_dataset
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
+from rakuten.lineage import fold_file
 from rakuten.paths import Paths
 from rakuten.presets import experiment_overrides, load_preset
+from rakuten.second_level import api
 from rakuten.stages import ensure_demo_data, folds_stage, text_only_fallback
+from rakuten.training.fold_data import prepare_fold_data
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ DISTRIBUTED_REQUIREMENTS = "requirements-distributed.txt"
 def require_ray():
     """Import ray, or fail with one line naming the optional requirements file."""
     try:
+        # optional: ray (requirements-distributed.txt)
         import ray
     except ImportError:
         raise RakutenError(f"ray is not installed; pip install -r {DISTRIBUTED_REQUIREMENTS}") from None
@@ -128,14 +133,14 @@ def _second_level_config(stage: str, name: str, folds_spec: tuple[int, int] | No
     folds and its entry for ``name``), then the unimodal experiments' ``folds.k``/``folds.seed`` (a
     second level must use its inputs' fold file, also when ``folds.k=...`` was overridden), then the
     command line's overrides. Returns (config, input experiment names)."""
-    from rakuten.second_level import api
-
     extra = ([f"folds.k={folds_spec[0]}", f"folds.seed={folds_spec[1]}"] if folds_spec else []) + overrides
     if stage == "fusion":
+        # heavy: fusion loads torch
         from rakuten.second_level.fusion import fusion_config, fusion_inputs
         cfg = api.load_fusion(name, preset, extra)
         fusion_config(cfg)  # validate now, not in a worker an hour later
         return cfg, fusion_inputs(cfg)[0]
+    # heavy: the stacker loads scikit-learn and LightGBM
     from rakuten.second_level.stacker import stack_config
     cfg = api.load_stack(name, preset, extra)
     return cfg, list(stack_config(cfg).stack.inputs)
@@ -150,8 +155,7 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     A fold that is complete on disk (same fold file) is not submitted unless ``force``. A fusion or
     stack runs when each of its inputs is complete on disk or fully produced by this launch.
     """
-    from rakuten.lineage import fold_file
-    from rakuten.training.fold_data import prepare_fold_data
+    # heavy: fold_state loads torch
     from rakuten.training.fold_state import check_experiment_folds, discard_replaced
 
     stages = list(stages or STAGES)
@@ -230,7 +234,6 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
 
 # ------------------------------------------------------------------------------------------ the tasks
 def _worker_setup() -> None:
-    from rakuten.cli import setup_logging
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     setup_logging(False)
 
@@ -241,8 +244,8 @@ def _where() -> str:
 
 def prepare_task(cfg_dict: dict, workdir: str, data_dir: str | None) -> dict:
     """Build an experiment's shared caches once, before its folds fan out (see the module docstring)."""
+    # heavy: these load torch, in the worker only
     from rakuten.training.features import frozen_features
-    from rakuten.training.fold_data import prepare_fold_data
     from rakuten.training.inputs import build_inputs_and_model
 
     _worker_setup()
@@ -259,6 +262,7 @@ def prepare_task(cfg_dict: dict, workdir: str, data_dir: str | None) -> dict:
 
 def fold_task(cfg_dict: dict, workdir: str, data_dir: str | None, fold: int, force: bool, *deps) -> dict:
     """One (experiment, fold): exactly what ``run_fold.py --config <exp> --fold <fold>`` does."""
+    # heavy: torch, in the worker only
     from rakuten.training.fold import run_fold
 
     _worker_setup()
@@ -276,8 +280,10 @@ def second_level_task(stage: str, cfg_dict: dict, workdir: str, data_dir: str | 
     t0 = time.time()
     cfg, paths = Config(cfg_dict), Paths.make(workdir, data_dir)
     if stage == "fusion":
+        # heavy: torch, in the worker only
         from rakuten.second_level.fusion import run_fusion as run
     else:
+        # heavy: scikit-learn and LightGBM, in the worker only
         from rakuten.second_level.stacker import run_stack as run
     res = run(cfg, paths, force=force, progress=False)
     return {"stage": stage, "name": cfg.name, "result": res, "seconds": round(time.time() - t0, 1),
@@ -412,8 +418,6 @@ SCORE_COLS = ("macro_f1", "weighted_f1", "accuracy")
 
 def result_rows(plan: Plan, tasks: list[Submitted], outcomes: dict[str, dict], paths: Paths) -> list[dict]:
     """One row per (experiment, fold) of the plan, plus each complete experiment's OOF row."""
-    from rakuten.artifacts import Experiment
-
     rows: list[dict] = []
 
     def meta_of(name: str) -> dict:

@@ -18,6 +18,7 @@ second-level code (the reports import it).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -39,7 +40,6 @@ HASH_LEN = 16
 
 def hashed_view(cfg) -> dict:
     """The part of a config an artifact's hash covers, as a plain dict."""
-    import copy
     d = copy.deepcopy(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
     for k in NOT_HASHED:
         d.pop(k, None)

@@ -23,6 +23,8 @@ import pandas as pd
 # ``from __future__ import annotations``) in this module's namespace
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 
 from rakuten.bundle import Bundle, predictions_frame, products_frame
 
@@ -38,8 +40,6 @@ class RequestError(Exception):
 
 
 def _check_image(raw: bytes, where: str, max_bytes: int) -> bytes:
-    from PIL import Image, UnidentifiedImageError
-
     if len(raw) > max_bytes:
         raise RequestError(413, f"{where}: image is {len(raw)} bytes, over the {max_bytes}-byte limit")
     try:
@@ -146,7 +146,6 @@ def create_app(bundle: Bundle | str | Path, max_products: int = MAX_PRODUCTS, ma
             products = _json_products(body, max_products, max_image_bytes)
         else:
             raise RequestError(415, f"content type {ctype or 'none'!r}: send application/json or multipart/form-data")
-        from starlette.concurrency import run_in_threadpool
         rows = await run_in_threadpool(predictor.predict, products)
         return {"model_version": bundle.model_version, "predictions": rows}
 

@@ -30,6 +30,8 @@ from rakuten.experiment import load_experiment
 from rakuten.folds import folds_path, make_folds, write_folds
 from rakuten.paths import Paths
 from rakuten.presets import experiment_overrides, load_preset
+from rakuten.second_level import api
+from rakuten.second_level.api import load_fusion, load_stack, tuned_is_stale
 from rakuten.training.fold_data import empty_field
 
 
@@ -48,7 +50,6 @@ def validate_preset(preset: Config) -> None:
     """Load (and so validate: names, types, ranges) every config the preset runs, with the preset's
     overrides, before the pipeline reads the data or writes anything: a typo in the last stack's
     name is then one line at once, not an error after the unimodal models have trained."""
-    from rakuten.second_level.api import load_fusion, load_stack   # torch and LightGBM
     for name in preset.experiments:
         load_experiment(name, experiment_overrides(preset, name))
     for name in preset.get("fusion") or []:
@@ -183,15 +184,11 @@ def unimodal_stage(preset, paths: Paths, ds, progress: bool = True, force: bool 
 
 # ------------------------------------------------------------------------------------- second level
 def fusion_stage(preset, paths: Paths, progress: bool = True) -> None:
-    from rakuten.second_level import api   # torch and LightGBM
-
     for name in preset.fusion:
         api.fuse(name, paths, preset, progress=progress)
 
 
 def stack_stage(preset, paths: Paths, progress: bool = True) -> None:
-    from rakuten.second_level import api   # torch and LightGBM
-
     for name in preset.stack:
         api.stack(name, paths, preset, progress=progress)
 
@@ -204,7 +201,6 @@ def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, tim
     The tuned model's OOF score is optimistic: its parameters were chosen on those OOF rows. The
     leaderboard marks it; per-class bias tuning (below) reports its gain on held-out folds instead.
     """
-    from rakuten.second_level import api            # torch and LightGBM
     from rakuten.second_level.tuning import tune    # Optuna
 
     cfg = api.load_second_level(name, preset)
@@ -234,6 +230,7 @@ def make_submission(paths: Paths, exp: str, fmt: str | None = None, bias: bool =
                     force: bool = False, reuse: bool = False, selection: dict | None = None) -> Path:
     """``reporting.submission.write_experiment_submission`` with the per-class biases of ``exp``
     when ``bias``: those in its ``biases.json`` when still current, else fitted now."""
+    # heavy: scikit-learn
     from rakuten.reporting.submission import SubmissionError, write_experiment_submission
     from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
 
@@ -256,7 +253,6 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
     metric (``selection.select_submission``), and only among models that beat their best input."""
     from rakuten.reporting.leaderboard import build_leaderboard   # matplotlib
     from rakuten.reporting.submission import SubmissionError
-    from rakuten.second_level.api import tuned_is_stale
     from rakuten.second_level.selection import choose_tuned, select_submission
     from rakuten.second_level.tuning import load_biases, tune_biases   # Optuna
 
@@ -311,6 +307,7 @@ def submit_best(paths: Paths, exp, fmt: str | None = None, bias: bool = False) -
 
 def _target_metric(paths: Paths, fmt: str | None) -> str:
     """The metric the submission is chosen by: that of the target format (the data's when not given)."""
+    # heavy: scikit-learn
     from rakuten.second_level.selection import METRIC_OF_FORMAT
     return METRIC_OF_FORMAT.get(fmt or load_dataset(paths).fmt, "macro_f1")
 
@@ -319,6 +316,7 @@ def _never_below_best_input(paths: Paths, exp: str, fmt: str | None, selection: 
     """A second level named alone (a preset's ``submit: stack_x``) is submitted only when it beats
     its best input on the OOF rows by the target's metric; otherwise that input is, as a list of
     candidates would choose (``select_submission``'s fall-back). Unimodal experiments pass as they are."""
+    # heavy: scikit-learn
     from rakuten.second_level.selection import select_submission
 
     base = exp[:-len("_tuned")] if exp.endswith("_tuned") else exp

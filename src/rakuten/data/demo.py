@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -47,12 +48,14 @@ import socket
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw
+from tqdm import tqdm
 
 from rakuten.artifacts import atomic_write_csv, atomic_write_json, atomic_write_text
 from rakuten.labels import CODE_COUNTS, CODES
@@ -890,8 +893,6 @@ def generate_demo_dataset(out_dir: str | Path, n_train: int, n_test: int, seed: 
 
 def _write_images(tasks: list, n_jobs: int | None, progress: bool) -> None:
     """Render every task, in worker processes when that pays off; the bytes do not depend on it."""
-    from tqdm import tqdm
-
     if n_jobs is None:
         n_jobs = min(8, os.cpu_count() or 1)
     # Serial below ~0.5 s of work: starting spawn workers (each imports numpy, PIL and pandas) costs more.
@@ -904,8 +905,6 @@ def _write_images(tasks: list, n_jobs: int | None, progress: bool) -> None:
     try:
         done = 0
         if n_jobs > 1 and len(chunks) > 1:
-            import multiprocessing as mp
-            from concurrent.futures.process import BrokenProcessPool
             # spawn, not fork: the caller may have threads running (torch, tokenizers) and forking a
             # threaded process can deadlock. spawn re-imports the caller's main module, so a calling
             # script needs the usual ``if __name__ == "__main__":`` guard; if it lacks one the pool

@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 
 from rakuten.errors import RakutenError
+from rakuten.models.pretrained_pypi import ensure_e5_small
+from rakuten.models.tiny_tokenizer import train_wordpiece
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ def load_text_backbone(source: str, tokenizer=None, max_len: int = 512, attn_imp
 
     For ``tiny:*`` the tokenizer decides the vocabulary size, so it must be passed in.
     """
+    # heavy: transformers
     import transformers
 
     if source.startswith("tiny:"):
@@ -63,7 +66,6 @@ def load_text_backbone(source: str, tokenizer=None, max_len: int = 512, attn_imp
                       **TINY_CONFIGS[kind])
         return _from_config(transformers, cfg, attn_implementation)
     if source.startswith("pypi:"):
-        from rakuten.models.pretrained_pypi import ensure_e5_small
         if source != "pypi:e5_small":
             raise BackboneError(f"unknown PyPI text backbone {source!r}; available: pypi:e5_small")
         source = str(ensure_e5_small())
@@ -88,13 +90,12 @@ def _from_config(transformers, cfg, attn_implementation):
 
 def load_tokenizer(source: str, train_texts=None, cache_dir: Path | None = None, vocab_size: int = 8000):
     """Tokenizer for ``source``; ``tiny:*`` trains a WordPiece tokenizer on ``train_texts`` (cached)."""
+    # heavy: transformers
     import transformers
 
     if source.startswith("tiny:"):
-        from rakuten.models.tiny_tokenizer import train_wordpiece
         return train_wordpiece(train_texts, vocab_size=vocab_size, cache_dir=cache_dir)
     if source.startswith("pypi:"):
-        from rakuten.models.pretrained_pypi import ensure_e5_small
         source = str(ensure_e5_small())
     try:
         return transformers.AutoTokenizer.from_pretrained(source)

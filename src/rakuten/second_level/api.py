@@ -40,6 +40,7 @@ def _name_of(name: str) -> str:
 
 
 def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
+    # heavy: fusion loads torch
     from rakuten.second_level.fusion import FUSION_DEFAULTS, fusion_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
     cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
@@ -48,6 +49,7 @@ def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
 
 
 def load_stack(name: str, preset=None, overrides: list[str] | None = None):
+    # heavy: the stacker loads scikit-learn and LightGBM
     from rakuten.second_level.stacker import STACK_DEFAULTS, stack_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
     cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
@@ -65,8 +67,10 @@ def load_second_level(name: str, preset=None, overrides: list[str] | None = None
 
 def run_second_level(cfg, paths: Paths, progress: bool = True) -> dict:
     if cfg.get("kind") == "stack":
+        # heavy: scikit-learn and LightGBM
         from rakuten.second_level.stacker import run_stack
         return run_stack(cfg, paths, progress=progress)
+    # heavy: torch
     from rakuten.second_level.fusion import run_fusion
     return run_fusion(cfg, paths, progress=progress)
 
@@ -88,6 +92,7 @@ def drop_skipped_inputs(cfg, preset) -> str | None:
         return None
     sec = cfg.stack if cfg.get("kind") == "stack" else cfg.fusion
     if cfg.get("kind") == "fusion" and sec.get("variant") != "late":
+        # heavy: torch
         from rakuten.second_level.fusion import fusion_inputs
         missing = sorted(set(fusion_inputs(cfg)[0]) & skipped)
         return f"its inputs {', '.join(missing)} were skipped" if missing else None

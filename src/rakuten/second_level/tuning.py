@@ -158,9 +158,11 @@ def _resolve(cfg) -> Config:
     kind = cfg.get("kind")
     # by kind, here and below: fusion brings torch, the stacker LightGBM; a study needs only its own
     if kind == "fusion":
+        # heavy: torch
         from rakuten.second_level.fusion import fusion_config
         c = fusion_config(cfg)
     elif kind == "stack":
+        # heavy: LightGBM
         from rakuten.second_level.stacker import stack_config
         c = stack_config(cfg)
     else:
@@ -235,9 +237,11 @@ class _Objective:
         self.cfg, self.paths, self.space, self.progress = cfg, paths, space, progress
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         if cfg.kind == "fusion":
+            # heavy: torch
             from rakuten.second_level.fusion import load_fusion_data
             self.data = load_fusion_data(cfg, paths)
         else:
+            # heavy: LightGBM
             from rakuten.second_level.stacker import load_stack_data, stack_features
             self.data = load_stack_data(cfg, paths)
             self.X, self.Xt, _ = stack_features(cfg, self.data, paths)
@@ -260,6 +264,7 @@ class _Objective:
                 raise optuna.TrialPruned()
 
         if tcfg.kind == "fusion":
+            # heavy: torch, for a fusion study only
             import torch
             from rakuten.second_level.fusion import fit_predict_fold
             torch.set_num_threads(int(tcfg.train.num_threads))
@@ -267,6 +272,7 @@ class _Objective:
                 out = fit_predict_fold(tcfg, data, k)
                 report(k, out.info["pred_idx"], out.oof.logits)
         else:
+            # heavy: LightGBM, for a stack study only
             from rakuten.second_level.stacker import fit_predict_oof, stacker_factory
             fit_predict_oof(stacker_factory(tcfg), self.X, y, data.fold, None, fold_ids=data.fold_ids,
                             num_classes=NUM_CLASSES, on_fold=lambda k, rows, p, t, m: report(k, rows, p))

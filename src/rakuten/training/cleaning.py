@@ -87,6 +87,7 @@ def confused_pairs(issues: pd.DataFrame, top: int = 15) -> pd.DataFrame:
 def plot_confused_pairs(pairs: pd.DataFrame, path: Path, title: str) -> None:
     import matplotlib   # slow to import, and only this plot needs it
     matplotlib.use("Agg")
+    # optional and heavy: matplotlib, after choosing its Agg backend
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(pairs), 3) + 1.2))

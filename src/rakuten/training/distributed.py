@@ -7,7 +7,9 @@ early-stopping decisions agree without communication; only rank 0 writes files.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,9 +71,6 @@ def hard_exit(code: int = 0) -> None:
     launcher then reports a failed run although every artifact was written. Every file is written
     atomically before this point, so only the standard streams and logging need flushing.
     """
-    import logging
-    import sys
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -79,6 +79,7 @@ def fold_lock(paths: Paths, name: str, fold: int):
     fails at once with one line instead. The lock files stay (removing one would let two processes
     lock different inodes)."""
     try:
+        # optional: fcntl is POSIX only
         import fcntl
     except ImportError:   # not POSIX: no lock
         yield
