@@ -124,13 +124,6 @@ def test_the_checker_sees_violations():
     assert "rakuten.second_level.tuning" in real["rakuten.stages"]          # function-level import seen
 
 
-# Files whose function-level imports another change will annotate or move (#12); the lead removes them
-# from this list after merging it. Their unannotated imports are tolerated and counted, not failed.
-PENDING = {"rakuten/models/registry.py", "rakuten/models/tfidf.py", "rakuten/models/heads.py",
-           "rakuten/models/text.py", "rakuten/models/image.py", "rakuten/second_level/fusion.py",
-           "rakuten/training/classic.py", "rakuten/training/fold.py"}
-
-
 def unexplained_local_imports(text: str) -> list[int]:
     """Line numbers of the imports inside a function body that say nowhere why they are local: a comment
     on the import's line(s), on the line directly above, or above the first of a run of consecutive
@@ -169,15 +162,9 @@ def unexplained_local_imports(text: str) -> list[int]:
 def test_every_function_level_import_says_why():
     """Imports go at the top of a module; one inside a function is kept there only when it is heavy
     (torch, transformers, ...), optional (ray, cleanlab, ...) or breaks a cycle, and a comment says which."""
-    bad, pending = [], 0
+    bad = []
     for f in sorted(SRC.rglob("*.py")):
-        rel = f.relative_to(SRC).as_posix()
-        found = unexplained_local_imports(f.read_text())
-        if rel in PENDING:
-            pending += len(found)
-        else:
-            bad += [f"src/{rel}:{n}" for n in found]
-    print(f"{pending} unexplained function-level imports remain in the PENDING files")
+        bad += [f"src/{f.relative_to(SRC).as_posix()}:{n}" for n in unexplained_local_imports(f.read_text())]
     assert bad == [], f"{len(bad)} function-level imports without a comment saying why:\n" + "\n".join(bad)
 
 

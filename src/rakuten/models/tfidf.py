@@ -24,12 +24,14 @@ import warnings
 
 import numpy as np
 from scipy import sparse
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.svm import LinearSVC
 
 from rakuten.errors import RakutenError
@@ -90,10 +92,6 @@ class TfidfLinear:
     def _fit_temperature(self, X, y, sample_weight) -> float:
         """One temperature for the SVM's decision values, fitted on an inner 10% split (never on rows
         the model trained on: those are overconfident)."""
-        from scipy.optimize import minimize_scalar
-        from scipy.special import log_softmax
-        from sklearn.model_selection import train_test_split
-
         idx = np.arange(len(y))
         counts = np.bincount(y)
         # a stratified split needs every class twice and at least one calibration row per class
@@ -157,7 +155,6 @@ class TfidfLinear:
         num_classes = getattr(self, "num_classes", NUM_CLASSES) if num_classes is None else int(num_classes)
         X = self._features(texts, fit=False, dense=dense)
         if self.kind == "svm" and self.calibration != "sigmoid":
-            from scipy.special import log_softmax
             d = self.clf.decision_function(X) * self.temperature
             full = np.full((d.shape[0], num_classes), -30.0, dtype=np.float64)
             full[:, self.clf.classes_] = d
