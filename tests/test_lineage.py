@@ -279,7 +279,7 @@ def test_tuned_vs_untuned_is_chosen_with_its_nested_score_beside_the_optimistic_
     from rakuten.folds import folds_path, read_folds
     from rakuten.second_level.api import load_stack
     from rakuten.stages import submit_best
-    from rakuten.second_level.selection import _f1
+    from rakuten.metrics import f1 as _f1
     from rakuten.second_level.stacker import run_stack
     from rakuten.reporting.submission import sidecar_path
     cfg = load_stack("stack_lgbm", overrides=SMALL_STACK)

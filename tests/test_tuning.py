@@ -15,7 +15,8 @@ from rakuten.config import load_config
 from rakuten.metrics import scores
 from rakuten.second_level.fusion import FUSION_DEFAULTS, run_fusion
 from rakuten.second_level.stacker import STACK_DEFAULTS, run_stack
-from rakuten.second_level.tuning import (fit_class_biases, load_biases, macro_f1_fast, search_space, tune,
+from rakuten.metrics import macro_f1_fast
+from rakuten.second_level.tuning import (fit_class_biases, load_biases, search_space, tune,
                                          tune_biases)
 from synthetic import K, make_synthetic
 

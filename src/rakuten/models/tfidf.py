@@ -30,13 +30,13 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.svm import LinearSVC
 
 from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.models.registry import register_model
+from rakuten.metrics import f1
 
 
 @register_model("tfidf_linear")
@@ -124,7 +124,7 @@ class TfidfLinear:
                 for tr, va in splits:
                     clf = self._base(C)
                     clf.fit(X[tr], y[tr], sample_weight=None if sample_weight is None else sample_weight[tr])
-                    f1s.append(f1_score(y[va], clf.predict(X[va]), average="macro"))
+                    f1s.append(f1(y[va], clf.predict(X[va]), "macro_f1"))
                 self.search.append({"C": C, "inner_macro_f1": float(np.mean(f1s))})
         best = max(self.search, key=lambda r: (r["inner_macro_f1"], -r["C"]))  # ties: the smaller C
         return best["C"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json
 from rakuten.errors import RakutenError
+from rakuten.metrics import f1
 from rakuten.paths import Paths
 from rakuten.lineage import check_complete, fold_file, lineage_problem
 from rakuten.second_level.api import tuned_is_stale
@@ -25,10 +25,6 @@ from rakuten.second_level.api import tuned_is_stale
 log = logging.getLogger(__name__)
 
 METRIC_OF_FORMAT = {"challengedata": "weighted_f1", "sigir": "macro_f1"}
-
-
-def _f1(y, pred, metric: str) -> float:
-    return float(f1_score(y, pred, average="weighted" if metric == "weighted_f1" else "macro"))
 
 
 def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
@@ -86,8 +82,8 @@ def select_submission(paths: Paths, candidates: list[str], metric: str, write: b
     def pick(rows) -> str | None:
         best, best_s = None, -1.0
         for n in loaded:
-            s = _f1(y[rows], preds[n][rows], metric)
-            ins = [_f1(y[rows], preds[u][rows], metric) for u in inputs[n] if u in preds]
+            s = f1(y[rows], preds[n][rows], metric)
+            ins = [f1(y[rows], preds[u][rows], metric) for u in inputs[n] if u in preds]
             if ins and s <= max(ins):
                 continue   # does not beat its best input on these rows: not eligible
             if s > best_s:
@@ -101,23 +97,23 @@ def select_submission(paths: Paths, candidates: list[str], metric: str, write: b
         rows = np.flatnonzero(fold == k)
         if chosen_k is None:   # nothing eligible on these folds: the best single input stands in
             chosen_k = max((u for u in preds if u not in loaded),
-                           key=lambda u: _f1(y[fold != k], preds[u][fold != k], metric))
+                           key=lambda u: f1(y[fold != k], preds[u][fold != k], metric))
         nested_pred[rows] = preds[chosen_k][rows]
         per_fold[int(k)] = chosen_k
     all_rows = np.arange(len(y))
     chosen = pick(all_rows)
     fallback = chosen is None
     if fallback:   # no second level beats its best input: submit the best input itself
-        chosen = max((u for u in preds if u not in loaded), key=lambda u: _f1(y, preds[u], metric))
+        chosen = max((u for u in preds if u not in loaded), key=lambda u: f1(y, preds[u], metric))
     table = []
     for n in loaded:
-        best_in = max(inputs[n], key=lambda u: _f1(y, preds[u], metric) if u in preds else -1, default=None)
-        table.append({"experiment": n, metric: _f1(y, preds[n], metric),
+        best_in = max(inputs[n], key=lambda u: f1(y, preds[u], metric) if u in preds else -1, default=None)
+        table.append({"experiment": n, metric: f1(y, preds[n], metric),
                       "best_input": best_in,
-                      f"best_input_{metric}": _f1(y, preds[best_in], metric) if best_in in preds else None})
+                      f"best_input_{metric}": f1(y, preds[best_in], metric) if best_in in preds else None})
     table.sort(key=lambda r: -r[metric])
     out = {"chosen": chosen, "fallback_to_input": fallback, "metric": metric,
-           "nested": _f1(y, nested_pred, metric), "optimistic": _f1(y, preds[chosen], metric),
+           "nested": f1(y, nested_pred, metric), "optimistic": f1(y, preds[chosen], metric),
            "per_fold": per_fold, "table": table}
     if write:
         atomic_write_json(paths.submissions_dir / "selection.json", out)
@@ -129,7 +125,7 @@ def _nested_choice(names: list[str], preds: dict, y: np.ndarray, fold: np.ndarra
     rows), and the nested score of that rule: for each fold k the best on the other folds, scored on
     fold k. Ties go to the earlier name (the untuned model: fewer choices made on these rows)."""
     def best(rows):
-        return max(names, key=lambda n: (_f1(y[rows], preds[n][rows], metric), -names.index(n)))
+        return max(names, key=lambda n: (f1(y[rows], preds[n][rows], metric), -names.index(n)))
     nested_pred = np.empty_like(y)
     per_fold = {}
     for k in sorted(np.unique(fold)):
@@ -138,9 +134,9 @@ def _nested_choice(names: list[str], preds: dict, y: np.ndarray, fold: np.ndarra
         nested_pred[rows] = preds[pick][rows]
         per_fold[int(k)] = pick
     chosen = best(np.arange(len(y)))
-    return {"chosen": chosen, "metric": metric, "optimistic": _f1(y, preds[chosen], metric),
-            "nested": _f1(y, nested_pred, metric), "per_fold": per_fold,
-            "scores": {n: _f1(y, preds[n], metric) for n in names}}
+    return {"chosen": chosen, "metric": metric, "optimistic": f1(y, preds[chosen], metric),
+            "nested": f1(y, nested_pred, metric), "per_fold": per_fold,
+            "scores": {n: f1(y, preds[n], metric) for n in names}}
 
 
 def choose_tuned(paths: Paths, name: str, metric: str) -> dict:

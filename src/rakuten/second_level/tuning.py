@@ -36,7 +36,7 @@ from rakuten.config import Config, ConfigError
 from rakuten.defaults import TUNE_DEFAULTS
 from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
-from rakuten.metrics import scores
+from rakuten.metrics import macro_f1_fast, scores
 from rakuten.paths import Paths
 from rakuten.lineage import check_complete, config_hash, fold_file, note, upstream_signature, workdir_relative
 
@@ -371,15 +371,6 @@ def tune(cfg, paths: Paths, n_trials: int, timeout: float | None = None, storage
 
 
 # -------------------------------------------------------------------------------------- logit biases
-def macro_f1_fast(y: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
-    """Macro-F1 over classes present in ``y`` or ``pred`` (sklearn's default), via bincount."""
-    t = np.bincount(y, minlength=num_classes)
-    p = np.bincount(pred, minlength=num_classes)
-    tp = np.bincount(y[y == pred], minlength=num_classes)
-    present = (t + p) > 0
-    return float((2.0 * tp[present] / (t[present] + p[present])).mean())
-
-
 def fit_class_biases(logits: np.ndarray, y: np.ndarray, grid=None, rounds: int = 2) -> np.ndarray:
     """Per-class additive biases maximising macro-F1 of ``argmax(logits + b)``, by coordinate ascent.
 
