@@ -1,7 +1,7 @@
 """The package's layering, read from the source with ast (every import, also those inside functions).
 
-Layers, bottom to top: base (errors, paths, labels, config, defaults, artifacts, folds, lineage,
-metrics, presets) -> data -> models -> training (+ experiment) -> second_level -> reporting -> the top
+Layers, bottom to top: base (errors, paths, labels, config, defaults, experiment, artifacts, folds,
+lineage, metrics, presets) -> data -> models -> training -> second_level -> reporting -> the top
 (stages, cli, launch, bundle, serve). A module imports only from its own layer or those below,
 reporting never imports second_level, and the only import cycle is the model registry's (registry.py
 imports the model modules so that they register, and they import its decorator).
@@ -15,7 +15,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "rakuten"
 
 BASE = {"rakuten", "rakuten.errors", "rakuten.paths", "rakuten.labels", "rakuten.config", "rakuten.artifacts",
-        "rakuten.defaults", "rakuten.folds", "rakuten.lineage", "rakuten.metrics", "rakuten.presets"}
+        "rakuten.defaults", "rakuten.experiment", "rakuten.folds", "rakuten.lineage", "rakuten.metrics",
+        "rakuten.presets"}
 SUBPACKAGES = {"data": 1, "models": 2, "training": 3, "second_level": 4, "reporting": 5}
 TOP = {"rakuten.stages", "rakuten.cli", "rakuten.launch", "rakuten.bundle", "rakuten.serve"}
 LAYER_NAMES = ["base", "data", "models", "training", "second_level", "reporting", "top"]
@@ -34,8 +35,6 @@ def layer(mod: str) -> int:
         return 0
     if mod in TOP:
         return 6
-    if mod == "rakuten.experiment":   # experiment configs: training-level defaults (cleaning, image cache)
-        return 3
     parts = mod.split(".")
     if len(parts) > 1 and parts[1] in SUBPACKAGES:
         return SUBPACKAGES[parts[1]]

@@ -6,10 +6,16 @@ from pathlib import Path
 
 from rakuten.config import Config, ConfigError, load_config, validate_config
 from rakuten.defaults import EXPERIMENT_DEFAULTS
-from rakuten.training.cleaning import validate
+
+# label_issues.action values (training.cleaning applies them)
+ACTIONS = ("drop", "relabel", "downweight")
+# predict.tta views (data.image_cache.apply_view applies them)
+TTA_VIEWS = ("identity", "hflip")
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """An experiment config by name or path, over ``EXPERIMENT_DEFAULTS`` with ``key=value``
+    overrides, its types and allowed values checked (unknown keys and bad switches fail here)."""
     cfg = load_config(path, overrides, defaults=copy.deepcopy(EXPERIMENT_DEFAULTS))
     validate_config(cfg, EXPERIMENT_DEFAULTS, cfg._source_)
     if cfg.kind not in ("text", "image", "tfidf", "knn"):
@@ -22,13 +28,43 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Con
         raise ConfigError(f"{cfg._source_}: knn.k must be >= 1 and knn.temperature > 0")
     if cfg.kind != "image" and cfg.data.field not in ("title", "description", "text"):
         raise ConfigError(f"{cfg._source_}: data.field must be title, description or text")
-    tta = cfg.get("predict", {}).get("tta") or ["identity"]
+    tta = cfg.predict.tta or ["identity"]
     if tta != ["identity"]:
-        from rakuten.data.image_cache import TTA_VIEWS   # imports torch: only when TTA is on
         if not isinstance(tta, list) or any(v not in TTA_VIEWS for v in tta):
             raise ConfigError(f"{cfg._source_}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
     if cfg.kind != "image" and list(tta) != ["identity"]:
         raise ConfigError(f"{cfg._source_}: predict.tta is for image models (kind {cfg.kind!r})")
-    validate(cfg)
+    validate_cleaning(cfg)
     return cfg
+
+
+def validate_cleaning(cfg) -> None:
+    """Label-issue cleaning and pseudo-labels (``training.cleaning``): bad switches fail when the
+    config loads, not mid-run."""
+    li = cfg.data.get("label_issues") or {}
+    if li.get("file"):
+        if li.get("action") not in ACTIONS:
+            raise ConfigError(f"{cfg._source_}: data.label_issues.action must be one of {', '.join(ACTIONS)} "
+                              f"(got {li.get('action')!r})")
+        if not 0 < float(li["frac"]) <= 1:
+            raise ConfigError(f"{cfg._source_}: data.label_issues.frac must be in (0, 1]")
+        if li.get("action") == "downweight" and not 0 <= float(li["weight"]) < 1:
+            raise ConfigError(f"{cfg._source_}: data.label_issues.weight must be in [0, 1) for downweight")
+    pl = cfg.train.get("pseudo_labels") or {}
+    if pl.get("from"):
+        if not 0 <= float(pl["threshold"]) <= 1:
+            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.threshold must be in [0, 1]")
+        if float(pl["weight"]) <= 0:
+            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.weight must be > 0")
+        if pl["source"] not in ("fold", "bagged"):
+            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.source must be fold or bagged")
+        if pl.get("from") == cfg.get("name"):
+            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.from cannot be the experiment itself")
+    weighted = ((li.get("file") and li.get("action") == "downweight")
+                or (pl.get("from") and float(pl["weight"]) != 1.0))
+    torch_head = cfg.kind in ("text", "image") and cfg.model.head != "logreg"
+    if weighted and (torch_head or cfg.kind == "knn"):
+        # the torch losses and the kNN vote take no per-row weight yet
+        raise ConfigError(f"{cfg._source_}: per-row weights (label_issues downweight, pseudo_labels.weight != 1) "
+                          "are supported by kind tfidf and the logreg head only; use drop/relabel or weight 1")
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from rakuten.artifacts import ArtifactError, atomic_path, atomic_write_json, read_json
+from rakuten.experiment import TTA_VIEWS
 
 try:
     from tqdm.auto import tqdm as _tqdm
@@ -385,7 +386,6 @@ class GpuImageAugment:
 
 
 # Test-time views (``predict.tta``): deterministic, applied after the eval resize and normalisation.
-TTA_VIEWS = ("identity", "hflip")
 
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:

@@ -24,14 +24,12 @@ import numpy as np
 import pandas as pd
 
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_path, softmax
-from rakuten.config import ConfigError
 from rakuten.data.prepared import load_dataset
 from rakuten.lineage import issues_path
 
 log = logging.getLogger(__name__)
 
 ISSUE_COLUMNS = ["id", "given_code", "suggested_code", "score"]
-ACTIONS = ("drop", "relabel", "downweight")
 
 
 # ------------------------------------------------------------------------------------------- finding
@@ -101,37 +99,6 @@ def plot_confused_pairs(pairs: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------- config
-def validate(cfg) -> None:
-    """Called by ``load_experiment``: bad switches fail when the config loads, not mid-run."""
-    li = cfg.data.get("label_issues") or {}
-    if li.get("file"):
-        if li.get("action") not in ACTIONS:
-            raise ConfigError(f"{cfg._source_}: data.label_issues.action must be one of {', '.join(ACTIONS)} "
-                              f"(got {li.get('action')!r})")
-        if not 0 < float(li.get("frac", 1.0)) <= 1:
-            raise ConfigError(f"{cfg._source_}: data.label_issues.frac must be in (0, 1]")
-        if li.get("action") == "downweight" and not 0 <= float(li.get("weight", 0.25)) < 1:
-            raise ConfigError(f"{cfg._source_}: data.label_issues.weight must be in [0, 1) for downweight")
-    pl = cfg.train.get("pseudo_labels") or {}
-    if pl.get("from"):
-        if not 0 <= float(pl.get("threshold", 0.9)) <= 1:
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.threshold must be in [0, 1]")
-        if float(pl.get("weight", 1.0)) <= 0:
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.weight must be > 0")
-        if pl.get("source", "fold") not in ("fold", "bagged"):
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.source must be fold or bagged")
-        if pl.get("from") == cfg.get("name"):
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.from cannot be the experiment itself")
-    weighted = ((li.get("file") and li.get("action") == "downweight")
-                or (pl.get("from") and float(pl.get("weight", 1.0)) != 1.0))
-    torch_head = cfg.kind in ("text", "image") and cfg.model.get("head", "mlp") != "logreg"
-    if weighted and (torch_head or cfg.kind == "knn"):
-        # the torch losses and the kNN vote take no per-row weight yet
-        raise ConfigError(f"{cfg._source_}: per-row weights (label_issues downweight, pseudo_labels.weight != 1) "
-                          "are supported by kind tfidf and the logreg head only; use drop/relabel or weight 1")
-
-
 # -------------------------------------------------------------------------------------- applying
 def read_issues(path: Path) -> pd.DataFrame:
     if not path.exists():
@@ -148,7 +115,7 @@ def pseudo_labels(cfg, paths, fold: int, test_ids: np.ndarray) -> tuple[np.ndarr
     pl = cfg.train.pseudo_labels
     exp = Experiment(paths.oof_dir, pl["from"])
     test_ids = np.asarray(test_ids, dtype=np.int64)
-    if pl.get("source", "fold") == "fold":
+    if pl["source"] == "fold":
         if not exp.test_path(fold).exists():
             raise ArtifactError(f"{exp.test_path(fold)}: missing; train experiment {pl['from']} first")
         probs = softmax(Predictions.load(exp.test_path(fold)).reindex(test_ids).logits.astype(np.float64))
@@ -157,7 +124,7 @@ def pseudo_labels(cfg, paths, fold: int, test_ids: np.ndarray) -> tuple[np.ndarr
         if not folds:
             raise ArtifactError(f"{exp.dir}: no test predictions; train experiment {pl['from']} first")
         probs = softmax(exp.load_test(folds, ids=test_ids, average="probs").logits.astype(np.float64))
-    keep = np.flatnonzero(probs.max(1) >= float(pl.get("threshold", 0.9)))
+    keep = np.flatnonzero(probs.max(1) >= float(pl["threshold"]))
     return keep, probs[keep].argmax(1).astype(np.int64)
 
 
@@ -175,7 +142,7 @@ def training_rows(cfg, paths, fd, fold: int, tr_rows: np.ndarray, y_tr: np.ndarr
     if path is not None:
         li = cfg.data.label_issues
         issues = read_issues(path)
-        n_act = int(np.ceil(float(li.get("frac", 1.0)) * len(issues)))
+        n_act = int(np.ceil(float(li["frac"]) * len(issues)))
         issues = issues.iloc[:n_act]
         pos = {int(i): k for k, i in enumerate(fd.train["id"].to_numpy(np.int64)[tr_rows])}
         hit = np.array([pos.get(int(i), -1) for i in issues["id"]], dtype=np.int64)
@@ -189,15 +156,15 @@ def training_rows(cfg, paths, fd, fold: int, tr_rows: np.ndarray, y_tr: np.ndarr
             lm = label_map if label_map is not None else _label_map(paths)
             y_tr[at] = np.asarray(lm.encode(issues["suggested_code"].to_numpy()[on_train].tolist()), dtype=np.int64)
         else:
-            w[at] *= float(li.get("weight", 0.25))
+            w[at] *= float(li["weight"])
         facts["label_issues"] = {"action": li.action, "n_listed": n_act, "n_applied": int(on_train.sum())}
     pl = cfg.train.get("pseudo_labels") or {}
     if pl.get("from"):
         rows, labels = pseudo_labels(cfg, paths, fold, fd.test["id"].to_numpy(np.int64))
         tr_rows = np.concatenate([tr_rows, len(fd.train) + rows])
         y_tr = np.concatenate([y_tr, labels])
-        w = np.concatenate([w, np.full(len(rows), float(pl.get("weight", 1.0)))])
-        facts["pseudo_labels"] = {"n_added": int(len(rows)), "source": pl.get("source", "fold")}
+        w = np.concatenate([w, np.full(len(rows), float(pl["weight"]))])
+        facts["pseudo_labels"] = {"n_added": int(len(rows)), "source": pl["source"]}
     return tr_rows, y_tr, (None if np.all(w == 1.0) else w), facts
 
 
@@ -206,4 +173,4 @@ def _label_map(paths):
 
 
 __all__ = ["label_issue_table", "per_class_table", "confused_pairs", "plot_confused_pairs", "rank_label_issues",
-           "training_rows", "pseudo_labels", "validate", "issues_path"]
+           "training_rows", "pseudo_labels", "issues_path"]
