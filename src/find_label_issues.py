@@ -28,16 +28,14 @@ def main(argv=None) -> int:
         # heavy: pandas, and scikit-learn in cleaning, load only after the arguments are checked
         from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv
         from rakuten.data.prepared import load_dataset
-        from rakuten.lineage import check_complete, fold_file
+        from rakuten.lineage import finished_oof
         from rakuten.training.cleaning import confused_pairs, label_issue_table, per_class_table, plot_confused_pairs
 
         paths = paths_from_args(args)
         exp = Experiment(paths.oof_dir, args.exp)
         if not exp.meta_path.exists():
             raise ArtifactError(f"{exp.dir}: no finished experiment {args.exp!r} (meta.json missing)")
-        _, folds_df, fhash = fold_file(paths, exp)
-        check_complete(exp, sorted(int(k) for k in folds_df["fold"].unique()), fhash)
-        oof = exp.load_oof(folds_df)
+        _, folds_df, _, oof = finished_oof(paths, exp)
         label_map = load_dataset(paths).label_map
         labels = folds_df["label"].to_numpy()
         issues = label_issue_table(oof.ids, labels, oof.logits, label_map)

@@ -163,11 +163,19 @@ def check_complete(exp: Experiment, fold_ids: list[int], fold_hash: str) -> None
                             f"file (hash {fold_hash}); run them first")
 
 
-def complete_folds(paths: Paths, exp: Experiment) -> tuple[Path, pd.DataFrame, str]:
-    """``fold_file(paths, exp)`` after checking that every fold of it is done."""
-    fpath, folds_df, fhash = fold_file(paths, exp)
+def complete_oof(exp: Experiment, folds_df: pd.DataFrame, fhash: str):
+    """The OOF predictions (``Predictions``) of ``exp`` in ``folds_df``'s row order, after checking
+    that every fold of that fold table is done on fold hash ``fhash``."""
     check_complete(exp, sorted(int(k) for k in folds_df["fold"].unique()), fhash)
-    return fpath, folds_df, fhash
+    return exp.load_oof(folds_df)
+
+
+def finished_oof(paths: Paths, exp: Experiment):
+    """(fold file path, fold table, fold hash, OOF ``Predictions``) of a finished experiment: the one
+    reader of a finished experiment's out-of-fold outputs (leaderboard, submission, selection, bias
+    tuning, label-issue search; the second level reads its inputs through ``complete_oof``)."""
+    fpath, folds_df, fhash = fold_file(paths, exp)
+    return fpath, folds_df, fhash, complete_oof(exp, folds_df, fhash)
 
 
 # ------------------------------------------------------------------------------------- signatures

@@ -23,7 +23,7 @@ from rakuten.metrics import chance_macro_f1, scores
 from rakuten.paths import Paths
 from rakuten.reporting.anchors import PUBLIC_LEADERBOARDS, anchors, would_rank
 from rakuten.reporting.plots import plot_confusion, plot_leaderboard
-from rakuten.lineage import check_complete, fold_file, lineage_problem
+from rakuten.lineage import finished_oof, lineage_problem
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,8 @@ def score_experiment(paths: Paths, exp: Experiment, meta: dict | None = None
     stale = lineage_problem(paths, exp.name)
     if stale:
         raise ArtifactError(f"{exp.name}: stale, {stale}")
-    fpath, folds_df, fhash = fold_file(paths, exp)
+    fpath, folds_df, fhash, oof = finished_oof(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
-    check_complete(exp, fold_ids, fhash)
-    oof = exp.load_oof(folds_df)
     y = folds_df["label"].to_numpy(np.int64)
     pred = oof.logits.argmax(1)
     row = {"experiment": exp.name, "kind": meta.get("kind", "?"), **scores(y, pred),

@@ -24,7 +24,7 @@ from rakuten.data.challenge import Dataset
 from rakuten.data.prepared import load_dataset
 from rakuten.errors import RakutenError
 from rakuten.folds import check_folds_match
-from rakuten.lineage import check_complete, fold_file, note
+from rakuten.lineage import complete_oof, fold_file, note
 from rakuten.metrics import scores
 from rakuten.paths import Paths
 
@@ -201,8 +201,7 @@ def write_experiment_submission(paths: Paths, exp: str, fmt: str | None = None, 
     fpath, folds_df, fhash = fold_file(paths, e)
     check_folds_match(folds_df, ds.train, fpath)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
-    check_complete(e, fold_ids, fhash)
-    oof = e.load_oof(folds_df)
+    oof = complete_oof(e, folds_df, fhash)
     score = scores(folds_df["label"].to_numpy(np.int64), oof.logits)["macro_f1"]
     # Probabilities, not logits, are averaged: fold models' logits can differ in scale.
     test = e.load_test(fold_ids, ids=ds.test["id"].to_numpy(np.int64), average="probs")

@@ -19,7 +19,7 @@ from rakuten.artifacts import ArtifactError, Experiment, atomic_write_json
 from rakuten.errors import RakutenError
 from rakuten.metrics import f1
 from rakuten.paths import Paths
-from rakuten.lineage import check_complete, fold_file, lineage_problem
+from rakuten.lineage import complete_oof, fold_file, lineage_problem
 from rakuten.second_level.api import tuned_is_stale
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ def _oof_pred(paths: Paths, name: str, fold_hash: str | None = None):
         fpath, folds_df, fhash = fold_file(paths, e)
         if fold_hash is not None and fhash != fold_hash:
             return None
-        check_complete(e, sorted(int(k) for k in folds_df["fold"].unique()), fhash)
-        return folds_df, e.load_oof(folds_df).logits.argmax(1), fhash, e.read_meta()
+        return folds_df, complete_oof(e, folds_df, fhash).logits.argmax(1), fhash, e.read_meta()
     except (ArtifactError, RakutenError, OSError, KeyError) as err:
         log.info("selection: %s skipped (%s)", name, err)
         return None

@@ -38,7 +38,7 @@ from rakuten.errors import RakutenError
 from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import macro_f1_fast, scores
 from rakuten.paths import Paths
-from rakuten.lineage import check_complete, config_hash, fold_file, note, upstream_signature, workdir_relative
+from rakuten.lineage import config_hash, finished_oof, note, upstream_signature, workdir_relative
 
 log = logging.getLogger(__name__)
 
@@ -411,10 +411,8 @@ def tune_biases(paths: Paths, exp_name: str, grid=None, rounds: int = 2) -> dict
     exp = Experiment(paths.oof_dir, exp_name)
     if not exp.meta_path.exists():
         raise TuningError(f"{exp_name}: no {exp.meta_path}; run the experiment first")
-    fpath, folds_df, fhash = fold_file(paths, exp)
+    fpath, folds_df, fhash, oof = finished_oof(paths, exp)
     fold_ids = sorted(int(k) for k in folds_df["fold"].unique())
-    check_complete(exp, fold_ids, fhash)
-    oof = exp.load_oof(folds_df)
     y = folds_df["label"].to_numpy(np.int64)
     fold = folds_df["fold"].to_numpy(np.int64)
     logits = oof.logits.astype(np.float64)

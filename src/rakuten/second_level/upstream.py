@@ -18,7 +18,7 @@ import pandas as pd
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_json
 from rakuten.config import ConfigError
 from rakuten.folds import inner_split  # noqa: F401  (inner_split: re-exported)
-from rakuten.lineage import (check_complete, fold_file, note, recorded_config, redo_reason, upstream_signature,
+from rakuten.lineage import (complete_oof, fold_file, note, recorded_config, redo_reason, upstream_signature,
                              workdir_relative)
 from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import scores
@@ -115,8 +115,7 @@ def load_upstreams(paths: Paths, cfg, names: list[str], need_embeddings: tuple[s
     test_ids = None
     for name in names:
         exp = Experiment(paths.oof_dir, name)
-        check_complete(exp, fold_ids, fhash)
-        oof = exp.load_oof(data.folds_df)
+        oof = complete_oof(exp, data.folds_df, fhash)
         if name in need_embeddings and oof.embeddings is None:
             raise ArtifactError(f"{name}: has no embeddings (e.g. TF-IDF); it can be stacked or late-fused, "
                                 "not embedding-fused")
