@@ -204,7 +204,7 @@ class _Net(torch.nn.Module):
 def test_tta_is_the_mean_of_the_per_view_logits():
     from rakuten.data.image_cache import GpuImageAugment, make_image_batch_transform
     from rakuten.training.engine import Engine
-    from rakuten.training.epochs import tta_predict
+    from rakuten.training.predict import tta_predict
     tf = make_image_batch_transform(GpuImageAugment(16, channels_last=False))
     eng = Engine(_Net(), None, device="cpu", precision="fp32", batch_transform=tf, progress=False)
     loader = torch.utils.data.DataLoader(_ImageDS(10), batch_size=4)

@@ -60,8 +60,45 @@ FUSION_CASES = {
 }
 
 
+# the scikit-learn style models: registry name -> how one is built, fitted and made to predict
+# log-probabilities [n, 27] (tfidf_linear has its own test below)
+STACK_CFG = {"stack": {"inputs": ["a", "b"]}, "lgbm": {"num_leaves": 4, "num_boost_round": 5,
+                                                      "early_stopping_rounds": 0, "min_data_in_leaf": 2,
+                                                      "num_threads": 1, "seed": 0},
+             "logreg": {"C": 1.0}, "blend": {"l2_bias": 1e-3, "class_bias": True, "sample_weight_power": 0.0,
+                                               "max_steps": 5, "metric": "macro_f1"}}
+SKLEARN_CASES = {
+    "head_logreg": {"cfg": {"head_C": 1.0}, "seed": 0},
+    "knn": {"cfg": {"k": 3, "temperature": 0.1}},
+    **{f"stacker_{m}": {"cfg": STACK_CFG} for m in ("lgbm", "logreg", "blend", "caruana")},
+}
+
+
 def test_registry_lists_every_case():
-    assert {n for n, _ in CASES} | set(FUSION_CASES) | {"tfidf_linear"} == set(list_models())
+    assert ({n for n, _ in CASES} | set(FUSION_CASES) | set(SKLEARN_CASES) | {"tfidf_linear"}
+            == set(list_models()))
+
+
+@pytest.mark.parametrize("name", sorted(SKLEARN_CASES))
+def test_sklearn_models_fit_and_predict(name):
+    """Every scikit-learn style model in the registry fits a few separable rows and returns finite
+    log-probabilities [n, 27] that recover the training labels."""
+    from rakuten.second_level.stacker import predict_proba_full
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    X = rng.normal(0, 0.1, (60, 2 * NUM_CLASSES))
+    X[np.arange(60), y] += 3.0                           # input model a: a confident, right score
+    X[np.arange(60), NUM_CLASSES + y] += 3.0             # input model b: the same
+    if name.startswith("stacker_"):
+        X = np.log(np.exp(X) / np.exp(X).reshape(60, 2, NUM_CLASSES).sum(2).repeat(NUM_CLASSES, 1))  # log-probs
+    if name == "knn":
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    model = create_model(name, num_classes=NUM_CLASSES, **SKLEARN_CASES[name]).fit(X, y)
+    logp = (model.predict_logits(X) if hasattr(model, "predict_logits")
+            else np.log(np.clip(predict_proba_full(model, X), 1e-12, None)))
+    assert logp.shape == (60, NUM_CLASSES) and np.isfinite(logp).all()
+    assert (logp.argmax(1) == y).mean() == 1.0
 
 
 @pytest.mark.parametrize("name,backbone", CASES)

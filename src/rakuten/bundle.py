@@ -30,9 +30,7 @@ import logging
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -289,8 +287,7 @@ class Bundle:
                               f"this code reads {BUNDLE_FORMAT}")
         self.label_map = LabelMap.load(self.path / "label_map.json")
         self.device, self.progress = device, progress
-        self._images: dict = {}      # decoded image arrays of the current predict call
-        self._tmpdirs: list = []
+        self._images: dict = {}      # decoded image arrays of the current predict call, by size
         self.sources: dict[str, dict] = {}
         for name in self.manifest.get("feature_sources", []):
             cfg = Config(read_json(self.path / "features" / name / "config.json"))
@@ -313,27 +310,27 @@ class Bundle:
             from rakuten.models.image import load_image_backbone
             tok = None
             backbone = load_image_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
-                                           drop_path_rate=cfg.model.get("drop_path_rate", 0.0))
+                                           drop_path_rate=cfg.model.get("drop_path_rate", 0.0))  # optional key
             model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, backbone=backbone)
         model = model.eval()
-        if self.device == "cpu" and cfg.model.get("cpu_int8", False):
-            # heavy: torch
-            import torch
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*deprecated.*")
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        if self.device == "cpu" and cfg.model.cpu_int8:
+            # heavy: torch (the training modules)
+            from rakuten.training.predict import quantize_for_cpu
+            model = quantize_for_cpu(model)
         return {"model": model, "tokenizer": tok}
 
-    def _features(self, name: str, products: pd.DataFrame, cache: dict) -> np.ndarray:
-        """Frozen embeddings [n, D] of feature source ``name`` (extracted once per predict call)."""
-        key = ("features", name)
+    def _features(self, name: str, products: pd.DataFrame, cache: dict, view: str = "identity") -> np.ndarray:
+        """Frozen embeddings [n, D] of feature source ``name`` through test-time ``view`` (extracted
+        once per predict call), by the path training extracted them (``predict_rows``)."""
+        key = ("features", name, view)
         if key not in cache:
             src = self.sources[name]
-            cache[key] = self._torch_run(src["cfg"], src["model"], products, src["tokenizer"])[1].astype(np.float32)
+            cache[key] = self._torch_run(src["cfg"], src["model"], products, src["tokenizer"], [view])[1]
         return cache[key]
 
     @property
     def model_version(self) -> str:
+        """The bundle's version string: the submitted model's name and a hash of its members' configs."""
         return self.manifest["model_version"]
 
     def _load_member(self, name: str, entry: dict, cfg, d: Path) -> dict:
@@ -372,7 +369,7 @@ class Bundle:
             # heavy: torch and timm
             from rakuten.models.image import load_image_backbone
             backbone = load_image_backbone(cfg.model.backbone, pretrained=False,
-                                           drop_path_rate=cfg.model.get("drop_path_rate", 0.0))
+                                           drop_path_rate=cfg.model.get("drop_path_rate", 0.0))  # optional key
             model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, backbone=backbone)
         model.load_state_dict(state_dict)
         return model.eval()
@@ -392,12 +389,18 @@ class Bundle:
         return logits
 
     def _fold_logits(self, name: str, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
-        """{fold: logits float32 [n, 27]} of member ``name``'s fold models (computed once per call)."""
+        """{fold: logits float32 [n, 27]} of member ``name``'s fold models (computed once per call).
+
+        Each kind predicts through the function its training predicted the test rows with:
+        ``stack_predict`` over ``stack_inputs`` (stackers), ``predict_classic`` (TF-IDF, kNN),
+        ``predict_logreg_head`` / ``predict_rows`` (heads on frozen features), ``predict_rows``
+        (fine-tuned text and image models). A fusion member would be dispatched here too, by its
+        kind, once its predict keeps what it fits (``_unsupported`` refuses it at export until then)."""
         if name in cache:
             return cache[name]
         m = self.members[name]
         if m["kind"] == "stack":
-            out = self._stack_logits(name, m, products, cache)
+            out = self._stack_logits(m, products, cache)
         elif m["member_kind"] in ("tfidf", "knn"):
             out = self._classic_logits(m, products, cache)
         elif m.get("features"):
@@ -409,128 +412,83 @@ class Bundle:
         return cache[name]
 
     def _classic_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
-        """TF-IDF linear models and kNN, as ``training.classic.fit_predict`` predicts its test rows."""
-        # heavy: torch and scikit-learn
-        from rakuten.training.classic import _l2_rows, knn_log_proba
+        """TF-IDF linear models and kNN, through ``training.classic.predict_classic``."""
+        # heavy: torch and scikit-learn (the training modules)
+        from rakuten.training.classic import l2_normalise, predict_classic
 
-        cfg = m["cfg"]
-        texts = field_texts(products, cfg)
-        feats = None
-        if m.get("features"):
-            f = self._features(m["features"], products, cache)
-            feats = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)   # classic.source_features
-        out = {}
-        for k in m["folds"]:
-            obj = m["models"][k]
-            if obj["kind"] == "tfidf":
-                dense = None if feats is None else feats * float(cfg.tfidf.dense.get("weight", 1.0))
-                out[k] = obj["model"].predict_logits(texts, NUM_CLASSES, dense=dense)
-            elif obj["kind"] == "knn_tfidf":
-                q = _l2_rows(obj["vectorizer"]._features(texts, fit=False))
-                out[k] = knn_log_proba(q, obj["bank"], obj["bank_labels"], cfg.knn.k, cfg.knn.temperature)
-            else:
-                out[k] = knn_log_proba(feats, obj["bank"], obj["bank_labels"], cfg.knn.k, cfg.knn.temperature)
-        return out
+        texts = field_texts(products, m["cfg"])
+        feats = l2_normalise(self._features(m["features"], products, cache)) if m.get("features") else None
+        return {k: predict_classic(m["models"][k], m["cfg"], texts, feats) for k in m["folds"]}
 
     def _frozen_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
-        """Heads on frozen features, standardised with their fold's training statistics."""
+        """Heads on frozen features (every test-time view), standardised with their fold's training
+        statistics, through ``predict_logreg_head`` or ``predict_rows`` as the fold's run predicted."""
         # heavy: the training modules load torch
-        from rakuten.training.engine import Engine
-        from rakuten.training.inputs import FeatureDataset, RowSubset
-        from rakuten.training.loaders import make_loader
+        from rakuten.training.classic import predict_logreg_head
+        from rakuten.training.inputs import feature_inputs
+        from rakuten.training.predict import eval_engine, predict_rows, tta_views
 
         cfg = m["cfg"]
-        f = self._features(m["features"], products, cache)
+        views = {v: self._features(m["features"], products, cache, v) for v in tta_views(cfg)}
         out = {}
         for k in m["folds"]:
             obj = m["models"][k]
-            z = (f - obj["mu"]) / obj["sd"]
-            if "clf" in obj:   # model.head: logreg (classic.frozen_logreg)
-                full = np.full((len(z), NUM_CLASSES), -30.0, dtype=np.float64)
-                full[:, obj["clf"].classes_] = obj["clf"].predict_log_proba(z)
-                out[k] = full.astype(np.float32)
+            if obj.get("kind") == "frozen_logreg":   # model.head: logreg
+                out[k] = predict_logreg_head(obj, list(views.values()))
                 continue
-            engine = Engine(obj["head"], None, device=self.device, precision=cfg.train.precision, progress=False)
-            loader, _ = make_loader(RowSubset(FeatureDataset(z), np.arange(len(z)), None), cfg, False, None)
-            out[k] = engine.predict(loader)[0]
+            inputs = feature_inputs(None, views, obj["mu"], obj["sd"], 0)
+            out[k] = predict_rows(eval_engine(obj["head"], cfg, inputs, self.device), cfg, inputs,
+                                  np.arange(len(products)))[0]
         return out
 
-    def _torch_run(self, cfg, model, products: pd.DataFrame, tok=None) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, embeddings) of a torch text or image model on the products, batched like training's
-        eval loaders (length-sorted text batches padded per batch)."""
+    def _torch_run(self, cfg, model, products: pd.DataFrame, tok=None, views: list[str] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, embeddings) of a torch text or image model on the products, through
+        ``predict_rows`` as the fold's run (length-sorted text batches padded per batch, images
+        decoded in memory, the config's test-time views unless ``views`` is given)."""
         # heavy: the training modules load torch
-        from rakuten.training.engine import Engine
-        from rakuten.training.inputs import RowSubset
-        from rakuten.training.loaders import make_loader
-
-        transform, collate, lengths = None, None, None
-        if cfg.kind == "text":
-            # heavy: torch
-            from rakuten.data.text_dataset import TokenDataset, tokenize_texts
-            from rakuten.training.samplers import pad_collate
-            tokens = tokenize_texts(tok, field_texts(products, cfg), int(cfg.data.max_len))
-            ds, lengths = TokenDataset(tokens), tokens.lengths
-            collate = pad_collate(tok.pad_token_id, pad_to_multiple_of=cfg.data.pad_to_multiple_of or None)
-        else:
-            ds, transform = self._image_inputs(cfg, model, products)
-        engine = Engine(model, None, device=self.device, precision=cfg.train.precision, batch_transform=transform,
-                        channels_last=bool(cfg.train.channels_last), progress=self.progress)
-        loader, _ = make_loader(RowSubset(ds, np.arange(len(products)), None), cfg, False, collate, lengths)
-        return engine.predict(loader)
-
-    def _image_inputs(self, cfg, model, products: pd.DataFrame):
-        # heavy: torch
-        from rakuten.data.image_cache import (CachedImageDataset, GpuImageAugment, build_image_cache,
-                                              load_image_cache, make_image_batch_transform)
+        from rakuten.data.text_dataset import tokenize_texts
         from rakuten.models.image import image_norm
+        from rakuten.training.inputs import image_array_inputs, token_inputs
+        from rakuten.training.predict import eval_engine, predict_rows
 
-        key = ("images", int(cfg.data.cache_size))
-        if key not in self._images:
-            files = [p or None for p in products["image_path"].tolist()]
-            d = Path(tempfile.mkdtemp(prefix="rakuten_predict_"))
-            self._tmpdirs.append(d)
-            f = d / f"images_{key[1]}.npy"
-            build_image_cache(files, key[1], f, workers=0, progress=False)
-            self._images[key] = np.asarray(load_image_cache(f))
-        mean, std = image_norm(getattr(model, "encoder", model))
-        aug = cfg.augment
-        augment = GpuImageAugment(int(cfg.data.image_size), mean, std, train_crop_scale=tuple(aug.crop_scale),
-                                  hflip=bool(aug.hflip), max_rotate_deg=float(aug.max_rotate_deg),
-                                  channels_last=bool(cfg.train.channels_last))
-        return CachedImageDataset(self._images[key]), make_image_batch_transform(augment)
+        if cfg.kind == "text":
+            inputs = token_inputs(cfg, tok, tokenize_texts(tok, field_texts(products, cfg), int(cfg.data.max_len)), 0)
+        else:
+            mean, std = image_norm(getattr(model, "encoder", model))
+            inputs = image_array_inputs(cfg, self._decoded_images(products, int(cfg.data.cache_size)), mean, std, 0)
+        engine = eval_engine(model, cfg, inputs, self.device, self.progress)
+        return predict_rows(engine, cfg, inputs, np.arange(len(products)), views)
 
-    def _stack_logits(self, name: str, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+    def _decoded_images(self, products: pd.DataFrame, size: int) -> np.ndarray:
+        """The products' images, uint8 [n, size, size, 3], decoded in memory once per predict call
+        (``data.image_cache.decode_images``: the rows a training image cache holds)."""
+        # heavy: torch (the image cache module)
+        from rakuten.data.image_cache import decode_images
+
+        if size not in self._images:
+            self._images[size] = decode_images([p or None for p in products["image_path"].tolist()], size)
+        return self._images[size]
+
+    def _stack_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+        """A stacker's fold models over its inputs' fold outputs: ``stack_inputs`` builds the rows as
+        training did, ``stack_predict`` predicts them."""
         # heavy: scikit-learn and LightGBM
-        from rakuten.second_level.blend import log_proba, model_meta_features
-        from rakuten.second_level.stacker import _log_proba, _logodds, _proba_full, stack_config
+        from rakuten.second_level.blend import log_proba
+        from rakuten.second_level.stacker import product_meta_features, stack_config, stack_inputs, stack_predict
+        from rakuten.second_level.upstream import fold_test_input
 
         cfg = stack_config(m["cfg"])
         ups = {u: self._fold_logits(u, products, cache) for u in cfg.stack.inputs}
+        meta = product_meta_features(products) if cfg.stack.meta_features else None
         out = {}
         for k in m["folds"]:
-            if cfg.test_input == "per_fold":
-                lp = [log_proba(ups[u][k]) for u in cfg.stack.inputs]
-            else:   # averaged: the mean of the upstream fold models' logits (SecondLevelData.test_input)
-                lp = [log_proba(np.mean([ups[u][j] for j in sorted(ups[u])], axis=0)) for u in cfg.stack.inputs]
-            if cfg.stack.model != "lgbm":
-                X = np.hstack(lp)
-            else:
-                tf = _logodds if cfg.stack.features == "logodds" else np.exp
-                X = np.hstack([tf(v) for v in lp]).astype(np.float32)
-                if cfg.stack.model_meta:
-                    X = np.hstack([X, model_meta_features(lp)])
-                if cfg.stack.meta_features:
-                    X = np.hstack([X, np.column_stack([
-                        products["has_description"].to_numpy(np.float32), products["has_image"].to_numpy(np.float32),
-                        products["title"].str.len().to_numpy(np.float32),
-                        products["description"].str.len().to_numpy(np.float32)])])
-            out[k] = _log_proba(_proba_full(m["models"][k], X, NUM_CLASSES))
+            lp = [log_proba(fold_test_input(ups[u], k, cfg.test_input)) for u in cfg.stack.inputs]
+            out[k] = stack_predict(m["models"][k], stack_inputs(cfg, lp, meta))
         return out
 
     def close(self) -> None:
-        for d in self._tmpdirs:
-            shutil.rmtree(d, ignore_errors=True)
-        self._tmpdirs.clear()
+        """Free the decoded images of the last predict call."""
         self._images.clear()
 
 

@@ -140,6 +140,15 @@ def _worker_task(task: tuple[int, list, int]) -> tuple[int, list[str]]:
     return start, _fill_rows(_WORKER_ARRAY, start, paths, size)
 
 
+def decode_images(paths: Sequence[str | os.PathLike | None], size: int) -> np.ndarray:
+    """Decode ``paths`` (``None`` or "" = no image) in memory: uint8 ``[N, size, size, 3]``, the rows
+    ``build_image_cache`` would write (blank = ``BLANK_VALUE``), for a few products at a time (a
+    bundle's request) where a cache file per call would cost more than the decoding."""
+    arr = np.empty((len(paths), int(size), int(size), 3), dtype=np.uint8)
+    _fill_rows(arr, 0, [p or None for p in paths], int(size))
+    return arr
+
+
 def build_image_cache(paths: Sequence[str | os.PathLike | None], size: int, cache_file: str | Path,
                       workers: int = 0, progress: bool = True) -> dict:
     """Decode ``paths`` (``None`` = no image) into ``cache_file`` (uint8 ``[N, size, size, 3]``).

@@ -1,6 +1,7 @@
 """Heads trained on frozen, cached features (the thesis's feature-extraction mode, section 5.6.2)."""
 from __future__ import annotations
 
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from rakuten.models.registry import register_model
@@ -22,3 +23,11 @@ class FeatureHead(nn.Module):
         x = batch["features"]                                   # [B, F]
         emb = self.hidden(self.dropout(x)) if self.hidden is not None else x
         return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}
+
+
+@register_model("head_logreg")
+def logreg_head(cfg, num_classes: int, seed: int = 42, **_) -> LogisticRegression:
+    """``model.head: logreg``: a multinomial logistic regression (scikit-learn) on standardised frozen
+    features, inverse L2 strength ``cfg.head_C`` (the ``model`` section). Fitted and predicted by
+    ``training.classic.frozen_logreg`` / ``predict_logreg_head``."""
+    return LogisticRegression(C=float(cfg["head_C"]), max_iter=300, random_state=int(seed))

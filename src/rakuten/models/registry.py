@@ -53,10 +53,12 @@ def create_model(name: str, **kwargs):
 
     Args:
         name: registry name (``text_flat_tanh``, ``text_cls``, ``text_mean``, ``image_timm``, ``head_mlp``,
-            ``fusion_hierarchical``, ``fusion_baseline``, ``fusion_late``, ``tfidf_linear``).
+            ``head_logreg``, ``fusion_hierarchical``, ``fusion_baseline``, ``fusion_late``, ``tfidf_linear``,
+            ``knn``, ``stacker_lgbm``, ``stacker_logreg``, ``stacker_blend``, ``stacker_caruana``).
         **kwargs: forwarded to the model's constructor; every model takes ``cfg`` (its config section:
-            ``model:`` for the torch unimodal models, ``fusion:`` for the fusion networks, which also
-            take ``in_dims``, ``tfidf:`` for ``tfidf_linear``) and ``num_classes``.
+            ``model:`` for the torch unimodal models and the heads, ``fusion:`` for the fusion networks,
+            which also take ``in_dims``, ``tfidf:`` for ``tfidf_linear``, ``knn:`` for ``knn``, the whole
+            stack config for the ``stacker_*`` estimators) and ``num_classes``.
     Raises:
         UnknownModelError: naming the registered models.
     """
@@ -65,4 +67,4 @@ def create_model(name: str, **kwargs):
 
 def _import_all() -> None:
     # Registration happens at import; importing here keeps callers from needing to know the modules.
-    from rakuten.models import fusion_nets, heads, image, text, tfidf  # noqa: F401
+    from rakuten.models import fusion_nets, heads, image, knn, stackers, text, tfidf  # noqa: F401

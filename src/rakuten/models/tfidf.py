@@ -54,7 +54,7 @@ class TfidfLinear:
         if not word_ngrams and not char_ngrams:
             raise RakutenError("tfidf: word_ngrams and char_ngrams are both off; nothing to fit")
         # The feature budget is shared by the parts that are on (a char-only member gets all of it).
-        share = int(cfg.get("max_features", 200000)) // (bool(word_ngrams) + bool(char_ngrams))
+        share = int(cfg.get("max_features", _T["max_features"])) // (bool(word_ngrams) + bool(char_ngrams))
         self.word = TfidfVectorizer(analyzer="word", ngram_range=tuple(word_ngrams),
                                     sublinear_tf=True, min_df=2, max_features=share, lowercase=True,
                                     strip_accents=None, token_pattern=r"(?u)\b\w+\b") if word_ngrams else None
@@ -129,7 +129,9 @@ class TfidfLinear:
         best = max(self.search, key=lambda r: (r["inner_macro_f1"], -r["C"]))  # ties: the smaller C
         return best["C"]
 
-    def _features(self, texts, fit: bool, dense=None):
+    def vectorize(self, texts, fit: bool = False, dense=None):
+        """The sparse TF-IDF rows of ``texts`` (word and character n-grams, then ``dense`` columns);
+        ``fit`` fits the vectorisers first (training rows only)."""
         vecs = [v for v in (self.word, self.char) if v is not None]
         parts = [v.fit_transform(texts) if fit else v.transform(texts) for v in vecs]
         if dense is not None:
@@ -137,7 +139,7 @@ class TfidfLinear:
         return sparse.hstack(parts).tocsr()
 
     def fit(self, texts, labels, sample_weight=None, dense=None):
-        X = self._features(texts, fit=True, dense=dense)
+        X = self.vectorize(texts, fit=True, dense=dense)
         labels = np.asarray(labels)
         sw = None if sample_weight is None else np.asarray(sample_weight)
         if self.C_grid:
@@ -153,7 +155,7 @@ class TfidfLinear:
         """[n, num_classes] log-probabilities (``num_classes``: the constructor's by default)."""
         # getattr: a model pickled before num_classes was kept
         num_classes = getattr(self, "num_classes", NUM_CLASSES) if num_classes is None else int(num_classes)
-        X = self._features(texts, fit=False, dense=dense)
+        X = self.vectorize(texts, fit=False, dense=dense)
         if self.kind == "svm" and self.calibration != "sigmoid":
             d = self.clf.decision_function(X) * self.temperature
             full = np.full((d.shape[0], num_classes), -30.0, dtype=np.float64)

@@ -19,23 +19,23 @@ import logging
 import time
 from typing import Callable, Mapping
 
-import lightgbm as lgb
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
 from rakuten.config import Config, ConfigError, deep_merge, validate_config
 from rakuten.defaults import STACK_DEFAULTS
 from rakuten.data.prepared import load_dataset
-from rakuten.labels import NUM_CLASSES, class_weights
+from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import scores
 from rakuten.paths import Paths
-from rakuten.second_level.blend import CaruanaBlend, LogitBlend, LogRegStacker, log_proba, model_meta_features
+from rakuten.models.registry import create_model, list_models
+# LGBMStacker re-exported: fold models pickled before it moved to models.stackers name it here
+from rakuten.models.stackers import LGBMStacker  # noqa: F401
+from rakuten.second_level.blend import log_proba, model_meta_features
 from rakuten.lineage import config_hash, upstream_signature
-from rakuten.second_level.upstream import (SecondLevelData, finish_experiment,
-                                           fold_is_current, inner_split, load_upstreams, open_experiment,
-                                           save_fold)
+from rakuten.second_level.upstream import (SecondLevelData, finish_experiment, fold_is_current, load_upstreams,
+                                           open_experiment, save_fold)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def stack_config(cfg) -> Config:
         raise ConfigError(f"{c.name}: stack.inputs must name the experiments to stack")
     if c.test_input not in ("per_fold", "averaged"):
         raise ConfigError(f"{c.name}: test_input must be per_fold or averaged")
-    if c.stack.model not in STACK_MODELS:
-        raise ConfigError(f"{c.name}: stack.model must be one of {', '.join(STACK_MODELS)} (got {c.stack.model!r})")
+    if c.stack.model not in stack_models():
+        raise ConfigError(f"{c.name}: stack.model must be one of {', '.join(stack_models())} (got {c.stack.model!r})")
     if c.stack.features not in ("proba", "logodds"):
         raise ConfigError(f"{c.name}: stack.features must be proba or logodds (got {c.stack.features!r})")
     if c.blend.metric not in ("logloss", "macro_f1", "weighted_f1"):
@@ -71,78 +71,24 @@ def stack_config(cfg) -> Config:
     return c
 
 
-class LGBMStacker(BaseEstimator, ClassifierMixin):
-    """Multiclass LightGBM with inner-split early stopping; an sklearn estimator (clonable).
-
-    ``fit`` splits its own training rows into fit / inner-validation parts when
-    ``early_stopping_rounds > 0``; with 0 it trains exactly ``num_boost_round`` rounds on all of them.
-    """
-
-    def __init__(self, num_leaves=31, learning_rate=0.05, min_data_in_leaf=20, feature_fraction=0.8,
-                 bagging_fraction=1.0, bagging_freq=0, lambda_l2=1.0, max_bin=255, num_boost_round=2000,
-                 early_stopping_rounds=50, inner_frac=0.1, class_weight_power=0.0, num_threads=2, seed=42,
-                 num_class=NUM_CLASSES):
-        self.num_leaves = num_leaves
-        self.learning_rate = learning_rate
-        self.min_data_in_leaf = min_data_in_leaf
-        self.feature_fraction = feature_fraction
-        self.bagging_fraction = bagging_fraction
-        self.bagging_freq = bagging_freq
-        self.lambda_l2 = lambda_l2
-        self.max_bin = max_bin
-        self.num_boost_round = num_boost_round
-        self.early_stopping_rounds = early_stopping_rounds
-        self.inner_frac = inner_frac
-        self.class_weight_power = class_weight_power
-        self.num_threads = num_threads
-        self.seed = seed
-        self.num_class = num_class
-
-    def _params(self) -> dict:
-        return {
-            "objective": "multiclass", "num_class": int(self.num_class), "metric": "multi_logloss",
-            "num_leaves": int(self.num_leaves), "learning_rate": float(self.learning_rate),
-            "min_data_in_leaf": int(self.min_data_in_leaf), "feature_fraction": float(self.feature_fraction),
-            "bagging_fraction": float(self.bagging_fraction), "bagging_freq": int(self.bagging_freq),
-            "lambda_l2": float(self.lambda_l2), "max_bin": int(self.max_bin),
-            "num_threads": int(self.num_threads), "seed": int(self.seed), "deterministic": True,
-            "force_row_wise": True, "verbose": -1,
-        }
-
-    def fit(self, X, y):
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.int64)
-        w = class_weights(y, float(self.class_weight_power), int(self.num_class))[y]
-        params = self._params()
-        rounds = int(self.num_boost_round)
-        if int(self.early_stopping_rounds) > 0 and float(self.inner_frac) > 0:
-            fit_idx, val_idx = inner_split(np.arange(len(y)), y, float(self.inner_frac), int(self.seed))
-            dtr = lgb.Dataset(X[fit_idx], y[fit_idx], weight=w[fit_idx], free_raw_data=True)
-            dva = lgb.Dataset(X[val_idx], y[val_idx], weight=w[val_idx], reference=dtr)
-            self.booster_ = lgb.train(params, dtr, num_boost_round=rounds, valid_sets=[dva], valid_names=["inner"],
-                                      callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False),
-                                                 lgb.log_evaluation(0)])
-            self.best_iteration_ = int(self.booster_.best_iteration or rounds)
-        else:
-            self.booster_ = lgb.train(params, lgb.Dataset(X, y, weight=w), num_boost_round=rounds)
-            self.best_iteration_ = rounds
-        self.classes_ = np.arange(int(self.num_class))
-        return self
-
-    def predict_proba(self, X):
-        return self.booster_.predict(np.asarray(X, dtype=np.float32), num_iteration=self.best_iteration_)
-
-    def predict(self, X):
-        return self.predict_proba(X).argmax(1)
-
-
-def _proba_full(model, X, num_classes: int) -> np.ndarray:
+def predict_proba_full(model, X, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """predict_proba with columns placed by ``model.classes_`` (a class absent in training -> 0)."""
     p = model.predict_proba(X)
     classes = np.asarray(getattr(model, "classes_", np.arange(p.shape[1])), dtype=np.int64)
     out = np.zeros((p.shape[0], num_classes), dtype=np.float64)
     out[:, classes] = p
     return out
+
+
+def stack_predict(model, X) -> np.ndarray:
+    """Log-probabilities [n, 27] float32 of a fitted second-level fold model on ``stack_inputs`` rows:
+    the one predict of every stacker, for the run's fold and test rows and for a bundle's products."""
+    return proba_to_logp(predict_proba_full(model, X, NUM_CLASSES))
+
+
+def proba_to_logp(p: np.ndarray) -> np.ndarray:
+    """log of probabilities, floored at 1e-12, float32 (what a stacker's artifacts hold)."""
+    return np.log(np.clip(p, 1e-12, None)).astype(np.float32)
 
 
 def fit_predict_oof(model_factory: Callable[[], object], X: np.ndarray, y: np.ndarray, folds: np.ndarray,
@@ -170,32 +116,33 @@ def fit_predict_oof(model_factory: Callable[[], object], X: np.ndarray, y: np.nd
         te = np.flatnonzero(folds == k)
         model = model_factory()
         model.fit(X[tr], y[tr])
-        oof[te] = _proba_full(model, X[te], c)
+        oof[te] = predict_proba_full(model, X[te], c)
         xt = X_test.get(k) if isinstance(X_test, Mapping) else X_test
-        tests[k] = None if xt is None else _proba_full(model, xt, c)
+        tests[k] = None if xt is None else predict_proba_full(model, xt, c)
         if on_fold is not None:
             on_fold(k, te, oof[te], tests[k], model)
     return oof, tests
 
 
-STACK_MODELS = ("lgbm", "logreg", "blend", "caruana")
+def stack_models() -> tuple[str, ...]:
+    """The ``stack.model`` values: every ``stacker_<name>`` in the model registry."""
+    return tuple(n[len("stacker_"):] for n in list_models() if n.startswith("stacker_"))
 
 
 def stacker_factory(cfg) -> Callable[[], object]:
-    """A factory of fresh second-level estimators: ``stack.model`` picks LightGBM (the ``lgbm``
-    section), logistic regression (``logreg``) or a blend (``blend``)."""
+    """A factory of fresh second-level estimators: ``stack.model`` names the registered
+    ``stacker_<model>`` (lgbm, logreg, blend, caruana; ``rakuten.models.stackers``)."""
     cfg = stack_config(cfg)
-    m, n_models = cfg.stack.model, len(cfg.stack.inputs)
-    if m == "lgbm":
-        params = dict(cfg.lgbm)
-        return lambda: LGBMStacker(**params)
-    if m == "logreg":
-        return lambda: LogRegStacker(C=float(cfg.logreg.C), seed=int(cfg.lgbm.seed))
-    b = cfg.blend
-    if m == "blend":
-        return lambda: LogitBlend(n_models, l2_bias=float(b.l2_bias), class_bias=bool(b.class_bias),
-                                  sample_weight_power=float(b.sample_weight_power))
-    return lambda: CaruanaBlend(n_models, max_steps=int(b.max_steps), metric=b.metric)
+    return lambda: create_model(f"stacker_{cfg.stack.model}", cfg=cfg, num_classes=NUM_CLASSES)
+
+
+def product_meta_features(products) -> np.ndarray:
+    """The four ``META_FEATURES`` [n, 4] float32 of products (a dataset's cleaned rows, or a bundle's
+    ``products_frame``): description present, image present, title length, description length."""
+    return np.column_stack([products["has_description"].to_numpy(np.float32),
+                            products["has_image"].to_numpy(np.float32),
+                            products["title"].str.len().to_numpy(np.float32),
+                            products["description"].str.len().to_numpy(np.float32)])
 
 
 def _meta_features(paths: Paths, ids: np.ndarray, test_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,47 +154,67 @@ def _meta_features(paths: Paths, ids: np.ndarray, test_ids: np.ndarray) -> tuple
         if len(missing):
             raise ConfigError(f"stack.meta_features: product id {missing[0]} is not in the dataset "
                               f"{ds.data_dir} (artifacts made on another dataset?)")
-        df = df.loc[want]
-        return np.column_stack([df["has_description"].to_numpy(np.float32),
-                                df["has_image"].to_numpy(np.float32),
-                                df["title"].str.len().to_numpy(np.float32),
-                                df["description"].str.len().to_numpy(np.float32)])
+        return product_meta_features(df.loc[want])
 
     return feats(ds.train, ids), feats(ds.test, test_ids)
 
 
+def stack_inputs(cfg, logps: list[np.ndarray], product_meta: np.ndarray | None = None) -> np.ndarray:
+    """The one feature builder of the second level: a stacker's input rows from its inputs'
+    log-probabilities (one [n, 27] array per ``stack.inputs`` model, in that order) and, when
+    ``stack.meta_features``, the products' ``product_meta_features``. Training (``stack_features``)
+    and a bundle both build their rows here.
+
+    The linear second levels (logreg, blend, caruana) read the log-probabilities side by side,
+    model-major (what ``blend._split`` expects); LightGBM reads probabilities or log-odds
+    (``stack.features``), then optionally per-model confidence and agreement (``stack.model_meta``)
+    and the product meta features."""
+    if cfg.stack.model != "lgbm":
+        return np.hstack(logps)
+    tf = logodds if cfg.stack.features == "logodds" else np.exp
+    X = np.hstack([tf(lp) for lp in logps]).astype(np.float32)
+    if cfg.stack.model_meta:
+        X = np.hstack([X, model_meta_features(logps)])
+    if cfg.stack.meta_features:
+        if product_meta is None:
+            raise ConfigError(f"{cfg.name}: stack.meta_features needs the products' meta features")
+        X = np.hstack([X, product_meta])
+    return X
+
+
+def stack_feature_names(cfg) -> list[str]:
+    """Column names of ``stack_inputs``'s rows."""
+    names = list(cfg.stack.inputs)
+    if cfg.stack.model != "lgbm":
+        return [f"{n}:logp{c}" for n in names for c in range(NUM_CLASSES)]
+    out = [f"{n}:{'lo' if cfg.stack.features == 'logodds' else 'p'}{c}" for n in names for c in range(NUM_CLASSES)]
+    if cfg.stack.model_meta:
+        out += [f"{n}:{f}" for n in names for f in ("pmax", "entropy")] + ["agreement"]
+    if cfg.stack.meta_features:
+        out += list(META_FEATURES)
+    return out
+
+
 def stack_features(cfg, data: SecondLevelData, paths: Paths | None = None
                    ) -> tuple[np.ndarray, dict[int, np.ndarray], list[str]]:
-    """(train features [n, F] in fold-file order, test features per fold model, feature names)."""
+    """(train features [n, F] in fold-file order, test features per fold model, feature names), built
+    by ``stack_inputs`` from the upstream OOF and each fold's test input (``test_input``)."""
     cfg = stack_config(cfg)
     names = list(cfg.stack.inputs)
     oof_lp = [log_proba(data.inputs[n].oof.logits) for n in names]
     test_lp = {k: [log_proba(data.inputs[n].test_input(k, cfg.test_input).logits) for n in names]
                for k in data.fold_ids}
-    if cfg.stack.model != "lgbm":
-        # the linear second levels read log-probabilities, model-major (what blend._split expects)
-        X = np.hstack(oof_lp)
-        Xt = {k: np.hstack(v) for k, v in test_lp.items()}
-        return X, Xt, [f"{n}:logp{c}" for n in names for c in range(NUM_CLASSES)]
-    tf = _logodds if cfg.stack.features == "logodds" else np.exp
-    X = np.hstack([tf(lp) for lp in oof_lp]).astype(np.float32)
-    Xt = {k: np.hstack([tf(lp) for lp in v]).astype(np.float32) for k, v in test_lp.items()}
-    feat_names = [f"{n}:{'lo' if cfg.stack.features == 'logodds' else 'p'}{c}" for n in names for c in range(NUM_CLASSES)]
-    if cfg.stack.model_meta:
-        X = np.hstack([X, model_meta_features(oof_lp)])
-        Xt = {k: np.hstack([Xt[k], model_meta_features(v)]) for k, v in test_lp.items()}
-        feat_names += [f"{n}:{f}" for n in names for f in ("pmax", "entropy")] + ["agreement"]
-    if cfg.stack.meta_features:
+    m = mt = None
+    if cfg.stack.model == "lgbm" and cfg.stack.meta_features:
         if paths is None:
             raise ConfigError(f"{cfg.name}: stack.meta_features needs the dataset (paths)")
         m, mt = _meta_features(paths, data.ids, data.test_ids)
-        X = np.hstack([X, m])
-        Xt = {k: np.hstack([v, mt]) for k, v in Xt.items()}
-        feat_names += list(META_FEATURES)
-    return X, Xt, feat_names
+    X = stack_inputs(cfg, oof_lp, m)
+    Xt = {k: stack_inputs(cfg, v, mt) for k, v in test_lp.items()}
+    return X, Xt, stack_feature_names(cfg)
 
 
-def _logodds(lp: np.ndarray) -> np.ndarray:
+def logodds(lp: np.ndarray) -> np.ndarray:
     """log p - log(1 - p) from log-probabilities: spreads the near-0 and near-1 probabilities that
     trees would otherwise bin together."""
     p = np.clip(np.exp(lp), 1e-7, 1 - 1e-7)
@@ -257,10 +224,6 @@ def _logodds(lp: np.ndarray) -> np.ndarray:
 def load_stack_data(cfg, paths: Paths) -> SecondLevelData:
     cfg = stack_config(cfg)
     return load_upstreams(paths, cfg, list(cfg.stack.inputs))
-
-
-def _log_proba(p: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(p, 1e-12, None)).astype(np.float32)
 
 
 def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = False,
@@ -282,10 +245,10 @@ def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = F
     y = data.y
     t0 = [time.time()]
 
-    def write(k, rows, proba, test_proba, model):
+    def write(k, rows, proba, _, model):
         s = scores(y[rows], proba)
-        oof = Predictions(data.ids[rows], _log_proba(proba), None, y[rows])
-        test = Predictions(data.test_ids, _log_proba(test_proba), None)
+        oof = Predictions(data.ids[rows], proba_to_logp(proba), None, y[rows])
+        test = Predictions(data.test_ids, stack_predict(model, Xt[k]), None)   # as a bundle predicts
         exp.save_model(k, model)   # the fitted fold-k second level: export.py bundles it
         save_fold(exp, k, oof, test, {**s, "best_iteration": int(getattr(model, "best_iteration_", 0)),
                                       "seconds": round(time.time() - t0[0], 2)})
@@ -295,7 +258,7 @@ def run_stack(cfg, paths: Paths, folds: list[int] | None = None, force: bool = F
                  getattr(model, "best_iteration_", 0))
 
     if todo:
-        fit_predict_oof(stacker_factory(cfg), X, y, data.fold, Xt, fold_ids=todo, num_classes=NUM_CLASSES,
+        fit_predict_oof(stacker_factory(cfg), X, y, data.fold, None, fold_ids=todo, num_classes=NUM_CLASSES,
                         on_fold=write, progress=progress)
     return {"name": cfg.name, "kind": "stack", "folds": done, "skipped": skipped,
             "oof": finish_experiment(exp, data), "dir": str(exp.dir)}

@@ -52,11 +52,21 @@ class Upstream:
         """
         if mode == "per_fold":
             return self.test[fold]
-        if mode == "averaged":
-            parts = list(self.test.values())
-            emb = None if parts[0].embeddings is None else np.mean([p.embeddings for p in parts], axis=0)
-            return Predictions(parts[0].ids, np.mean([p.logits for p in parts], axis=0), emb)
-        raise ConfigError(f"test_input must be per_fold or averaged (got {mode!r})")
+        parts = list(self.test.values())
+        logits = fold_test_input({k: p.logits for k, p in self.test.items()}, fold, mode)
+        emb = None if parts[0].embeddings is None else np.mean([p.embeddings for p in parts], axis=0)
+        return Predictions(parts[0].ids, logits, emb)
+
+
+def fold_test_input(per_fold: dict[int, np.ndarray], fold: int, mode: str) -> np.ndarray:
+    """The upstream logits fold ``fold``'s second-level model reads on test rows or new products
+    (``per_fold``: the upstream fold-``fold`` model's; ``averaged``: the mean over its fold models,
+    in fold order). ``Upstream.test_input`` and a bundle both take it from here."""
+    if mode == "per_fold":
+        return per_fold[fold]
+    if mode == "averaged":
+        return np.mean([per_fold[k] for k in sorted(per_fold)], axis=0)
+    raise ConfigError(f"test_input must be per_fold or averaged (got {mode!r})")
 
 
 @dataclass

@@ -6,8 +6,10 @@ Why they are here: on the real French titles (``shared/data/rakuten_text_fr``) a
 TF-IDF n-grams plus frozen e5 embeddings is the strongest single member, and nearest neighbours on
 either representation are weak alone but make different errors, which the blend exploits.
 
-The TF-IDF model is built through the model registry (``create_model("tfidf_linear", ...)``); k-NN is
-not a model class (``knn_log_proba`` votes over a bank of training rows) and is called directly.
+Every model here is built through the model registry: ``create_model("tfidf_linear", ...)``,
+``create_model("knn", ...)`` (a vote over a bank of training rows) and ``create_model("head_logreg",
+...)``. ``predict_classic`` and ``predict_logreg_head`` are their one predict, for a fold's rows and
+for a bundle's new products.
 """
 from __future__ import annotations
 
@@ -15,18 +17,25 @@ import logging
 
 import numpy as np
 from scipy import sparse
-from sklearn.linear_model import LogisticRegression
 
 from rakuten.artifacts import Predictions
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, class_weights
+# knn_log_proba re-exported: the vote is the registry's "knn" model, called here by predict_classic
+from rakuten.models.knn import knn_log_proba  # noqa: F401
 from rakuten.models.registry import create_model
 from rakuten.models.tfidf import _quiet_sklearn
 from rakuten.training.features import frozen_features
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
+
+
+def l2_normalise(f: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine similarity becomes a dot product), float32."""
+    f = np.asarray(f, dtype=np.float32)
+    return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
 
 
 def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
@@ -36,34 +45,32 @@ def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
     src = load_experiment(name)
     if not src.model.get("freeze_backbone"):
         raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone)")
-    f = np.asarray(frozen_features(src, paths, fd, progress), dtype=np.float32)
-    return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
-
-
-def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: float,
-                  chunk: int = 1024) -> np.ndarray:
-    """Similarity-weighted vote of the ``k`` most similar bank rows (weights exp(sim / T)), as
-    log-probabilities smoothed by 1e-4 so no class is impossible. ``queries``/``bank`` are
-    L2-normalised rows (dense or sparse); queries are processed in chunks to bound memory."""
-    n = queries.shape[0]
-    k = min(int(k), bank.shape[0])
-    out = np.zeros((n, NUM_CLASSES), dtype=np.float64)
-    bank_t = bank.T
-    for s in range(0, n, chunk):
-        q = queries[s:s + chunk]
-        sim = q @ bank_t
-        sim = sim.toarray() if sparse.issparse(sim) else np.asarray(sim)
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        w = np.exp((np.take_along_axis(sim, nn, 1) - 1.0) / float(temperature))
-        rows = np.repeat(np.arange(len(nn)), k)
-        np.add.at(out[s:s + chunk], (rows, bank_labels[nn].ravel()), w.ravel())
-    out /= out.sum(1, keepdims=True) + 1e-12
-    return np.log(out + 1e-4).astype(np.float32)
+    return l2_normalise(frozen_features(src, paths, fd, progress))
 
 
 def _l2_rows(X):
     norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).ravel()) + 1e-12
     return sparse.diags(1.0 / norms) @ X
+
+
+def predict_classic(keep: dict, cfg, texts=None, feats: np.ndarray | None = None) -> np.ndarray:
+    """Log-probabilities [n, 27] float32 of a fitted scikit-learn member on new rows: the one predict
+    of ``kind: tfidf`` and ``kind: knn``, for a fold's own rows and test rows (``fit_predict``) and for
+    a bundle's new products alike.
+
+    ``keep``: what ``fit_predict`` kept (``kind`` tfidf, knn_tfidf or knn_features and the fitted
+    objects); ``texts``: the rows' input field; ``feats``: the rows' L2-normalised frozen features
+    (``l2_normalise``) for a member that reads them (``tfidf.dense``, ``knn.features``)."""
+    kind = keep["kind"]
+    if kind == "tfidf":
+        dense = None if feats is None else feats * float(cfg.tfidf.dense.weight)
+        return keep["model"].predict_logits(list(texts), NUM_CLASSES, dense=dense)
+    if kind == "knn_tfidf":
+        feats = _l2_rows(keep["vectorizer"].vectorize(list(texts)))
+    if kind in ("knn_tfidf", "knn_features"):
+        vote = create_model("knn", cfg=cfg.knn, num_classes=NUM_CLASSES).fit(keep["bank"], keep["bank_labels"])
+        return vote.predict_logits(feats)
+    raise RakutenError(f"{cfg.name}: kept model kind {kind!r} is not a scikit-learn member")
 
 
 def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_weight, extra: dict,
@@ -97,20 +104,20 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
     n_tr = len(fd.train)
     extra: dict = {}
     if cfg.kind == "tfidf":
-        dense_cfg = cfg.tfidf.get("dense") or {}
-        dense = None
+        dense_cfg = cfg.tfidf.dense or {}
+        feats = None
         if dense_cfg.get("experiment"):
-            dense = source_features(dense_cfg["experiment"], paths, fd, progress) * float(dense_cfg.get("weight", 1.0))
+            feats = source_features(dense_cfg["experiment"], paths, fd, progress)
         power = float(cfg.loss.class_weight_power)
         w = class_weights(y_tr, power)[y_tr] if power else None
         if sample_weight is not None:
             w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
         model = create_model("tfidf_linear", cfg=cfg.tfidf, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))
-        model.fit(list(texts_train[tr_rows]), y_tr, w, dense=None if dense is None else dense[tr_rows])
-        va = model.predict_logits(list(texts_train[va_rows]), NUM_CLASSES,
-                                  dense=None if dense is None else dense[va_rows])
-        te = model.predict_logits(list(texts_test), NUM_CLASSES, dense=None if dense is None else dense[n_tr:])
+        model.fit(list(texts_train[tr_rows]), y_tr, w,
+                  dense=None if feats is None else feats[tr_rows] * float(dense_cfg.weight))
         keep.update(kind="tfidf", model=model)
+        va = predict_classic(keep, cfg, texts_train[va_rows], None if feats is None else feats[va_rows])
+        te = predict_classic(keep, cfg, texts_test, None if feats is None else feats[n_tr:])
         if model.search:  # a tuned C (tfidf.C as a list): the choice and the inner search go into meta.json
             extra = {"C": model.best_C, "inner_search": model.search}
         if model.calibration == "temperature" and model.kind == "svm":
@@ -118,23 +125,18 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
     elif cfg.kind == "knn":
         if sample_weight is not None:
             raise RakutenError(f"{cfg.name}: kind knn takes no per-row weights")
-        kc = cfg.knn
         y_bank = np.asarray(y_tr, dtype=np.int64)
-        if kc.features == "tfidf":
+        feats = None
+        if cfg.knn.features == "tfidf":
             # the TF-IDF vectorisers of the experiment's tfidf section, fitted on the training folds only
             vec = create_model("tfidf_linear", cfg=cfg.tfidf, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))
-            bank = _l2_rows(vec._features(list(texts_train[tr_rows]), fit=True))
-            va = knn_log_proba(_l2_rows(vec._features(list(texts_train[va_rows]), fit=False)), bank, y_bank,
-                               kc.k, kc.temperature)
-            te = knn_log_proba(_l2_rows(vec._features(list(texts_test), fit=False)), bank, y_bank,
-                               kc.k, kc.temperature)
+            bank = _l2_rows(vec.vectorize(list(texts_train[tr_rows]), fit=True))
             keep.update(kind="knn_tfidf", vectorizer=vec, bank=bank, bank_labels=y_bank)
         else:
-            f = source_features(kc.features, paths, fd, progress)
-            bank = f[tr_rows]
-            va = knn_log_proba(f[va_rows], bank, y_bank, kc.k, kc.temperature)
-            te = knn_log_proba(f[n_tr:], bank, y_bank, kc.k, kc.temperature)
-            keep.update(kind="knn_features", bank=bank, bank_labels=y_bank)
+            feats = source_features(cfg.knn.features, paths, fd, progress)
+            keep.update(kind="knn_features", bank=feats[tr_rows], bank_labels=y_bank)
+        va = predict_classic(keep, cfg, texts_train[va_rows], None if feats is None else feats[va_rows])
+        te = predict_classic(keep, cfg, texts_test, None if feats is None else feats[n_tr:])
     else:
         raise RakutenError(f"{cfg.name}: kind {cfg.kind!r} is not a scikit-learn member")
     return va, te, extra
@@ -144,27 +146,38 @@ def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, 
                   sample_weight=None, predict_feats=None):
     """Multinomial logistic regression on standardised frozen embeddings (``model.head: logreg``):
     on real e5 title embeddings it matched or beat the torch linear head, with no epochs to choose.
-    ``predict_feats``: the features of each test-time view; predictions average their log-probabilities."""
+    ``predict_feats``: the features of each test-time view; predictions average their log-probabilities.
+    Returns (fold rows' log-probabilities, test rows' log-probabilities), both from ``predict_logreg_head``."""
     mu = feats[tr_rows].mean(0, keepdims=True)
     sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
-    z = (feats - mu) / sd
     power = float(cfg.loss.class_weight_power)
     w = class_weights(y_tr, power)[y_tr] if power else None
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
-    clf = LogisticRegression(C=float(cfg.model.get("head_C", 0.1)), max_iter=300, random_state=int(cfg.train.seed))
+    clf = create_model("head_logreg", cfg=cfg.model, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))
     with _quiet_sklearn():
-        clf.fit(z[tr_rows], y_tr, sample_weight=w)
+        clf.fit(((feats - mu) / sd)[tr_rows], y_tr, sample_weight=w)
+    head = {"kind": "frozen_logreg", "clf": clf, "mu": mu, "sd": sd}
     if keep is not None:
-        keep.update(kind="frozen_logreg", clf=clf, mu=mu, sd=sd)
+        keep.update(head)
+    views = [feats] if not predict_feats else list(predict_feats)
+    return (predict_logreg_head(head, [v[va_rows] for v in views]),
+            predict_logreg_head(head, [v[n_train:] for v in views]))
+
+
+def predict_logreg_head(keep: dict, view_feats: list[np.ndarray]) -> np.ndarray:
+    """Log-probabilities [n, 27] float32 of a fitted logistic-regression head (``frozen_logreg``'s
+    ``keep``) on rows' frozen features, one array per test-time view, averaged over the views; a class
+    the head never saw gets log-probability -30. The one predict of ``model.head: logreg``: the fold's
+    run and a bundle both call it."""
+    clf, mu, sd = keep["clf"], keep["mu"], keep["sd"]
 
     def logp(x):
         full = np.full((len(x), NUM_CLASSES), -30.0, dtype=np.float64)
-        full[:, clf.classes_] = clf.predict_log_proba(x)
+        full[:, clf.classes_] = clf.predict_log_proba((x - mu) / sd)
         return full.astype(np.float32)
-    zs = [z] if not predict_feats else [(f - mu) / sd for f in predict_feats]
-    return (np.mean([logp(v[va_rows]) for v in zs], axis=0).astype(np.float32),
-            np.mean([logp(v[n_train:]) for v in zs], axis=0).astype(np.float32))
+    return np.mean([logp(v) for v in view_feats], axis=0).astype(np.float32)
 
 
-__all__ = ["fit_predict", "frozen_logreg", "knn_log_proba", "source_features", "Predictions"]
+__all__ = ["fit_predict", "frozen_logreg", "knn_log_proba", "l2_normalise", "predict_classic", "predict_logreg_head",
+           "source_features", "Predictions"]

@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 
 from rakuten.artifacts import ArtifactError, Experiment, Predictions, atomic_write_csv
-from rakuten.errors import RakutenError
 from rakuten.folds import inner_split
 from rakuten.labels import NUM_CLASSES
 from rakuten.metrics import scores
@@ -22,21 +21,9 @@ from rakuten.training.fold_state import atomic_torch_save, rng_state, set_rng_st
 from rakuten.training.inputs import Inputs, RowSubset
 from rakuten.training.loaders import make_loader
 from rakuten.training.losses import make_loss
+from rakuten.training.predict import predict_rows
 
 log = logging.getLogger(__name__)
-
-
-def tta_predict(engine, loader_for_view, views) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (and embeddings) averaged over the test-time ``views``; ``loader_for_view(v)`` yields
-    the same rows, in the same order, as seen through view ``v``."""
-    outs = [engine.predict(loader_for_view(v)) for v in views]
-    logits = np.mean([o[0] for o in outs], axis=0).astype(np.float32)
-    emb = None if any(o[1] is None for o in outs) else np.mean([o[1] for o in outs], axis=0).astype(np.float32)
-    return logits, emb
-
-
-def tta_views(cfg) -> list[str]:
-    return list((cfg.get("predict") or {}).get("tta") or ["identity"])
 
 
 def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr_rows, va_rows, y_tr, y_va,
@@ -62,14 +49,10 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         tr_rows, y_tr, va_rows, y_va = tr_rows[fit_pos], y_tr[fit_pos], tr_rows[mon_pos], y_tr[mon_pos]
     tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)
     va_ds = RowSubset(inputs.dataset, va_rows, y_va)
-    pred_ds = RowSubset(inputs.dataset, pred_rows, y_pred)
     te_rows = np.arange(inputs.n_train, len(inputs.dataset))
-    te_ds = RowSubset(inputs.dataset, te_rows, None)
     sub = (lambda rows: None if lengths is None else lengths[rows])
     train_loader, train_sampler = make_loader(tr_ds, cfg, True, inputs.collate, sub(tr_rows), y_tr, seed, dist_info)
     val_loader, _ = make_loader(va_ds, cfg, False, inputs.collate, sub(va_rows))
-    pred_loader = val_loader if pred_rows is va_rows else make_loader(pred_ds, cfg, False, inputs.collate, sub(pred_rows))[0]
-    test_loader, _ = make_loader(te_ds, cfg, False, inputs.collate, sub(te_rows))
 
     model = model.to(device)
     net = model
@@ -133,24 +116,8 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         return None  # rank 0 predicts and writes; the others' work is done
     if best_path.exists() and history:
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-    views = tta_views(cfg)
-
-    def view_loader(default, rows, labels):
-        def make(view):
-            if inputs.view_datasets is not None:   # frozen features: one dataset per view
-                return make_loader(RowSubset(inputs.view_datasets[view], rows, labels), cfg, False, inputs.collate,
-                               sub(rows))[0]
-            if view != "identity" and not hasattr(inputs.batch_transform, "view"):
-                raise RakutenError(f"{cfg.name}: predict.tta view {view!r} needs an image model")
-            if inputs.batch_transform is not None and hasattr(inputs.batch_transform, "view"):
-                inputs.batch_transform.view = view
-            return default
-        return make
-    try:
-        va_logits, va_emb = tta_predict(engine, view_loader(pred_loader, pred_rows, y_pred), views)
-        te_logits, te_emb = tta_predict(engine, view_loader(test_loader, te_rows, None), views)
-    finally:
-        if inputs.batch_transform is not None and hasattr(inputs.batch_transform, "view"):
-            inputs.batch_transform.view = "identity"
+    # the one prediction path of the torch members (a bundle predicts new products through it too)
+    va_logits, va_emb = predict_rows(engine, cfg, inputs, pred_rows)
+    te_logits, te_emb = predict_rows(engine, cfg, inputs, te_rows)
     return (Predictions(np.zeros(len(pred_rows)), va_logits, va_emb, y_pred),
             Predictions(np.zeros(len(te_rows)), te_logits, te_emb), history)

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 
 import numpy as np
-import torch
 
 from rakuten.artifacts import atomic_save_npz
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
-from rakuten.training.engine import Engine, resolve_device
+from rakuten.training.engine import resolve_device
 from rakuten.training.fold_data import FoldData
-from rakuten.training.inputs import RowSubset, build_inputs_and_model
-from rakuten.training.loaders import make_loader
+from rakuten.training.inputs import build_inputs_and_model
+from rakuten.training.predict import eval_engine, predict_rows, quantize_for_cpu
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +47,12 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view
         except Exception as e:
             log.warning("feature cache %s unusable (%s); recomputing", path, e)
     inputs, model = build_inputs_and_model(cfg, paths, fd, frozen_backbone=True)
-    if view != "identity":
-        if not hasattr(inputs.batch_transform, "view"):
-            raise RakutenError(f"{cfg.name}: test-time view {view!r} needs an image model")
-        inputs.batch_transform.view = view
+    if view != "identity" and not hasattr(inputs.batch_transform, "view"):
+        raise RakutenError(f"{cfg.name}: test-time view {view!r} needs an image model")
     device = resolve_device(cfg.train.device)
     if device.type == "cpu" and m.get("cpu_int8", False):
-        # Frozen extraction only: int8 dynamic quantisation of the Linear layers roughly halves CPU
-        # time for BERT-sized encoders; the e5 weights are 4-bit already, so little is lost.
-        # torch 2.14 warns that the quantized tensor API is deprecated; it is what runs here (measured
-        # 2.7x faster), and the warning would repeat once per extraction.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated.*")
-            warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-            model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
-    engine = Engine(model.to(device), None, device=device, precision=cfg.train.precision,
-                    batch_transform=inputs.batch_transform, channels_last=bool(cfg.train.channels_last),
-                    progress=progress)
-    rows = np.arange(n)
-    loader, _ = make_loader(RowSubset(inputs.dataset, rows, None), cfg, False, inputs.collate,
-                        None if inputs.lengths is None else inputs.lengths)
-    _, emb = engine.predict(loader)
+        model = quantize_for_cpu(model)
+    # the path a bundle extracts new products' features through (predict_rows, one view)
+    _, emb = predict_rows(eval_engine(model, cfg, inputs, device, progress), cfg, inputs, np.arange(n), [view])
     atomic_save_npz(path, features=emb.astype(np.float32))
     return emb

@@ -29,12 +29,13 @@ from rakuten.training import classic
 from rakuten.training.cleaning import training_rows
 from rakuten.training.distributed import barrier, init_distributed
 from rakuten.training.engine import seed_everything
-from rakuten.training.epochs import train_and_predict, tta_views
+from rakuten.training.epochs import train_and_predict
+from rakuten.training.predict import tta_views
 from rakuten.training.features import frozen_features
 from rakuten.training.fold_data import FoldData, empty_field, prepare_fold_data
 from rakuten.training.fold_state import (check_experiment_folds, discard_replaced, fold_lock,
                                          restore_replaced, run_signature)
-from rakuten.training.inputs import FeatureDataset, Inputs, build_inputs_and_model, save_tokenizer
+from rakuten.training.inputs import build_inputs_and_model, feature_inputs, save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
             feats = frozen_features(cfg, paths, fd, progress and dist_info.is_main)
         if dist_info.is_main:
             barrier(dist_info)
-        if cfg.model.get("head", "mlp") == "logreg":
+        if cfg.model.head == "logreg":
             keep = {}
             va_l, te_l = classic.frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep,
                                                sample_weight=w_tr, predict_feats=[view_feats[v] for v in views])
@@ -118,9 +119,8 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
         # tiny, uneven scales, and a linear head on them stalls for many epochs.
         mu = feats[tr_rows].mean(0, keepdims=True)
         sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
-        if cfg.model.get("head", "mlp") != "logreg":
-            inputs = Inputs(FeatureDataset((feats - mu) / sd), len(fd.train), None,
-                            view_datasets={v: FeatureDataset((f - mu) / sd) for v, f in view_feats.items()})
+        if cfg.model.head != "logreg":
+            inputs = feature_inputs(feats, view_feats, mu, sd, len(fd.train))
             head_cfg = dict(cfg.model)
             model = create_model("head_mlp", cfg=head_cfg, num_classes=NUM_CLASSES, in_dim=feats.shape[1])
             out = train_and_predict(cfg, exp, fold, model, inputs, tr_rows, va_rows, y_tr, y_va, progress,

@@ -76,10 +76,15 @@ def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
                          cache_dir=paths.cache_dir / "tokenizers", vocab_size=int(cfg.model.tokenizer_vocab))
     tokens = cached_tokens(tok, texts, int(cfg.data.max_len), paths.cache_dir,
                            tag=f"{cfg.data.field}_{fd.data_key}")
+    return token_inputs(cfg, tok, tokens, len(fd.train))
+
+
+def token_inputs(cfg, tok, tokens, n_train: int) -> Inputs:
+    """Inputs over tokenised rows (a fold's train+test rows, or a bundle's new products with
+    ``n_train=0``): length-sorted batches padded per batch, as every text model reads them."""
     # pad_to_multiple_of: 8 suits tensor cores; 32 or 64 caps the distinct shapes (CUDA graphs, compile)
     collate = pad_collate(tok.pad_token_id, pad_to_multiple_of=cfg.data.pad_to_multiple_of or None)
-    return Inputs(TokenDataset(tokens), len(fd.train), collate, tokens.lengths,
-                  model_kwargs={"tokenizer": tok})
+    return Inputs(TokenDataset(tokens), n_train, collate, tokens.lengths, model_kwargs={"tokenizer": tok})
 
 
 def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
@@ -98,12 +103,27 @@ def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
         log.info("image cache: %d images, %d missing, %d unreadable (blank inputs)",
                  report["n"], report["missing"], report["unreadable"])
         arr = load_image_cache(cache_file)
+    return image_array_inputs(cfg, arr, mean, std, len(fd.train))
+
+
+def image_array_inputs(cfg, arr: np.ndarray, mean, std, n_train: int) -> Inputs:
+    """Inputs over decoded images uint8 [N, S, S, 3] (a fold's image cache, or a bundle's new
+    products decoded in memory with ``n_train=0``): crops, flips and normalisation on the device."""
     aug = cfg.augment
     augment = GpuImageAugment(int(cfg.data.image_size), mean, std, train_crop_scale=tuple(aug.crop_scale),
                               hflip=bool(aug.hflip), max_rotate_deg=float(aug.max_rotate_deg),
                               channels_last=bool(cfg.train.channels_last))
-    return Inputs(CachedImageDataset(arr), len(fd.train), None,
-                  batch_transform=make_image_batch_transform(augment))
+    return Inputs(CachedImageDataset(arr), n_train, None, batch_transform=make_image_batch_transform(augment))
+
+
+def feature_inputs(feats: np.ndarray | None, view_feats: dict, mu: np.ndarray, sd: np.ndarray,
+                   n_train: int) -> Inputs:
+    """Inputs of a head on frozen features ``feats`` [N, D] (what it trains on; None when it only
+    predicts) and each test-time view's features (``{view: [N, D]}``, what it predicts from), all
+    standardised with the fold's training statistics ``mu``/``sd``."""
+    views = {v: FeatureDataset((f - mu) / sd) for v, f in view_feats.items()}
+    base = FeatureDataset((feats - mu) / sd) if feats is not None else next(iter(views.values()))
+    return Inputs(base, n_train, None, view_datasets=views)
 
 
 def build_inputs_and_model(cfg, paths: Paths, fd: FoldData, frozen_backbone: bool = False):

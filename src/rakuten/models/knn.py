@@ -1,0 +1,50 @@
+"""k-nearest neighbours over L2-normalised rows (``kind: knn``): a similarity-weighted vote of the
+training rows most similar to each query, on a frozen experiment's embeddings or on TF-IDF.
+
+``create_model("knn", cfg=<knn section>)`` builds the vote (``k``, ``temperature``); its "fit" keeps
+the bank of training rows and their labels (the training folds only, ``training.classic``)."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from rakuten.labels import NUM_CLASSES
+from rakuten.models.registry import register_model
+
+
+def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: float,
+                  chunk: int = 1024) -> np.ndarray:
+    """Similarity-weighted vote of the ``k`` most similar bank rows (weights exp(sim / T)), as
+    log-probabilities smoothed by 1e-4 so no class is impossible. ``queries``/``bank`` are
+    L2-normalised rows (dense or sparse); queries are processed in chunks to bound memory."""
+    n = queries.shape[0]
+    k = min(int(k), bank.shape[0])
+    out = np.zeros((n, NUM_CLASSES), dtype=np.float64)
+    bank_t = bank.T
+    for s in range(0, n, chunk):
+        q = queries[s:s + chunk]
+        sim = q @ bank_t
+        sim = sim.toarray() if sparse.issparse(sim) else np.asarray(sim)
+        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        w = np.exp((np.take_along_axis(sim, nn, 1) - 1.0) / float(temperature))
+        rows = np.repeat(np.arange(len(nn)), k)
+        np.add.at(out[s:s + chunk], (rows, bank_labels[nn].ravel()), w.ravel())
+    out /= out.sum(1, keepdims=True) + 1e-12
+    return np.log(out + 1e-4).astype(np.float32)
+
+
+@register_model("knn")
+class KnnVote:
+    """The vote of the ``cfg.k`` most similar bank rows, weights exp((sim - 1) / ``cfg.temperature``)."""
+
+    def __init__(self, cfg, num_classes: int = NUM_CLASSES, **_):
+        self.k, self.temperature, self.num_classes = int(cfg["k"]), float(cfg["temperature"]), int(num_classes)
+
+    def fit(self, bank, labels) -> "KnnVote":
+        """Keep the bank (L2-normalised rows, dense or sparse) and its labels; nothing is learned."""
+        self.bank_, self.labels_ = bank, np.asarray(labels, dtype=np.int64)
+        return self
+
+    def predict_logits(self, queries) -> np.ndarray:
+        """[n, 27] log-probabilities of L2-normalised ``queries`` (``knn_log_proba``)."""
+        return knn_log_proba(queries, self.bank_, self.labels_, self.k, self.temperature)
