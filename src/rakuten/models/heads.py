@@ -4,7 +4,11 @@ from __future__ import annotations
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.models.registry import register_model
+
+# a model section given without a key (a test's dict) gets the experiment default, as a config does
+_M = EXPERIMENT_DEFAULTS["model"]
 
 
 @register_model("head_mlp")
@@ -13,8 +17,8 @@ class FeatureHead(nn.Module):
 
     def __init__(self, cfg, num_classes: int, in_dim: int, **_):
         super().__init__()
-        hidden = int(cfg.get("head_hidden", 0) or 0)
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.1)))
+        hidden = int(cfg.get("head_hidden", _M["head_hidden"]) or 0)
+        self.dropout = nn.Dropout(float(cfg.get("dropout", _M["dropout"])))
         self.hidden = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU()) if hidden else None
         self.embed_dim = hidden or in_dim
         self.classifier = nn.Linear(self.embed_dim, num_classes)

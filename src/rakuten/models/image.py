@@ -8,7 +8,11 @@ from __future__ import annotations
 from torch import nn
 
 from rakuten.errors import RakutenError
+from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.models.registry import register_model
+
+# a model section given without a key (a test's dict) gets the experiment default, as a config does
+_M = EXPERIMENT_DEFAULTS["model"]
 
 
 class TinyCNN(nn.Module):
@@ -69,11 +73,11 @@ class ImageClassifier(nn.Module):
     def __init__(self, cfg, num_classes: int, backbone: nn.Module | None = None, **_):
         super().__init__()
         self.encoder = backbone if backbone is not None else load_image_backbone(
-            cfg["backbone"], pretrained=cfg.get("pretrained", True), drop_path_rate=cfg.get("drop_path_rate", 0.0))
-        if cfg.get("grad_checkpointing", False) and hasattr(self.encoder, "set_grad_checkpointing"):
+            cfg["backbone"], pretrained=cfg.get("pretrained", _M["pretrained"]), drop_path_rate=cfg.get("drop_path_rate", 0.0))
+        if cfg.get("grad_checkpointing", _M["grad_checkpointing"]) and hasattr(self.encoder, "set_grad_checkpointing"):
             self.encoder.set_grad_checkpointing(True)
         self.embed_dim = self.encoder.num_features
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.2)))
+        self.dropout = nn.Dropout(float(cfg.get("dropout", _M["dropout"])))
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
     def forward(self, batch: dict) -> dict:

@@ -15,9 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.models.backbones import load_text_backbone
 from rakuten.models.encoder_kwargs import encoder_kwargs
 from rakuten.models.registry import register_model
+
+# a model section given without a key (a test's dict) gets the experiment default, as a config does
+_M = EXPERIMENT_DEFAULTS["model"]
 
 
 class TextClassifier(nn.Module):
@@ -28,16 +32,16 @@ class TextClassifier(nn.Module):
         self.max_len = int(cfg.get("max_len", 128))
         self.encoder = backbone if backbone is not None else load_text_backbone(
             cfg["backbone"], tokenizer=tokenizer, max_len=self.max_len,
-            attn_implementation=cfg.get("attn_implementation", "sdpa"), pretrained=cfg.get("pretrained", True))
+            attn_implementation=cfg.get("attn_implementation", "sdpa"), pretrained=cfg.get("pretrained", _M["pretrained"]))
         if getattr(self.encoder, "pooler", None) is not None:
             # BERT/CamemBERT's pooler is never used by these heads: dropping it saves its weights and
             # keeps DDP from waiting for gradients that never come.
             self.encoder.pooler = None
-        if cfg.get("grad_checkpointing", False) and hasattr(self.encoder, "gradient_checkpointing_enable"):
+        if cfg.get("grad_checkpointing", _M["grad_checkpointing"]) and hasattr(self.encoder, "gradient_checkpointing_enable"):
             self.encoder.gradient_checkpointing_enable()
         hidden = _hidden_size(self.encoder.config)
         self._encoder_kwargs = encoder_kwargs(self.encoder)  # FlauBERT: no KV cache (see encoder_kwargs)
-        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.1)))
+        self.dropout = nn.Dropout(float(cfg.get("dropout", _M["dropout"])))
         if self.pooling == "flat":
             head_dim = int(cfg.get("head_dim", hidden))
             self.dense = nn.Linear(self.max_len * hidden, head_dim)

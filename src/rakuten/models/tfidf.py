@@ -34,9 +34,13 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.svm import LinearSVC
 
 from rakuten.errors import RakutenError
+from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.labels import NUM_CLASSES
-from rakuten.models.registry import register_model
 from rakuten.metrics import f1
+from rakuten.models.registry import register_model
+
+# a tfidf section given without a key (a test's dict) gets the experiment default, as a config does
+_T = EXPERIMENT_DEFAULTS["tfidf"]
 
 
 @register_model("tfidf_linear")
@@ -46,9 +50,9 @@ class TfidfLinear:
 
     def __init__(self, cfg: dict, seed: int = 42, num_classes: int = NUM_CLASSES):
         self.cfg, self.seed, self.num_classes = cfg, seed, int(num_classes)
-        word_ngrams = cfg.get("word_ngrams", (1, 2))
-        char_ngrams = cfg.get("char_ngrams", (2, 5))
-        analyzer = cfg.get("char_analyzer", "char_wb")
+        word_ngrams = cfg.get("word_ngrams", _T["word_ngrams"])
+        char_ngrams = cfg.get("char_ngrams", _T["char_ngrams"])
+        analyzer = cfg.get("char_analyzer", _T["char_analyzer"])
         if analyzer not in ("char_wb", "char"):
             raise RakutenError(f"tfidf.char_analyzer must be char_wb or char (got {analyzer!r})")
         if not word_ngrams and not char_ngrams:
@@ -63,14 +67,14 @@ class TfidfLinear:
         self.char = TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(char_ngrams),
                                     sublinear_tf=True, min_df=2, max_features=share,
                                     lowercase=True) if char_ngrams else None
-        self.kind = cfg.get("classifier", "logreg")
-        self.calibration = cfg.get("calibration", "sigmoid")
+        self.kind = cfg.get("classifier", _T["classifier"])
+        self.calibration = cfg.get("calibration", _T["calibration"])
         if self.calibration not in ("sigmoid", "temperature", "none"):
             raise RakutenError(f"tfidf.calibration must be sigmoid, temperature or none (got {self.calibration!r})")
         self.temperature = 1.0
         if self.kind not in ("logreg", "svm"):
             raise RakutenError(f"tfidf.classifier must be logreg or svm (got {self.kind!r})")
-        C = cfg.get("C", 4.0)
+        C = cfg.get("C", _T["C"])
         self.C_grid = [float(c) for c in C] if isinstance(C, (list, tuple)) else None
         if self.C_grid is not None and not self.C_grid:
             raise RakutenError("tfidf.C: an empty list")

@@ -38,13 +38,13 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     seed = int(t.seed) + fold
     lengths = inputs.lengths
     pred_rows, y_pred = va_rows, y_va   # fold k: predicted once, with the chosen weights
-    if t.get("early_stop", "inner") == "inner":
+    if t.early_stop == "inner":
         # Early stopping watches an inner split of the training folds, never fold k: choosing the
         # epoch on fold k would make its OOF rows (what the second level learns from) optimistic.
         # pseudo-labelled test rows (index >= n_train) are never monitored: only given labels choose the epoch
         real = tr_rows < inputs.n_train
         pos = np.flatnonzero(real)
-        fit_pos, mon_pos = inner_split(pos, y_tr[real], float(t.get("inner_frac", 0.1)), seed)
+        fit_pos, mon_pos = inner_split(pos, y_tr[real], float(t.inner_frac), seed)
         fit_pos = np.concatenate([fit_pos, np.flatnonzero(~real)])
         tr_rows, y_tr, va_rows, y_va = tr_rows[fit_pos], y_tr[fit_pos], tr_rows[mon_pos], y_tr[mon_pos]
     tr_ds = RowSubset(inputs.dataset, tr_rows, y_tr)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rakuten.errors import RakutenError
+from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.labels import class_weights
 
 
@@ -56,11 +57,14 @@ class WeightedCE(nn.Module):
 
 
 def make_loss(loss_cfg: dict, train_labels, num_classes: int) -> nn.Module:
-    name = loss_cfg.get("name", "ce")
-    weight = loss_weights(train_labels, num_classes, loss_cfg.get("class_weight_power", 0.0))
-    ls = float(loss_cfg.get("label_smoothing", 0.0))
+    """The training loss of a ``loss`` section (``ce`` or ``focal``, class weights ``class_weight_power``,
+    ``label_smoothing``); a key left out takes the experiment default."""
+    loss_cfg = {**EXPERIMENT_DEFAULTS["loss"], **dict(loss_cfg)}
+    name = loss_cfg["name"]
+    weight = loss_weights(train_labels, num_classes, loss_cfg["class_weight_power"])
+    ls = float(loss_cfg["label_smoothing"])
     if name == "ce":
         return WeightedCE(weight, ls)
     if name == "focal":
-        return FocalLoss(float(loss_cfg.get("focal_gamma", 2.0)), weight, ls)
+        return FocalLoss(float(loss_cfg["focal_gamma"]), weight, ls)
     raise RakutenError(f"unknown loss {name!r}; choose ce or focal")
