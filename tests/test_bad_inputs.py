@@ -82,7 +82,7 @@ def test_leaderboard_is_not_replaced_by_an_empty_one(synth):
 
 
 def test_failed_fuse_with_changed_config_keeps_the_finished_experiment(synth):
-    small = ["--config", "fusion_late_weighted", "--no-progress", "train.epochs=3", "train.early_stopping=fixed"]
+    small = ["--config", "fusion_late_weighted", "--no-progress", "train.epochs=3", "train.early_stop=fixed"]
     r = script("fuse.py", synth, *small)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = synth.oof_dir / "fusion_late_weighted" / "meta.json"

@@ -119,6 +119,23 @@ def test_bad_config_fails_loudly():
         fusion_config({"name": "t", "fusion": {"variant": "hierarchical"}})
 
 
+def test_the_old_early_stopping_key_is_refused_naming_the_new_one(tmp_path):
+    """train.early_stopping (fusion's old key) is now train.early_stop, as for unimodal models: in a
+    file, an override or a dict, a one-line error names the new key instead of adding or ignoring it."""
+    from rakuten.second_level.api import load_fusion
+
+    with pytest.raises(ConfigError, match="train.early_stopping is now train.early_stop"):
+        load_fusion("fusion_late_weighted", overrides=["train.early_stopping=fixed"])
+    with pytest.raises(ConfigError, match="train.early_stopping is now train.early_stop"):
+        fusion_config({"name": "t", "fusion": {"variant": "late", "inputs": ["a"]},
+                       "train": {"early_stopping": "fixed"}})
+    old = tmp_path / "old.yaml"
+    old.write_text("kind: fusion\nfusion: {variant: late, inputs: [a]}\ntrain: {early_stopping: inner}\n")
+    with pytest.raises(ConfigError, match="is now train.early_stop"):
+        load_fusion(str(old))
+    assert load_fusion("fusion_late_weighted", overrides=["train.early_stop=fixed"]).train.early_stop == "fixed"
+
+
 # ------------------------------------------------------------------------------ on synthetic OOF data
 def test_demo_configs_cover_every_variant():
     assert {"fusion_hier_avg_avg", "fusion_hier_concat_concat", "fusion_baseline_concat",
@@ -289,13 +306,13 @@ def test_alignment_map_is_identity_on_shared_spaces_and_exact_on_rotations():
 
 
 @pytest.mark.parametrize("overrides", [("test_input=averaged",), ("test_input=averaged", "fusion.align=none"),
-                                       ("train.early_stopping=fixed", "train.epochs=20")])
+                                       ("train.early_stop=fixed", "train.epochs=20")])
 def test_other_modes_run(rotated, overrides):
     res = run_fusion(cfg_of("fusion_baseline_concat", "name=modes", *overrides), rotated, progress=False)
     meta = Experiment(rotated.oof_dir, "modes").read_meta()
     assert all(np.isfinite(Predictions.load(Experiment(rotated.oof_dir, "modes").test_path(k)).logits).all()
                for k in range(5))
-    if "train.early_stopping=fixed" in overrides:
+    if "train.early_stop=fixed" in overrides:
         assert all(meta["folds"][str(k)]["n_inner_val"] == 0 and meta["folds"][str(k)]["epochs_run"] == 20
                    for k in range(5))
     else:

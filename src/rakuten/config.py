@@ -119,10 +119,31 @@ def parse_override(item: str) -> tuple[str, Any, bool]:
     return key, value, add
 
 
+# Keys that moved (old dotted path -> new): a config or override naming the old one is refused with a
+# one-line error naming the new one, never silently ignored or silently added.
+MOVED_KEYS = {"train.early_stopping": "train.early_stop"}   # fusion's, now the one key unimodal models use
+
+
+def refuse_moved_keys(d: dict, source: str) -> None:
+    """Raise ConfigError when ``d`` holds a key of ``MOVED_KEYS`` (its old path)."""
+    for old, new in MOVED_KEYS.items():
+        node = d
+        for part in old.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise ConfigError(f"{source}: {old} is now {new}; rename it")
+
+
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
+    """``cfg`` (deep-copied) with each ``key=value`` override applied; a key that does not exist is an
+    error unless written ``+key=value``."""
     cfg = copy.deepcopy(cfg)
     for item in overrides or []:
         key, value, add = parse_override(item)
+        if key in MOVED_KEYS:
+            raise ConfigError(f"override {item!r}: {key} is now {MOVED_KEYS[key]}")
         node = cfg
         parts = key.split(".")
         for part in parts[:-1]:
@@ -143,6 +164,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, defaults: 
     """Load ``path`` over ``defaults`` (deep-copied), then apply ``overrides``; record the source."""
     p = resolve_config_path(path)
     data = _load_yaml(p)
+    refuse_moved_keys(data, str(p))
     if defaults:
         data = deep_merge(defaults, data)
     data = apply_overrides(data, overrides)

@@ -106,7 +106,7 @@ FUSION_DEFAULTS: dict = {
         "eval_batch_size": 8192,
         "lr": 1e-3,
         "weight_decay": 1e-4,
-        "early_stopping": "inner",   # inner (split of the training rows) | fixed (train.epochs)
+        "early_stop": "inner",       # inner (split of the training rows) | fixed (train.epochs)
         "inner_frac": 0.1,
         "patience": 10,
         "monitor": "macro_f1",       # macro_f1 | loss, on the inner split

@@ -23,7 +23,7 @@ The networks are defined in ``rakuten.models.fusion_nets`` and built through the
 validates the config, prepares the inputs and trains them.
 
 K-fold on the upstream fold file: fold k's fusion model is fitted on the OOF rows of the other folds
-only and predicts fold k's rows. Early stopping (``train.early_stopping: inner``) watches an inner
+only and predicts fold k's rows. Early stopping (``train.early_stop: inner``) watches an inner
 stratified split of the training rows; ``fixed`` trains ``train.epochs`` epochs. Fold k is never used
 to choose epochs: that would select the model on the rows it is scored on. Embeddings are
 standardised with the mean and standard deviation of the rows the network is fitted on.
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge, validate_config
+from rakuten.config import Config, ConfigError, deep_merge, refuse_moved_keys, validate_config
 from rakuten.defaults import FUSION_DEFAULTS
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.metrics import scores
@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 def fusion_config(cfg) -> Config:
     """The config over FUSION_DEFAULTS, validated; accepts a Config from ``load_config`` or a dict."""
     d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
+    refuse_moved_keys(d, d.get("_source_") or d.get("name") or "fusion config")
     c = Config(deep_merge(FUSION_DEFAULTS, d))
     validate_config(c, FUSION_DEFAULTS, c.get("_source_") or c.get("name") or "config")
     if not c.get("name"):
@@ -89,8 +90,8 @@ def fusion_config(cfg) -> Config:
     fusion_net_class(variant).check_config(c.fusion, c.name)
     if c.fusion.head not in HEADS:
         raise ConfigError(f"{c.name}: fusion.head must be one of {', '.join(HEADS)} (got {c.fusion.head!r})")
-    if c.train.early_stopping not in ("inner", "fixed"):
-        raise ConfigError(f"{c.name}: train.early_stopping must be inner or fixed")
+    if c.train.early_stop not in ("inner", "fixed"):
+        raise ConfigError(f"{c.name}: train.early_stop must be inner or fixed")
     if c.train.monitor not in ("macro_f1", "loss"):
         raise ConfigError(f"{c.name}: train.monitor must be macro_f1 or loss")
     if c.fusion.align not in ("test_anchor", "none"):
@@ -275,7 +276,7 @@ def fit_predict_fold(cfg, data: SecondLevelData, fold: int, progress: bool = Fal
     train_idx = np.flatnonzero(fold_vec != fold)
     pred_idx = np.flatnonzero(fold_vec == fold)
     seed = int(tcfg.seed) + fold
-    if tcfg.early_stopping == "inner":
+    if tcfg.early_stop == "inner":
         fit_idx, val_idx = inner_split(train_idx, y[train_idx], float(tcfg.inner_frac), seed)
     else:
         fit_idx, val_idx = train_idx, None
