@@ -9,11 +9,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: venv offline demo test test-fast bench-smoke clean-artifacts
 
-# The venv is rebuilt when requirements.txt changes (stamp file), not on every call.
-$(VENV)/.stamp: requirements.txt
+# The venv is rebuilt when requirements.txt or pyproject.toml changes (stamp file), not on every call.
+# The package src/rakuten is installed editable (pyproject.toml), so tests, benchmarks and scripts
+# import it without touching sys.path; --no-deps: requirements.txt pinned them already.
+$(VENV)/.stamp: requirements.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rakuten.paths import Paths  # noqa: E402
+from rakuten.paths import Paths
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

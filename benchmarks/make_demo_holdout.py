@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rakuten.data.demo import generate_demo_dataset  # noqa: E402
+from rakuten.data.demo import generate_demo_dataset
 
 
 def main(argv=None) -> int:

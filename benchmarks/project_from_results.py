@@ -15,10 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput.common import IMAGE_MODEL, TEXT_MODELS  # noqa: E402
-from throughput.projection import project_full_run  # noqa: E402
+from throughput.common import IMAGE_MODEL, TEXT_MODELS
+from throughput.projection import project_full_run
 
 
 def merge(files: list[Path]) -> tuple[dict, dict]:

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_data import RESULTS, f1s, test_labels  # noqa: E402
-from rakuten.artifacts import Experiment  # noqa: E402
-from rakuten.cli import quiet_progress, setup_logging  # noqa: E402
-from rakuten.labels import CODES  # noqa: E402
-from rakuten.paths import Paths  # noqa: E402
+from real_data import RESULTS, f1s, test_labels
+from rakuten.artifacts import Experiment
+from rakuten.cli import quiet_progress, setup_logging
+from rakuten.labels import CODES
+from rakuten.paths import Paths
 
 SUITES = {
     "weak_classes": ("text_e5_text", {

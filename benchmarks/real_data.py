@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -28,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from rakuten.artifacts import Experiment  # noqa: E402
-from rakuten.cli import quiet_progress, setup_logging  # noqa: E402
-from rakuten.paths import Paths  # noqa: E402
+from rakuten.artifacts import Experiment
+from rakuten.cli import quiet_progress, setup_logging
+from rakuten.paths import Paths
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

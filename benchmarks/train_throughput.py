@@ -32,7 +32,8 @@ Usage::
     python benchmarks/train_throughput.py --all --tiny --out-dir /tmp/x           # CPU smoke test
 
 Imports only torch, numpy, PIL, transformers, timm (and tqdm if present), so it runs on a bare GPU
-machine; it puts ``src/`` on ``sys.path`` itself.
+machine (its ``rakuten`` imports need the package: ``pip install -e .``, or ``PYTHONPATH=src`` on a
+bare machine).
 
 This file is the entry point only; the benchmark lives in ``benchmarks/throughput/``: ``cli`` (arguments,
 driver), ``text`` and ``image`` (the benchmarks), ``loops`` (the naive loop, the variant runner, the
@@ -42,13 +43,8 @@ file name) and ``common`` (constants, helpers).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
-
-from throughput.cli import main  # noqa: E402  (after the sys.path line above)
+from throughput.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

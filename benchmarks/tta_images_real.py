@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from label_noise_real import RESULTS, run_variant, score  # noqa: E402
-from rakuten.paths import Paths  # noqa: E402
+from label_noise_real import RESULTS, run_variant, score
+from rakuten.paths import Paths
 
 
 def main(argv=None) -> int:

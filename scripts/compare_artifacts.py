@@ -22,9 +22,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-# the pickled models (.joblib) name classes of the project's package
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 DIRS = ("folds", "oof", "submissions")
 
 # What two runs of the same commit differ in (learned from /work/baseline/demo vs demo2: two runs of

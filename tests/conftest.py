@@ -1,10 +1,8 @@
 import os
-import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+# the package is installed (pip install -e ., what `make venv` runs): no sys.path patch here
 
 # One OpenBLAS thread for the suite and the scripts it starts (an explicit setting wins): on a busy
 # 2-core machine, OpenBLAS threads spinning against each other made one logistic-regression stack test

@@ -60,8 +60,7 @@ def test_train_throughput_tiny_writes_results(tmp_path):
 
 
 def test_projection_merges_the_fastest_variant_at_the_benchmark_batch(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import project_from_results as pfr
+    import project_from_results as pfr   # benchmarks/ is on the path by pytest.ini
 
     def text(train, eval_, batch=32):
         return {"train_samples_per_s": train, "eval_samples_per_s": eval_, "batch": batch}

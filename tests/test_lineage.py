@@ -111,8 +111,6 @@ SMALL_STACK = ["lgbm.num_leaves=7", "lgbm.max_bin=31", "lgbm.num_threads=1", "lg
 
 @pytest.fixture
 def synth(tmp_path):
-    import sys as _sys
-    _sys.path.insert(0, str(Path(__file__).parent))
     from synthetic import make_synthetic
     return make_synthetic(tmp_path / "synth")
 
