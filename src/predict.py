@@ -21,15 +21,16 @@ from rakuten.errors import RakutenError
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--input", required=True)
+    p.add_argument("--bundle", required=True, help="bundle folder written by export.py (holds manifest.json)")
+    p.add_argument("--input", required=True,
+                   help="products: challenge X CSV, SIGIR TSV, or JSON lines (title/designation, description, ...)")
     p.add_argument("--images", default=None, help="folder of the products' images")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="predictions file to write (.csv, or .jsonl for JSON lines)")
     p.add_argument("--batch-rows", type=int, default=2048,
                    help="products per prediction batch (bounds memory on large inputs)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--device", default="cpu", help="torch device of the bundle's models (cpu, cuda, cuda:1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     quiet_progress(args.no_progress)
