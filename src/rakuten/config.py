@@ -20,6 +20,7 @@ from rakuten.artifacts import atomic_write_text
 
 
 class ConfigError(RakutenError, ValueError):
+    """A config that cannot be used (unknown key, bad type or value); the message is one line."""
     pass
 
 
@@ -45,9 +46,11 @@ class Config(dict):
         return Config(copy.deepcopy(dict(self), memo))
 
     def to_dict(self) -> dict:
+        """A plain, deep-copied dict of the config."""
         return {k: (v.to_dict() if isinstance(v, Config) else copy.deepcopy(v)) for k, v in self.items()}
 
     def get_path(self, dotted: str, default: Any = None) -> Any:
+        """The value at a dotted path (``train.lr``), or ``default`` when a part is missing."""
         node: Any = self
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -57,6 +60,7 @@ class Config(dict):
 
 
 def deep_merge(base: dict, child: dict) -> dict:
+    """``child`` over ``base`` (both deep-copied): mappings merge key by key, other values replace."""
     out = copy.deepcopy(base)
     for k, v in child.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
@@ -99,6 +103,7 @@ def _load_yaml(path: Path, seen: tuple = ()) -> dict:
 
 
 def parse_override(item: str) -> tuple[str, Any, bool]:
+    """(dotted key, YAML-parsed value, whether ``+key`` adds a new key) of one ``key=value`` override."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not key=value")
     key, raw = item.split("=", 1)
@@ -174,6 +179,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, defaults: 
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
+    """Write ``cfg`` as YAML (atomically)."""
     d = cfg.to_dict() if isinstance(cfg, Config) else cfg
     atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
 
@@ -291,6 +297,7 @@ def validate_config(cfg: dict, defaults: dict, source: str) -> None:
 
 
 def check_range(dotted: str, value, source: str) -> None:
+    """Raise ConfigError when ``value`` is outside ``RANGES[dotted]`` (keys without a range pass)."""
     r = RANGES.get(dotted)
     if r is None or value is None or isinstance(value, (bool, list, str)):
         if r is not None and isinstance(value, str):

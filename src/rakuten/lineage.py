@@ -58,6 +58,7 @@ def hashed_view(cfg) -> dict:
 
 
 def issues_path(cfg, paths) -> Path | None:
+    """The label-issue file an experiment cleans its training rows with (under the workdir), or None."""
     f = (cfg.data.get("label_issues") or {}).get("file")
     if not f:
         return None
@@ -157,6 +158,7 @@ def fold_file(paths: Paths, of) -> tuple[Path, pd.DataFrame, str]:
 
 
 def check_complete(exp: Experiment, fold_ids: list[int], fold_hash: str) -> None:
+    """Raise ArtifactError unless every fold of ``fold_ids`` is done on fold hash ``fhash``."""
     missing = [k for k in fold_ids if not exp.fold_done(k, fold_hash)]
     if missing:
         raise ArtifactError(f"{exp.name}: fold(s) {', '.join(map(str, missing))} not finished on this fold "

@@ -49,11 +49,13 @@ class ImageCacheError(ArtifactError):
 
 
 def sidecar_path(cache_file: str | Path) -> Path:
+    """The JSON sidecar of an image cache file (counts, blank rows, paths)."""
     cache_file = Path(cache_file)
     return cache_file.with_name(cache_file.name + ".json")
 
 
 def paths_digest(paths: Sequence[str | os.PathLike | None]) -> str:
+    """SHA-256 of the image paths a cache was built from, in order."""
     h = hashlib.sha256()
     for p in paths:
         h.update(b"\x00" if p is None else os.fsencode(str(p)))
@@ -398,6 +400,7 @@ class GpuImageAugment:
 
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """The test-time ``view`` of an image batch (identity or horizontal flip)."""
     if view == "identity":
         return x
     if view == "hflip":
@@ -424,4 +427,5 @@ class ImageBatchTransform:
 
 
 def make_image_batch_transform(augment: GpuImageAugment, key: str = "image") -> ImageBatchTransform:
+    """The ``Engine(batch_transform=...)`` of ``augment`` (see ImageBatchTransform)."""
     return ImageBatchTransform(augment, key)

@@ -24,6 +24,7 @@ class FeatureHead(nn.Module):
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
     def forward(self, batch: dict) -> dict:
+        """batch ``features`` [B, F] -> ``logits`` [B, C], ``embeddings`` [B, hidden or F]."""
         x = batch["features"]                                   # [B, F]
         emb = self.hidden(self.dropout(x)) if self.hidden is not None else x
         return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}

@@ -64,12 +64,15 @@ def load_image_backbone(source: str, pretrained: bool = True, drop_path_rate: fl
 
 
 def image_norm(backbone: nn.Module) -> tuple[tuple, tuple]:
+    """(mean, std) a backbone was pretrained with (ImageNet's when it does not say)."""
     cfg = getattr(backbone, "pretrained_cfg", None) or {}
     return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
 
 @register_model("image_timm")
 class ImageClassifier(nn.Module):
+    """``image_timm``: an image backbone (timm, tiny:cnn, pypi:*), pooled features, dropout and a linear
+    classifier."""
     def __init__(self, cfg, num_classes: int, backbone: nn.Module | None = None, **_):
         super().__init__()
         self.encoder = backbone if backbone is not None else load_image_backbone(
@@ -81,5 +84,6 @@ class ImageClassifier(nn.Module):
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
     def forward(self, batch: dict) -> dict:
+        """batch ``image`` [B, 3, H, W] -> ``logits`` [B, C], ``embeddings`` [B, D] (the pooled features)."""
         emb = self.encoder(batch["image"])          # image: float [B, 3, H, W] (normalised on device) -> [B, D]
         return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}

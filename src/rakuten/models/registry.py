@@ -20,10 +20,12 @@ _MODELS: dict[str, Callable] = {}
 
 
 class UnknownModelError(RakutenError, KeyError):
+    """A model name the registry does not know; the message lists the registered ones."""
     pass
 
 
 def register_model(name: str):
+    """Class or factory decorator: register it as ``name`` (a second registration of a name is an error)."""
     def deco(fn):
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
@@ -34,6 +36,7 @@ def register_model(name: str):
 
 
 def list_models() -> list[str]:
+    """Every registered model name, sorted."""
     _import_all()
     return sorted(_MODELS)
 

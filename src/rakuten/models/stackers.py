@@ -74,6 +74,7 @@ class LGBMStacker(BaseEstimator, ClassifierMixin):
         }
 
     def fit(self, X, y):
+        """Fit on rows ``X`` [n, F] and labels ``y``, early-stopping on an inner split of them when asked."""
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
         w = class_weights(y, float(self.class_weight_power), int(self.num_class))[y]
@@ -94,9 +95,11 @@ class LGBMStacker(BaseEstimator, ClassifierMixin):
         return self
 
     def predict_proba(self, X):
+        """Class probabilities [n, num_class] at the chosen iteration."""
         return self.booster_.predict(np.asarray(X, dtype=np.float32), num_iteration=self.best_iteration_)
 
     def predict(self, X):
+        """The most probable class of each row."""
         return self.predict_proba(X).argmax(1)
 
 
@@ -118,6 +121,7 @@ class LogitBlend(ClassifierMixin, BaseEstimator):
         self.sample_weight_power = float(sample_weight_power)
 
     def fit(self, X, y):
+        """Fit the M weights and C biases by L-BFGS on the (class-weighted) cross-entropy."""
         L = _split(X, self.n_models)
         y = np.asarray(y, dtype=np.int64)
         M, n, C = L.shape
@@ -145,10 +149,12 @@ class LogitBlend(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X):
+        """softmax(sum_m w_m * X_m + b), [n, C]."""
         Z = np.tensordot(self.weights_, _split(X, self.n_models), 1) + self.bias_
         return softmax(Z, axis=1)
 
     def predict(self, X):
+        """The most probable class of each row."""
         return self.predict_proba(X).argmax(1)
 
 
@@ -168,6 +174,7 @@ class CaruanaBlend(ClassifierMixin, BaseEstimator):
         return f1(y, P.argmax(1), self.metric)
 
     def fit(self, X, y):
+        """Greedy forward selection, with replacement, of the models whose average scores best."""
         probs = np.exp(_split(X, self.n_models))
         y = np.asarray(y, dtype=np.int64)
         counts = np.zeros(self.n_models)
@@ -184,9 +191,11 @@ class CaruanaBlend(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X):
+        """The selected weights' average of the input models' probabilities, [n, C]."""
         return np.tensordot(self.weights_, np.exp(_split(X, self.n_models)), 1)
 
     def predict(self, X):
+        """The most probable class of each row."""
         return self.predict_proba(X).argmax(1)
 
 
@@ -197,6 +206,7 @@ class LogRegStacker(ClassifierMixin, BaseEstimator):
         self.C, self.max_iter, self.seed = float(C), int(max_iter), int(seed)
 
     def fit(self, X, y):
+        """Standardise the log-probabilities, then fit the multinomial logistic regression."""
         X = np.asarray(X, dtype=np.float64)
         self.mu_, self.sd_ = X.mean(0), X.std(0) + 1e-6
         self.clf_ = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
@@ -205,9 +215,11 @@ class LogRegStacker(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X):
+        """Class probabilities [n, C] of standardised rows."""
         return self.clf_.predict_proba((np.asarray(X, dtype=np.float64) - self.mu_) / self.sd_)
 
     def predict(self, X):
+        """The most probable class of each row."""
         return self.classes_[self.predict_proba(X).argmax(1)]
 
 

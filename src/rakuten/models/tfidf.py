@@ -143,6 +143,8 @@ class TfidfLinear:
         return sparse.hstack(parts).tocsr()
 
     def fit(self, texts, labels, sample_weight=None, dense=None):
+        """Fit the vectorisers and the classifier (its C chosen by the inner search when ``C`` is a list; the
+        SVM's temperature on an inner split)."""
         X = self.vectorize(texts, fit=True, dense=dense)
         labels = np.asarray(labels)
         sw = None if sample_weight is None else np.asarray(sample_weight)

@@ -40,6 +40,8 @@ def _name_of(name: str) -> str:
 
 
 def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
+    """A fusion config by name or path over FUSION_DEFAULTS, with the preset's fold file and entry, then
+    ``overrides``; checked at once."""
     # heavy: fusion loads torch
     from rakuten.second_level.fusion import FUSION_DEFAULTS, fusion_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
@@ -49,6 +51,8 @@ def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
 
 
 def load_stack(name: str, preset=None, overrides: list[str] | None = None):
+    """A stack config by name or path over STACK_DEFAULTS, with the preset's fold file and entry, then
+    ``overrides``; checked at once."""
     # heavy: the stacker loads scikit-learn and LightGBM
     from rakuten.second_level.stacker import STACK_DEFAULTS, stack_config
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
@@ -66,6 +70,7 @@ def load_second_level(name: str, preset=None, overrides: list[str] | None = None
 
 
 def run_second_level(cfg, paths: Paths, progress: bool = True) -> dict:
+    """Run a loaded fusion or stack config (folds already done are skipped); returns its result dict."""
     if cfg.get("kind") == "stack":
         # heavy: scikit-learn and LightGBM
         from rakuten.second_level.stacker import run_stack
@@ -76,6 +81,7 @@ def run_second_level(cfg, paths: Paths, progress: bool = True) -> dict:
 
 
 def report(res: dict) -> None:
+    """Print one OOF line of a second-level result (nothing when it has no OOF yet)."""
     o = res.get("oof") or {}
     skipped = f" (skipped folds {res['skipped']})" if res.get("skipped") else ""
     if o:
@@ -120,10 +126,12 @@ def run_and_report(cfg, paths: Paths, progress: bool = True) -> dict:
 
 
 def fuse(name: str, paths: Paths, preset=None, progress: bool = True) -> dict | None:
+    """Load fusion ``name`` for the preset and run it (None when the preset run skipped its inputs)."""
     return _run_named(load_fusion, name, paths, preset, progress)
 
 
 def stack(name: str, paths: Paths, preset=None, progress: bool = True) -> dict | None:
+    """Load stack ``name`` for the preset and run it (None when the preset run skipped its inputs)."""
     return _run_named(load_stack, name, paths, preset, progress)
 
 

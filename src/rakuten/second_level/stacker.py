@@ -222,6 +222,7 @@ def logodds(lp: np.ndarray) -> np.ndarray:
 
 
 def load_stack_data(cfg, paths: Paths) -> SecondLevelData:
+    """The stack's inputs' OOF and per-fold test predictions on its fold file (``upstream.load_upstreams``)."""
     cfg = stack_config(cfg)
     return load_upstreams(paths, cfg, list(cfg.stack.inputs))
 

@@ -38,6 +38,7 @@ class Upstream:
 
     @property
     def has_embeddings(self) -> bool:
+        """Whether the experiment wrote embeddings (a TF-IDF member has none)."""
         return self.oof.embeddings is not None
 
     def test_input(self, fold: int, mode: str) -> Predictions:
@@ -81,18 +82,22 @@ class SecondLevelData:
 
     @property
     def ids(self) -> np.ndarray:
+        """Product ids of the training rows, in fold-file order."""
         return self.folds_df["id"].to_numpy(np.int64)
 
     @property
     def y(self) -> np.ndarray:
+        """Class indices of the training rows, in fold-file order."""
         return self.folds_df["label"].to_numpy(np.int64)
 
     @property
     def fold(self) -> np.ndarray:
+        """The fold of each training row."""
         return self.folds_df["fold"].to_numpy(np.int64)
 
     @property
     def fold_ids(self) -> list[int]:
+        """The fold numbers, sorted."""
         return sorted(int(k) for k in np.unique(self.fold))
 
 
@@ -173,6 +178,7 @@ def _plain(d: dict) -> dict:
 
 
 def fold_is_current(exp: Experiment, fold: int, fold_hash: str, chash: str) -> bool:
+    """Whether fold ``fold`` is done on this fold file under config hash ``chash`` (a reuse is noted)."""
     if not exp.fold_done(fold, fold_hash):
         return False
     current = exp.read_meta().get("config_hash") == chash

@@ -29,6 +29,8 @@ class FoldData:
 
 
 def prepare_fold_data(cfg, paths: Paths, ds=None) -> FoldData:
+    """The data a fold of ``cfg`` reads: the dataset, the fold file (made when missing) joined to it, and their
+    keys."""
     ds = ds or load_dataset(paths)
     fpath, folds, fhash = fold_file(paths, cfg)
     check_folds_match(folds, ds.train, fpath)
@@ -51,6 +53,7 @@ def experiment_data_key(cfg, train: pd.DataFrame, test: pd.DataFrame) -> str:
 
 
 def field_texts(df: pd.DataFrame, cfg) -> list[str]:
+    """The input field of every row (``data.field``), with the config's prefix (E5 wants "passage: ")."""
     prefix = cfg.data.get("prefix", "") or ""
     return [prefix + t for t in df[cfg.data.field].tolist()]
 

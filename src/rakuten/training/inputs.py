@@ -45,6 +45,7 @@ class RowSubset(Dataset):
 
 
 class FeatureDataset(Dataset):
+    """Frozen features as a dataset: ``{"features": [D], "index", "labels": -1}`` per row."""
     def __init__(self, feats: np.ndarray):
         self.feats = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
 
@@ -69,6 +70,8 @@ class Inputs:
 
 
 def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
+    """Inputs of a text model over a fold's train+test rows: the tokenizer (the tiny one fitted on the training
+    text), cached tokens, per-batch padding."""
     texts = field_texts(fd.train, cfg) + field_texts(fd.test, cfg)
     # The tiny tokenizer is fitted on the training text of all folds: label-free, and one shared
     # vocabulary keeps the token cache shared across folds.
@@ -88,6 +91,8 @@ def token_inputs(cfg, tok, tokens, n_train: int) -> Inputs:
 
 
 def image_inputs(cfg, paths: Paths, fd: FoldData, mean, std) -> Inputs:
+    """Inputs of an image model over a fold's train+test rows: the decoded-image cache (rebuilt when missing or
+    stale) and the device-side augmentation."""
     size = int(cfg.data.cache_size)
     files = [p or None for p in fd.train["image_path"].tolist() + fd.test["image_path"].tolist()]
     # keyed by the image files' paths, sizes and mtimes: an image repaired in place is re-read
@@ -127,6 +132,8 @@ def feature_inputs(feats: np.ndarray | None, view_feats: dict, mu: np.ndarray, s
 
 
 def build_inputs_and_model(cfg, paths: Paths, fd: FoldData, frozen_backbone: bool = False):
+    """(Inputs, model) of a text or image experiment on a fold's data, the model built by the registry
+    (``frozen_backbone``: for feature extraction)."""
     if cfg.kind == "text":
         inputs = text_inputs(cfg, paths, fd)
         model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, **inputs.model_kwargs)

@@ -35,6 +35,7 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean focal loss of ``logits`` [B, C] against ``target`` [B]."""
         logits = logits.float()
         ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
         pt = torch.exp(-F.cross_entropy(logits, target, reduction="none"))
@@ -46,12 +47,14 @@ class FocalLoss(nn.Module):
 
 
 class WeightedCE(nn.Module):
+    """Cross-entropy with optional class weights and label smoothing, computed in float32."""
     def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = label_smoothing
         self.register_buffer("weight", weight if weight is not None else None)
 
     def forward(self, logits, target):
+        """Mean cross-entropy of ``logits`` [B, C] against ``target`` [B]."""
         # float32 loss under bf16 autocast: log-softmax over 27 classes is cheap and bf16 loses digits
         return F.cross_entropy(logits.float(), target, weight=self.weight, label_smoothing=self.label_smoothing)
 
