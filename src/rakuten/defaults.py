@@ -15,6 +15,7 @@ EXPERIMENT_DEFAULTS: dict = {
         "field": "title",           # title | description | text (title + description)
         "max_len": 128,
         "pad_to_multiple_of": 8,    # text batches pad to a multiple of this (32/64: fewer shapes for CUDA graphs)
+        "packing": False,           # text: false | true (texts packed into rows of max_len tokens) | N (rows of N)
         "prefix": "",               # E5 wants "passage: "
         "image_size": 224,          # network input
         "cache_size": 256,          # decoded uint8 cache; crops are taken from it

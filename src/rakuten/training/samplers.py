@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from rakuten.data.text_dataset import PackCollate, stack_values
+
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF])
@@ -185,25 +187,25 @@ class PadCollate:
             elif key in _PAD_KEYS:
                 batch[key] = self._pad(values, _PAD_KEYS[key])
             else:
-                batch[key] = _stack(values)
+                batch[key] = stack_values(values)
         return batch
-
-
-def _stack(values: list):
-    v0 = values[0]
-    if isinstance(v0, torch.Tensor):
-        return torch.stack(values)
-    if isinstance(v0, np.ndarray):
-        return torch.from_numpy(np.stack(values))
-    if isinstance(v0, (bool, np.bool_)):
-        return torch.tensor(values, dtype=torch.bool)
-    if isinstance(v0, (int, np.integer)):
-        return torch.tensor(np.asarray(values, dtype=np.int64))
-    if isinstance(v0, (float, np.floating)):
-        return torch.tensor(np.asarray(values, dtype=np.float32))
-    return list(values)
 
 
 def pad_collate(pad_id: int, pad_to_multiple_of: int | None = None, max_length: int | None = None) -> PadCollate:
     """The collate function for text loaders: dynamic padding to each batch's longest row."""
     return PadCollate(pad_id, pad_to_multiple_of, max_length)
+
+
+def text_collate(data_cfg, pad_id: int):
+    """The collate of a text experiment from its ``data`` section: ``PackCollate`` when ``data.packing``
+    is on (``true``: rows of ``data.max_len`` tokens; an integer N: rows of N tokens), else dynamic
+    padding to each batch's longest row. Both round lengths up to ``data.pad_to_multiple_of``."""
+    multiple = int(data_cfg.get("pad_to_multiple_of") or 0) or None
+    packing = data_cfg.get("packing", False)
+    max_len = int(data_cfg.get("max_len"))
+    if packing is False or packing is None or packing == 0:
+        return pad_collate(pad_id, pad_to_multiple_of=multiple)
+    pack_len = max_len if packing is True else int(packing)
+    if multiple:
+        pack_len = -(-pack_len // multiple) * multiple
+    return PackCollate(pad_id, pack_len, pad_to_multiple_of=multiple, max_length=max_len)
