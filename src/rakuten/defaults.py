@@ -55,7 +55,7 @@ EXPERIMENT_DEFAULTS: dict = {
         "compile_dynamic": None,    # torch.compile(dynamic=...): null lets dynamo decide
         "channels_last": True,
         "num_workers": 0,
-        "sampler": "length",        # length (grouped by length; text) | random | balanced
+        "sampler": "length",        # length (grouped by length; text) | bucket (fixed-width length buckets) | random | balanced
         "balanced_power": 0.5,
         "seed": 42,
         "device": "auto",

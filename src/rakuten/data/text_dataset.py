@@ -139,6 +139,13 @@ class PackCollate:
         n = -(-n // self.multiple) * self.multiple
         return min(n, self.max_length) if self.max_length else n
 
+    def layout(self, lengths) -> tuple[int, list[list[int]]]:
+        """(row length T, bins of text indices) for texts of ``lengths`` (already cut to max_length):
+        what a batch of them packs into (the padding benchmark counts slots with it)."""
+        longest = max(int(n) for n in lengths)
+        T = self.pack_len if longest <= self.pack_len else max(self._round(longest), longest)
+        return T, first_fit_decreasing(lengths, T)
+
     def __call__(self, rows: list[dict]) -> dict:
         if not rows:
             return {}
@@ -147,8 +154,7 @@ class PackCollate:
             seqs = [s[:self.max_length] for s in seqs]
         lens = [len(s) for s in seqs]
         longest = max(lens)
-        T = self.pack_len if longest <= self.pack_len else max(self._round(longest), longest)
-        bins = first_fit_decreasing(lens, T)
+        T, bins = self.layout(lens)
         R, B, Lb = len(bins), len(seqs), max(1, self._round(longest))
         ids = torch.full((R, T), self.pad_id, dtype=torch.long)
         pos = torch.zeros((R, T), dtype=torch.long)

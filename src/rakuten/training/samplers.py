@@ -97,6 +97,50 @@ class LengthGroupedBatchSampler(Sampler):
             yield b.tolist()
 
 
+class BucketBatchSampler(LengthGroupedBatchSampler):
+    """Length-bucketed training batches (``train.sampler: bucket``): rows fall into buckets of
+    ``width`` tokens (lengths 1..w, w+1..2w, ...; use ``data.pad_to_multiple_of``), batches are cut
+    within a bucket from a (seed, epoch) shuffle, so every row of a batch pads to the same multiple:
+    at most ``width - 1`` padding tokens per row and one tensor shape per bucket (what CUDA graphs
+    record). The short remainder of each bucket joins the next bucket's rows (length-sorted), so all
+    batches but the last are full. Batch order is shuffled, the longest batch first (out-of-memory at
+    step 1). Evaluation (``shuffle=False``) sorts by length as ``LengthGroupedBatchSampler`` does.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, width: int = 8, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, longest_first: bool = True):
+        super().__init__(lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         longest_first=longest_first)
+        self.width = max(1, int(width))
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches (index arrays), as ``__iter__`` yields them."""
+        if not self.shuffle or len(self.lengths) == 0:
+            return super().batches()
+        bs = self.batch_size
+        rng = _rng(self.seed, self.epoch)
+        perm = rng.permutation(len(self.lengths))
+        bucket = -(-self.lengths[perm] // self.width)
+        perm = perm[np.argsort(bucket, kind="stable")]     # bucket by bucket, shuffled within each
+        bucket = np.sort(bucket, kind="stable")
+        batches, carry = [], np.zeros(0, dtype=np.int64)
+        for b in np.unique(bucket):
+            rows = np.concatenate([carry, perm[bucket == b]])
+            n_full = len(rows) // bs * bs
+            batches.extend(rows[i:i + bs] for i in range(0, n_full, bs))
+            carry = rows[n_full:]
+        if len(carry) and not self.drop_last:
+            batches.append(carry)
+        if not batches:
+            return []
+        order = rng.permutation(len(batches))
+        batches = [batches[k] for k in order]
+        if self.longest_first:
+            k = int(np.argmax([self.lengths[b].max() for b in batches]))
+            batches[0], batches[k] = batches[k], batches[0]
+        return batches
+
+
 def class_balanced_weights(labels: Sequence[int], power: float = 1.0) -> np.ndarray:
     """Per-row sampling probabilities ∝ ``count(label) ** -power`` (float64, summing to 1).
 
