@@ -90,7 +90,7 @@ PYEOF
 preset_step() {
   local mode=full demo=(--n-train 1200 --n-test 200 --image-size 500) extra=()
   if [[ $DRY == 1 ]]; then
-    mode=reduced; demo=(--n-train 160 --n-test 24 --image-size 64); extra=(--backbones reduced)
+    mode=reduced; demo=(--n-train 240 --n-test 24 --image-size 64); extra=(--backbones reduced)
     if ! "$PY" src/run_all.py --help 2>/dev/null | grep -q -- "--backbones"; then
       log "== [preset] skipped: src/run_all.py has no --backbones option yet (issue 21's reduced-backbone switch);"
       log "   the CPU dry run of the gpu preset needs it. The GPU run uses full-size random-init backbones instead."

@@ -29,16 +29,18 @@ LENGTHS = [5, 1, 24, 9, 13, 2, 24, 7, 3, 17]   # shortest (1) and longest (max_l
 
 
 def _encoder(arch: str, attn: str = "sdpa"):
+    # 64 positions, more than a packed row (32): positions numbered per row instead of per text then
+    # give wrong values (the test's assertion), not an index error
     common = dict(vocab_size=VOCAB, num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
                   intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if arch == "camembert":   # RoBERTa family; pad 1, so positions start at 2
-        cfg = transformers.CamembertConfig(max_position_embeddings=MAX_LEN + 2, pad_token_id=1, **common)
+        cfg = transformers.CamembertConfig(max_position_embeddings=66, pad_token_id=1, **common)
     elif arch == "bert":      # e5 = BertModel
-        cfg = transformers.BertConfig(max_position_embeddings=MAX_LEN, pad_token_id=0, **common)
+        cfg = transformers.BertConfig(max_position_embeddings=64, pad_token_id=0, **common)
     else:
         cfg = transformers.FlaubertConfig(vocab_size=VOCAB, emb_dim=32, n_layers=2, n_heads=4, pad_index=2,
                                           pad_token_id=2, dropout=0.0, attention_dropout=0.0,
-                                          max_position_embeddings=MAX_LEN)
+                                          max_position_embeddings=64)
         attn = "eager"        # FlauBERT has no SDPA path in transformers
     torch.manual_seed(0)
     return transformers.AutoModel.from_config(cfg, attn_implementation=attn).float()
