@@ -169,3 +169,21 @@ def test_engine_trains_the_same_weights_on_packed_batches():
         finals.append(torch.from_numpy(logits))
     torch.testing.assert_close(finals[2], finals[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(finals[3], finals[1], atol=1e-4, rtol=1e-4)
+
+
+def test_bucket_sampler_batches_share_one_padded_length():
+    """train.sampler=bucket: every row once per epoch, full batches, one bucket per batch (except
+    where a bucket's remainder joins the next), longest batch first, order a function of (seed, epoch)."""
+    from rakuten.training.samplers import BucketBatchSampler
+    lengths = np.random.default_rng(0).integers(1, 120, size=1000)
+    s = BucketBatchSampler(lengths, 32, width=32, seed=3)
+    batches = s.batches()
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert sum(len(b) < 32 for b in batches) <= 1                   # only the final remainder is short
+    buckets = [set(-(-lengths[b] // 32)) for b in batches]
+    assert sum(len(bk) > 1 for bk in buckets) <= 4                  # at most one mixed batch per bucket edge
+    assert lengths[batches[0]].max() == lengths.max()
+    assert all(np.array_equal(a, b) for a, b in zip(batches, BucketBatchSampler(lengths, 32, width=32, seed=3).batches()))
+    s.set_epoch(1)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, s.batches()))
