@@ -37,16 +37,16 @@ def _encoder(arch: str, attn: str = "sdpa"):
         cfg = transformers.CamembertConfig(max_position_embeddings=66, pad_token_id=1, **common)
     elif arch == "bert":      # e5 = BertModel
         cfg = transformers.BertConfig(max_position_embeddings=64, pad_token_id=0, **common)
-    else:
+    else:                     # flaubert, or flaubert_prenorm (its pre-norm layer order)
         cfg = transformers.FlaubertConfig(vocab_size=VOCAB, emb_dim=32, n_layers=2, n_heads=4, pad_index=2,
                                           pad_token_id=2, dropout=0.0, attention_dropout=0.0,
-                                          max_position_embeddings=64)
+                                          max_position_embeddings=64, pre_norm=arch == "flaubert_prenorm")
         attn = "eager"        # FlauBERT has no SDPA path in transformers
     torch.manual_seed(0)
     return transformers.AutoModel.from_config(cfg, attn_implementation=attn).float()
 
 
-PAD = {"camembert": 1, "bert": 0, "flaubert": 2}
+PAD = {"camembert": 1, "bert": 0, "flaubert": 2, "flaubert_prenorm": 2}
 HEADS = {"text_cls": TextCls, "text_mean": TextMean, "text_flat_tanh": TextFlatTanh}
 
 
@@ -76,7 +76,8 @@ def _logits_and_grads(model, batch):
 
 # every architecture x every head through SDPA (boolean block mask); the eager additive mask once
 CASES = [(a, "sdpa", h) for a in ("camembert", "bert") for h in sorted(HEADS)] + \
-    [("flaubert", "eager", h) for h in sorted(HEADS)] + [("camembert", "eager", "text_cls")]
+    [("flaubert", "eager", h) for h in sorted(HEADS)] + [("camembert", "eager", "text_cls"),
+                                                         ("flaubert_prenorm", "eager", "text_cls")]
 
 
 @pytest.mark.parametrize("arch,attn,head", CASES)

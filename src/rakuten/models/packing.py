@@ -91,14 +91,16 @@ def _flaubert_packed(enc: nn.Module, ids: torch.Tensor, pos: torch.Tensor, real:
     if getattr(enc, "causal", False) or getattr(enc, "is_decoder", False):
         raise ValueError("data.packing: a causal/decoder FlauBERT cannot be packed")
     keep = real.unsqueeze(-1)                                              # [R, T, 1]
+    # XLM has neither LayerDrop nor pre-norm; FlauBERT has both
+    layerdrop, pre_norm = float(getattr(enc, "layerdrop", 0.0)), bool(getattr(enc, "pre_norm", False))
     x = enc.embeddings(ids) + enc.position_embeddings(pos)
     x = enc.layer_norm_emb(x)
     x = F.dropout(x, p=enc.dropout, training=enc.training)
     x = x * keep.to(x.dtype)
     for i in range(enc.n_layers):
-        if enc.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
+        if enc.training and layerdrop > 0.0 and torch.rand([]) < layerdrop:
             continue
-        if not enc.pre_norm:
+        if not pre_norm:
             a = _mha_sdpa(enc.attentions[i], x, mask)
             x = enc.layer_norm1[i](x + F.dropout(a, p=enc.dropout, training=enc.training))
             x = enc.layer_norm2[i](x + enc.ffns[i](x))
