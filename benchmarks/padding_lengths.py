@@ -102,6 +102,7 @@ SETTINGS = ["pad_max_len", "random_x8", "random_x32", "length_x8", "length_x32",
 
 
 def token_lengths(tok, texts: list[str], max_len: int) -> np.ndarray:
+    """Token count of each text, special tokens included, cut at ``max_len`` as the datasets cut it."""
     enc = tok(texts, truncation=True, max_length=max_len, add_special_tokens=True)
     return np.asarray([len(r) for r in enc["input_ids"]], dtype=np.int64)
 

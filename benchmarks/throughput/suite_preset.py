@@ -34,6 +34,7 @@ DEMO = {"full": dict(n_train=1200, n_test=200, seed=0, image_size=500),
 
 
 def folder_name(model: str) -> str:
+    """A hub name as one folder name (``flaubert/flaubert_base_cased`` -> ``flaubert__flaubert_base_cased``)."""
     return model.replace("/", "__")
 
 
