@@ -29,7 +29,7 @@ TEXT_EXPERIMENTS = {"text_camembert_title": "camembert-base", "text_camembert_de
                     "text_camembert_text": "camembert-base", "text_flaubert_title": "flaubert/flaubert_base_cased",
                     "text_flaubert_description": "flaubert/flaubert_base_cased"}
 # demo data: enough rows for every class in 2 folds, little enough for the 8-minute lease
-DEMO = {"full": dict(n_train=1200, n_test=200, seed=0, image_size=500),
+DEMO = {"full": dict(n_train=600, n_test=100, seed=0, image_size=500),
         "reduced": dict(n_train=240, n_test=24, seed=0, image_size=64)}
 
 
