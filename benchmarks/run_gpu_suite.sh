@@ -115,7 +115,7 @@ PYEOF
     record preset skipped 0 0 "missing packages: $missing"
     return 0
   fi
-  run_step preset-data 30 "$PY" src/make_demo_data.py --out "$WORK/data" "${demo[@]}" --seed 0 --no-progress
+  run_step preset-data 60 "$PY" src/make_demo_data.py --out "$WORK/data" "${demo[@]}" --seed 0 --no-progress
   if [[ $mode == full ]]; then
     run_step preset-backbones 30 "$PY" benchmarks/throughput/suite_preset.py backbones --data "$WORK/data" --out "$WORK/backbones"
   fi
