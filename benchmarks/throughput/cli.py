@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default=None,
                     help="camembert-base | flaubert/flaubert_base_cased | seresnext50_32x4d (or another timm "
-                         "model name) | image-loader")
+                         "model name) | image-loader; several, comma-separated, run in order into one JSON")
+    ap.add_argument("--tag", default=None, help="appended to the result file's name: <device>-<date>-<tag>.json")
     ap.add_argument("--image-model", default=None,
                     help=f"timm model of the image benchmark under --all (default {IMAGE_MODEL})")
     ap.add_argument("--all", action="store_true", help="every benchmark, sized for a short GPU lease")
@@ -107,10 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.naive_steps = args.steps
     if args.time_budget is None and args.all and not tiny:
         args.time_budget = 360.0
-    if args.model:
-        args.model = ALIASES.get(args.model, args.model)
-        if args.model not in TEXT_MODELS and args.model != "image-loader":
-            args.image_model = args.image_model or args.model  # any other name: a timm image model
+    args.models = []
+    if args.model:  # one name, or several comma-separated (run in order, one JSON)
+        args.models = [ALIASES.get(m.strip(), m.strip()) for m in str(args.model).split(",") if m.strip()]
+        args.model = args.models[0]
+        for m in args.models:
+            if m not in TEXT_MODELS and m != "image-loader":
+                args.image_model = args.image_model or m  # any other name: a timm image model
     args.image_model = args.image_model or IMAGE_MODEL
     args.text_epochs = tuple(int(e) for e in str(args.text_epochs).split(",") if e.strip())
     args.text_variants = [v.strip() for v in str(args.text_variants).split(",") if v.strip()]
@@ -147,8 +151,8 @@ def main(argv=None) -> int:
     dev_name = device_name(device)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_file = result_path(out_dir, dev_name, args.tiny)
-    names = [args.image_model if n == IMAGE_MODEL else n for n in ALL_BENCHMARKS] if args.all else [args.model]
+    out_file = result_path(out_dir, dev_name, args.tiny, args.tag)
+    names = [args.image_model if n == IMAGE_MODEL else n for n in ALL_BENCHMARKS] if args.all else args.models
     log(f"== train_throughput on {dev_name} ({device}); benchmarks: {', '.join(names)}")
     result = {"device": dev_name, "date": _dt.datetime.now().isoformat(timespec="seconds"),
               "versions": versions(), "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},

@@ -4,6 +4,7 @@ models benchmarked), and the small helpers every benchmark uses.
 from __future__ import annotations
 
 import gc
+import json
 import math
 import statistics
 from pathlib import Path
@@ -90,12 +91,23 @@ def lognormal_fit(median_words: float = MEDIAN_WORDS, max_words: float = MAX_WOR
 def sample_token_lengths(n: int, seq_len: int, rng: np.random.Generator, tokens_per_word: float = TOKENS_PER_WORD,
                          lengths_file: str | None = None) -> np.ndarray:
     if lengths_file:
-        real = np.load(lengths_file).astype(np.int64).reshape(-1)
+        real = load_lengths(lengths_file)
         return np.clip(rng.choice(real, size=n, replace=True), 1, seq_len)
     mu, sigma = lognormal_fit()
     words = np.maximum(1.0, rng.lognormal(mu, sigma, size=n))
     tokens = np.ceil(words * tokens_per_word).astype(np.int64) + SPECIAL_TOKENS
     return np.clip(tokens, SPECIAL_TOKENS + 1, seq_len)
+
+
+def load_lengths(spec: str) -> np.ndarray:
+    """Token counts from ``FILE.npy``, or from a length histogram of ``benchmarks/padding_lengths.py``'s
+    JSON: ``FILE.json:SET`` (``SET`` defaults to ``rakuten_text_fr_title``, the real titles)."""
+    path, _, set_name = str(spec).partition(".json:")
+    if spec.endswith(".json") or set_name:
+        path = path if spec.endswith(".json") and not set_name else path + ".json"
+        hist = json.loads(open(path).read())["sets"][set_name or "rakuten_text_fr_title"]["length_hist"]
+        return np.repeat(np.asarray([int(k) for k in hist], dtype=np.int64), [int(v) for v in hist.values()])
+    return np.load(spec).astype(np.int64).reshape(-1)
 
 
 def device_name(device: torch.device) -> str:

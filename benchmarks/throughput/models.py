@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from rakuten.models.encoder_kwargs import encoder_kwargs
+from rakuten.models.packing import is_packed, packed_states
 
 from throughput.common import N_CLASSES, TEXT_MODELS, log
 
@@ -21,6 +22,9 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(hidden, n_classes)
 
     def forward(self, batch: dict) -> dict:
+        if is_packed(batch):  # several texts per row (rakuten.models.packing): each one's first token
+            emb = packed_states(self.backbone, batch, self.encoder_kwargs)[0][:, 0]
+            return {"logits": self.head(self.dropout(emb)), "embeddings": emb}
         out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             **self.encoder_kwargs)
         h = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state

@@ -79,10 +79,11 @@ def markdown_rows(result: dict) -> list[str]:
     return rows
 
 
-def result_path(out_dir: Path, dev_name: str, tiny: bool) -> Path:
+def result_path(out_dir: Path, dev_name: str, tiny: bool, tag: str | None = None) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", dev_name).strip("-") or "device"
     stamp = _dt.datetime.now().strftime("%Y-%m-%d")
-    base = f"{slug}-{stamp}{'-tiny' if tiny else ''}"
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "-", tag).strip("-") if tag else ""
+    base = f"{slug}-{stamp}{'-tiny' if tiny else ''}{'-' + tag if tag else ''}"
     p = out_dir / f"{base}.json"
     if p.exists():
         p = out_dir / f"{base}-{_dt.datetime.now().strftime('%H%M%S')}.json"

@@ -11,7 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from rakuten.data.text_dataset import PackCollate
+from rakuten.training.distributed import EpochShuffleSampler
 from rakuten.training.engine import Engine, make_optimizer, seed_everything
+from rakuten.training.loaders import EpochBatchSampler
 from rakuten.training.samplers import LengthGroupedBatchSampler, pad_collate
 
 from throughput.common import N_CLASSES, TEXT_MODELS, free_memory, log, sample_token_lengths, sync
@@ -102,8 +105,7 @@ def bench_text(name: str, args, device: torch.device, peak: dict) -> dict:
     executed = steps * bs * float(flops_row(seq))
     useful = steps * bs * useful_per_row
     naive = {"attn": attn_naive, "precision": "fp32", "train_samples_per_s": sps, "train_seconds": r["seconds"],
-             "train_steps": steps, **{f"train_{k}": v for k, v in mfu(executed, r["seconds"], peak).items()},
-             "train_useful_mfu_vs_measured": useful / r["seconds"] / 1e12 / peak["measured_tflops"]}
+             "train_steps": steps, **train_mfu(useful, executed, r["seconds"], peak)}
     eval_loader = DataLoader(TensorDataset(x, m, y), batch_size=2 * bs, shuffle=False)
     ev = naive_predict(model, eval_loader, device, args.eval_steps, text_batch)
     naive["eval_samples_per_s"] = ev["samples_per_s"]
@@ -123,6 +125,18 @@ def bench_text(name: str, args, device: torch.device, peak: dict) -> dict:
     return res
 
 
+def train_mfu(useful: float, executed: float, seconds: float, peak: dict) -> dict:
+    """MFU fields of a timed text run. ``train_mfu_*`` and ``train_achieved_tflops`` count the FLOPs of
+    real tokens only (padding excluded), so a loop is credited for useful work and packing shows what
+    it buys; ``train_executed_*`` count every token slot the encoder ran (padding included).
+    ``train_useful_mfu_vs_measured`` repeats the real-token figure under its pre-2026-12 name."""
+    out = {f"train_{k}": v for k, v in mfu(useful, seconds, peak).items()}
+    out.update({f"train_executed_{k}": v for k, v in mfu(executed, seconds, peak).items()})
+    out["train_useful_mfu_vs_measured"] = out["train_mfu_vs_measured"]
+    out["padding_frac_executed"] = 1.0 - useful / executed if executed > 0 else float("nan")
+    return out
+
+
 # Project-loop settings compared by --text-variants. pad: pad_to_multiple_of (32 caps a 256-token
 # limit at 8 distinct lengths, so CUDA graphs record 8 graphs); compile: Engine(compile=...).
 TEXT_VARIANTS = {
@@ -136,6 +150,13 @@ TEXT_VARIANTS = {
     # launch; reported, never picked as 'project'
     "eager-b128": {"compile": False, "pad": 8, "batch": 128},
     "cudagraphs-b128": {"compile": "reduce-overhead", "pad": 32, "batch": 128},
+    # sequence packing (data.packing=true, train.sampler=random): the batch's texts share rows of
+    # --seq-len tokens, each isolated by a block mask; only the number of rows varies between batches
+    "packed": {"compile": False, "pad": 8, "packing": True},
+    "packed-b128": {"compile": False, "pad": 8, "packing": True, "batch": 128},
+    # pad 32: the per-product unpack width (longest text rounded up) takes few values, so few graphs
+    "packed-cudagraphs": {"compile": "reduce-overhead", "pad": 32, "packing": True},
+    "packed-cudagraphs-b128": {"compile": "reduce-overhead", "pad": 32, "packing": True, "batch": 128},
 }
 
 
@@ -156,15 +177,29 @@ def _project_text_variant(name, vname, args, device, peak, ids, labels, lengths,
                     compile=v["compile"], compile_dynamic=v.get("dynamic"), progress=False)
     ds = TokenDataset(ids, labels)
     mult = v["pad"]
-    sampler = LengthGroupedBatchSampler(lengths, bs, shuffle=True, seed=0, drop_last=True)
+    seq = args.seq_len
+    if v.get("packing"):
+        collate = PackCollate(pad_id, seq, pad_to_multiple_of=mult, max_length=seq)
+        # packing pairs with shuffled batches: length-grouped ones hold similar lengths that pack badly
+        # (benchmarks/padding_lengths.py)
+        sampler = EpochBatchSampler(EpochShuffleSampler(len(ids), seed=0), bs)
+        sampler.drop_last = True
+    else:
+        collate = pad_collate(pad_id, pad_to_multiple_of=mult)
+        sampler = LengthGroupedBatchSampler(lengths, bs, shuffle=True, seed=0, drop_last=True)
     workers = v.get("workers", min(2, args.workers))
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=pad_collate(pad_id, pad_to_multiple_of=mult),
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     warm_s, stats, dt = timed_epochs(engine, loader, device)
     sampler.set_epoch(1)
-    batches = sampler.batches()
-    padded = [int(-(-lengths[bt].max() // mult) * mult) for bt in batches]
-    executed = float(sum(len(bt) * flops_row(Lp) for bt, Lp in zip(batches, padded)))
+    batches = [np.asarray(bt) for bt in sampler]
+    if v.get("packing"):  # executed: R rows of T tokens per batch
+        shapes = [collate.layout(lengths[bt]) for bt in batches]
+        executed = float(sum(len(bins) * flops_row(T) for T, bins in shapes))
+        padded = [len(bins) * T / len(bt) for bt, (T, bins) in zip(batches, shapes)]   # slots per product
+    else:
+        padded = [int(-(-lengths[bt].max() // mult) * mult) for bt in batches]
+        executed = float(sum(len(bt) * flops_row(Lp) for bt, Lp in zip(batches, padded)))
     useful = float(sum(flops_row(lengths[bt]).sum() for bt in batches))
     n_rows = sum(len(bt) for bt in batches)
     sps_p = n_rows / dt
@@ -173,9 +208,8 @@ def _project_text_variant(name, vname, args, device, peak, ids, labels, lengths,
             "batch": bs, "pad_to_multiple_of": mult, "workers": workers, "warmup_epoch_seconds": warm_s,
             "train_samples_per_s": sps_p, "train_seconds": dt, "train_steps": stats["steps"],
             "ms_per_step": 1e3 * dt / max(1, stats["steps"]),
-            "mean_padded_len": float(np.mean(padded)),
-            **{f"train_{k}": v for k, v in mfu(executed, dt, peak).items()},
-            "train_useful_mfu_vs_measured": useful / dt / 1e12 / peak["measured_tflops"]}
+            "mean_padded_len": float(np.mean(padded)), "packing": bool(v.get("packing")),
+            **train_mfu(useful, executed, dt, peak)}
     if args.profile_steps and vname == args.text_variants[0]:
         try:
             proj["profile"] = profile_steps(engine, loader, args.profile_steps, device)
@@ -183,13 +217,12 @@ def _project_text_variant(name, vname, args, device, peak, ids, labels, lengths,
             log(f"    profile failed:\n{traceback.format_exc()}")
     ebs = args.eval_batch_text
     eval_sampler = LengthGroupedBatchSampler(lengths, ebs, shuffle=False)
-    eval_loader = DataLoader(ds, batch_sampler=eval_sampler, collate_fn=pad_collate(pad_id, pad_to_multiple_of=mult),
+    eval_loader = DataLoader(ds, batch_sampler=eval_sampler, collate_fn=collate,
                              num_workers=0, pin_memory=device.type == "cuda")
     if engine._compiled:
         engine.predict(eval_loader)  # compiled: every eval shape compiles/records once, untimed
     else:
-        engine.predict(DataLoader(Subset(ds, range(min(len(ds), ebs))), batch_size=ebs,
-                                  collate_fn=pad_collate(pad_id, pad_to_multiple_of=mult)))
+        engine.predict(DataLoader(Subset(ds, range(min(len(ds), ebs))), batch_size=ebs, collate_fn=collate))
     sync(device)
     t0 = time.perf_counter()
     engine.predict(eval_loader)
@@ -202,6 +235,6 @@ def _project_text_variant(name, vname, args, device, peak, ids, labels, lengths,
     log(f"    {vname:22s}: {sps_p:9.1f} train samples/s ({proj['ms_per_step']:.1f} ms/step, MFU "
         f"{100 * proj['train_mfu_vs_measured']:.1f}%)  {proj['eval_samples_per_s']:9.1f} eval samples/s  "
         f"(attn={attn_proj}, {proj['precision']}, compile={proj['compile']}, pad x{mult}, mean padded len "
-        f"{proj['mean_padded_len']:.0f}; warm-up epoch {warm_s:.0f}s, variant {proj['variant_seconds']:.0f}s)")
+        f"{proj['mean_padded_len']:.0f}{', packed' if proj['packing'] else ''}; warm-up epoch {warm_s:.0f}s, variant {proj['variant_seconds']:.0f}s)")
     del engine, model, opt, loader, eval_loader
     return proj

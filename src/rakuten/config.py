@@ -210,6 +210,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "data.image_size": (1, _INF, True, True),
     "data.cache_size": (1, _INF, True, True),
     "data.pad_to_multiple_of": (0, _INF, True, True),
+    "data.packing": (0, _INF, True, True),
     "model.dropout": (0, 1, True, False),
     "model.head_hidden": (0, _INF, True, True),
     "model.tokenizer_vocab": (1, _INF, True, True),
@@ -243,6 +244,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 # Keys whose default's type is not the only one allowed (train.compile: false, true or a mode name;
 # tfidf.C: one value, or a list the inner search chooses from).
 EXTRA_TYPES: dict[str, tuple[type, ...]] = {"train.compile": (bool, str), "tfidf.C": (int, float, list),
+                                            "data.packing": (bool, int),   # on/off, or the packed row length
                                             "train.clip_grad": (int, float, type(None)),
                                             "train.device": (str, int),
                                             # null switches that n-gram part off (a char-only member)

@@ -15,6 +15,7 @@ EXPERIMENT_DEFAULTS: dict = {
         "field": "title",           # title | description | text (title + description)
         "max_len": 128,
         "pad_to_multiple_of": 8,    # text batches pad to a multiple of this (32/64: fewer shapes for CUDA graphs)
+        "packing": False,           # text: false | true (texts packed into rows of max_len tokens) | N (rows of N)
         "prefix": "",               # E5 wants "passage: "
         "image_size": 224,          # network input
         "cache_size": 256,          # decoded uint8 cache; crops are taken from it
@@ -54,7 +55,7 @@ EXPERIMENT_DEFAULTS: dict = {
         "compile_dynamic": None,    # torch.compile(dynamic=...): null lets dynamo decide
         "channels_last": True,
         "num_workers": 0,
-        "sampler": "length",        # length (grouped by length; text) | random | balanced
+        "sampler": "length",        # length (grouped by length; text) | bucket (fixed-width length buckets) | random | balanced
         "balanced_power": 0.5,
         "seed": 42,
         "device": "auto",

@@ -31,7 +31,7 @@ from rakuten.paths import Paths
 
 # Keys that change how fast a run goes, not what it computes: editing them keeps the artifacts valid.
 RUNTIME_KEYS = {"train": ("num_workers", "device", "checkpoint", "eval_batch_size", "compile", "compile_dynamic"),
-                "data": ("pad_to_multiple_of",)}
+                "data": ("pad_to_multiple_of", "packing")}
 # Not part of what an artifact computes: its name is its folder, ``tune`` is the search space (and the
 # base signature a ``_tuned`` config records), ``_source_`` where the YAML was read from.
 NOT_HASHED = ("_source_", "name", "tune")

@@ -90,3 +90,108 @@ class TokenDataset(Dataset):
         item = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "index": i}
         item["labels"] = int(self.labels[i]) if self.labels is not None else -1
         return item
+
+
+def first_fit_decreasing(lengths, capacity: int) -> list[list[int]]:
+    """Bins of item indices whose lengths sum to at most ``capacity``: longest first, each into the
+    first bin with room (within 11/9 of the optimal bin count). Deterministic: ties keep input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = int(lengths[i])
+        for b, r in enumerate(room):
+            if n <= r:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - n)
+    return bins
+
+
+class PackCollate:
+    """Collate text rows into a packed batch: the batch's texts concatenated into rows of ``pack_len``
+    tokens (first-fit decreasing), each text isolated by the model (``rakuten.models.packing``).
+
+    The products of a batch are the loader's (same sampler, same loss over the same products), only
+    their layout changes, so packing changes speed, not results. Keys out: ``input_ids`` [R, T] (padded
+    with ``pad_id``), ``position_ids`` [R, T] (0-based, restarted per text), ``sequence_ids`` [R, T]
+    (1, 2, ... per text within its row, 0 on padding), per product ``unpack_index`` [B, Lb] (flat
+    position ``row * T + offset`` of each token; 0 past its end) and ``unpack_mask`` [B, Lb], and every
+    other key collated as ``PadCollate`` does, in batch order. ``T = pack_len``, or, for a batch whose
+    longest text is longer, that length rounded up to ``pad_to_multiple_of``; ``Lb`` is the longest
+    text rounded up to ``pad_to_multiple_of`` (at most ``max_length``). Rows' ``attention_mask`` must be
+    all ones (the project's token datasets yield unpadded rows).
+    """
+
+    def __init__(self, pad_id: int, pack_len: int, pad_to_multiple_of: int | None = None,
+                 max_length: int | None = None):
+        if int(pack_len) < 1:
+            raise ValueError(f"pack_len must be >= 1 (got {pack_len})")
+        self.pad_id = int(pad_id)
+        self.pack_len = int(pack_len)
+        self.multiple = int(pad_to_multiple_of) if pad_to_multiple_of else 1
+        self.max_length = int(max_length) if max_length else None
+
+    def _round(self, n: int) -> int:
+        n = -(-n // self.multiple) * self.multiple
+        return min(n, self.max_length) if self.max_length else n
+
+    def layout(self, lengths) -> tuple[int, list[list[int]]]:
+        """(row length T, bins of text indices) for texts of ``lengths`` (already cut to max_length):
+        what a batch of them packs into (the padding benchmark counts slots with it)."""
+        longest = max(int(n) for n in lengths)
+        T = self.pack_len if longest <= self.pack_len else max(self._round(longest), longest)
+        return T, first_fit_decreasing(lengths, T)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if not rows:
+            return {}
+        seqs = [torch.as_tensor(np.asarray(r["input_ids"]), dtype=torch.long).reshape(-1) for r in rows]
+        if self.max_length:
+            seqs = [s[:self.max_length] for s in seqs]
+        lens = [len(s) for s in seqs]
+        longest = max(lens)
+        T, bins = self.layout(lens)
+        R, B, Lb = len(bins), len(seqs), max(1, self._round(longest))
+        ids = torch.full((R, T), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((R, T), dtype=torch.long)
+        seq_ids = torch.zeros((R, T), dtype=torch.long)
+        unpack = torch.zeros((B, Lb), dtype=torch.long)
+        umask = torch.zeros((B, Lb), dtype=torch.long)
+        for r, items in enumerate(bins):
+            o = 0
+            for slot, i in enumerate(items, start=1):
+                n = lens[i]
+                ids[r, o:o + n] = seqs[i]
+                pos[r, o:o + n] = torch.arange(n)
+                seq_ids[r, o:o + n] = slot
+                unpack[i, :n] = torch.arange(r * T + o, r * T + o + n)
+                umask[i, :n] = 1
+                o += n
+        batch = {"input_ids": ids, "position_ids": pos, "sequence_ids": seq_ids,
+                 "unpack_index": unpack, "unpack_mask": umask}
+        for key in rows[0]:
+            if key in ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"):
+                continue
+            batch[key] = stack_values([r[key] for r in rows])
+        return batch
+
+
+def stack_values(values: list):
+    """One batch value from the rows' values: tensors and arrays stacked, ints an int64 tensor, floats a
+    float32 tensor, bools a bool tensor, anything else (strings) a list."""
+    v0 = values[0]
+    if isinstance(v0, torch.Tensor):
+        return torch.stack(values)
+    if isinstance(v0, np.ndarray):
+        return torch.from_numpy(np.stack(values))
+    if isinstance(v0, (bool, np.bool_)):
+        return torch.tensor(values, dtype=torch.bool)
+    if isinstance(v0, (int, np.integer)):
+        return torch.tensor(np.asarray(values, dtype=np.int64))
+    if isinstance(v0, (float, np.floating)):
+        return torch.tensor(np.asarray(values, dtype=np.float32))
+    return list(values)

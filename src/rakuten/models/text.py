@@ -8,6 +8,12 @@ The three poolings reproduce the thesis's base models:
   dense layer always sees a fixed width.
 - ``text_cls``: FlauBERT -- the first token's state.
 - ``text_mean``: E5 -- mean over the attention mask (E5 has no pooler).
+
+Packed batches (``data.packing``; ``rakuten.models.packing``): the encoder runs on rows holding several
+texts, each isolated; the states are then gathered back per product ([B, Lb, H] with its mask), so every
+pooling reads the same tensors as on a padded batch. For ``text_flat_tanh`` that means: each product's
+own first ``max_len`` token states (all of them: its tokens were cut to ``max_len``), zero-padded to
+``max_len``, exactly the padded path's input to the dense layer.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from torch import nn
 from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.models.backbones import load_text_backbone
 from rakuten.models.encoder_kwargs import encoder_kwargs
+from rakuten.models.packing import is_packed, packed_states
 from rakuten.models.registry import register_model
 
 # a model section given without a key (a test's dict) gets the experiment default, as a config does
@@ -70,8 +77,12 @@ class TextClassifier(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """batch ``input_ids``/``attention_mask`` [B, L] -> ``logits`` [B, C], ``embeddings`` [B, D]."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]          # [B, L]
-        states = self.encoder(input_ids=ids, attention_mask=mask, **self._encoder_kwargs).last_hidden_state  # [B, L, H]
+        if is_packed(batch):
+            # input_ids [R, T] packed rows -> per product states [B, Lb, H] and mask [B, Lb]
+            states, mask = packed_states(self.encoder, batch, self._encoder_kwargs)
+        else:
+            ids, mask = batch["input_ids"], batch["attention_mask"]      # [B, L]
+            states = self.encoder(input_ids=ids, attention_mask=mask, **self._encoder_kwargs).last_hidden_state  # [B, L, H]
         emb = self.pool(states, mask)                                    # [B, D]
         return {"logits": self.classifier(self.dropout(emb)), "embeddings": emb}
 

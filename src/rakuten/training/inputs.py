@@ -23,7 +23,7 @@ from rakuten.models.image import image_norm, load_image_backbone
 from rakuten.models.registry import create_model
 from rakuten.paths import Paths
 from rakuten.training.fold_data import FoldData, field_texts
-from rakuten.training.samplers import pad_collate
+from rakuten.training.samplers import text_collate
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def text_inputs(cfg, paths: Paths, fd: FoldData) -> Inputs:
 def token_inputs(cfg, tok, tokens, n_train: int) -> Inputs:
     """Inputs over tokenised rows (a fold's train+test rows, or a bundle's new products with
     ``n_train=0``): length-sorted batches padded per batch, as every text model reads them."""
-    # pad_to_multiple_of: 8 suits tensor cores; 32 or 64 caps the distinct shapes (CUDA graphs, compile)
-    collate = pad_collate(tok.pad_token_id, pad_to_multiple_of=cfg.data.pad_to_multiple_of or None)
+    # pad_to_multiple_of: 8 suits tensor cores; 32 or 64 caps the distinct shapes (CUDA graphs, compile);
+    # data.packing: several texts per row instead (no padding between them)
+    collate = text_collate(cfg.data, tok.pad_token_id)
     return Inputs(TokenDataset(tokens), n_train, collate, tokens.lengths, model_kwargs={"tokenizer": tok})
 
 

@@ -1,4 +1,4 @@
-"""The sampler choice of a fold's DataLoaders: length-grouped, class-balanced or shuffled training
+"""The sampler choice of a fold's DataLoaders: length-grouped, length-bucketed, class-balanced or shuffled training
 batches (every order a function of seed and epoch, sharded under DDP), length-sorted eval batches.
 """
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from rakuten.training.distributed import EpochShuffleSampler, ShardedBatchSampler
-from rakuten.training.samplers import ClassBalancedSampler, LengthGroupedBatchSampler
+from rakuten.training.samplers import BucketBatchSampler, ClassBalancedSampler, LengthGroupedBatchSampler
 
 
 def make_loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=None, seed: int = 0, dist_info=None):
@@ -23,7 +23,10 @@ def make_loader(ds: Dataset, cfg, train: bool, collate, lengths=None, labels=Non
     if train and kind == "balanced":
         # rare classes drawn more often (probability ~ count^-power); pairs with an unweighted loss
         bsampler = EpochBatchSampler(ClassBalancedSampler(labels, power=float(cfg.train.balanced_power), seed=seed), bs)
-    elif lengths is not None and kind == "length":
+    elif train and lengths is not None and kind == "bucket":
+        # fixed-width length buckets: one padded length per bucket (the pad multiple, 8 if none)
+        bsampler = BucketBatchSampler(lengths, bs, width=int(cfg.data.get("pad_to_multiple_of") or 8), seed=seed)
+    elif lengths is not None and kind in ("length", "bucket"):
         bsampler = LengthGroupedBatchSampler(lengths, bs, shuffle=train, seed=seed)
     elif train:
         bsampler = EpochBatchSampler(EpochShuffleSampler(len(ds), seed), bs)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from rakuten.data.text_dataset import PackCollate, stack_values
+
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF])
@@ -93,6 +95,50 @@ class LengthGroupedBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         for b in self.batches():
             yield b.tolist()
+
+
+class BucketBatchSampler(LengthGroupedBatchSampler):
+    """Length-bucketed training batches (``train.sampler: bucket``): rows fall into buckets of
+    ``width`` tokens (lengths 1..w, w+1..2w, ...; use ``data.pad_to_multiple_of``), batches are cut
+    within a bucket from a (seed, epoch) shuffle, so every row of a batch pads to the same multiple:
+    at most ``width - 1`` padding tokens per row and one tensor shape per bucket (what CUDA graphs
+    record). The short remainder of each bucket joins the next bucket's rows (length-sorted), so all
+    batches but the last are full. Batch order is shuffled, the longest batch first (out-of-memory at
+    step 1). Evaluation (``shuffle=False``) sorts by length as ``LengthGroupedBatchSampler`` does.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, width: int = 8, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, longest_first: bool = True):
+        super().__init__(lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         longest_first=longest_first)
+        self.width = max(1, int(width))
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches (index arrays), as ``__iter__`` yields them."""
+        if not self.shuffle or len(self.lengths) == 0:
+            return super().batches()
+        bs = self.batch_size
+        rng = _rng(self.seed, self.epoch)
+        perm = rng.permutation(len(self.lengths))
+        bucket = -(-self.lengths[perm] // self.width)
+        perm = perm[np.argsort(bucket, kind="stable")]     # bucket by bucket, shuffled within each
+        bucket = np.sort(bucket, kind="stable")
+        batches, carry = [], np.zeros(0, dtype=np.int64)
+        for b in np.unique(bucket):
+            rows = np.concatenate([carry, perm[bucket == b]])
+            n_full = len(rows) // bs * bs
+            batches.extend(rows[i:i + bs] for i in range(0, n_full, bs))
+            carry = rows[n_full:]
+        if len(carry) and not self.drop_last:
+            batches.append(carry)
+        if not batches:
+            return []
+        order = rng.permutation(len(batches))
+        batches = [batches[k] for k in order]
+        if self.longest_first:
+            k = int(np.argmax([self.lengths[b].max() for b in batches]))
+            batches[0], batches[k] = batches[k], batches[0]
+        return batches
 
 
 def class_balanced_weights(labels: Sequence[int], power: float = 1.0) -> np.ndarray:
@@ -185,25 +231,25 @@ class PadCollate:
             elif key in _PAD_KEYS:
                 batch[key] = self._pad(values, _PAD_KEYS[key])
             else:
-                batch[key] = _stack(values)
+                batch[key] = stack_values(values)
         return batch
-
-
-def _stack(values: list):
-    v0 = values[0]
-    if isinstance(v0, torch.Tensor):
-        return torch.stack(values)
-    if isinstance(v0, np.ndarray):
-        return torch.from_numpy(np.stack(values))
-    if isinstance(v0, (bool, np.bool_)):
-        return torch.tensor(values, dtype=torch.bool)
-    if isinstance(v0, (int, np.integer)):
-        return torch.tensor(np.asarray(values, dtype=np.int64))
-    if isinstance(v0, (float, np.floating)):
-        return torch.tensor(np.asarray(values, dtype=np.float32))
-    return list(values)
 
 
 def pad_collate(pad_id: int, pad_to_multiple_of: int | None = None, max_length: int | None = None) -> PadCollate:
     """The collate function for text loaders: dynamic padding to each batch's longest row."""
     return PadCollate(pad_id, pad_to_multiple_of, max_length)
+
+
+def text_collate(data_cfg, pad_id: int):
+    """The collate of a text experiment from its ``data`` section: ``PackCollate`` when ``data.packing``
+    is on (``true``: rows of ``data.max_len`` tokens; an integer N: rows of N tokens), else dynamic
+    padding to each batch's longest row. Both round lengths up to ``data.pad_to_multiple_of``."""
+    multiple = int(data_cfg.get("pad_to_multiple_of") or 0) or None
+    packing = data_cfg.get("packing", False)
+    max_len = int(data_cfg.get("max_len"))
+    if packing is False or packing is None or packing == 0:
+        return pad_collate(pad_id, pad_to_multiple_of=multiple)
+    pack_len = max_len if packing is True else int(packing)
+    if multiple:
+        pack_len = -(-pack_len // multiple) * multiple
+    return PackCollate(pad_id, pack_len, pad_to_multiple_of=multiple, max_length=max_len)
