@@ -10,9 +10,11 @@ it is complete, so tracking never changes what a stage computes:
   the OOF files as the leaderboard does;
 - artifacts: ``meta.json``, the per-class table, its confusion matrix and learning curves.
 
-The parent run gets the leaderboard (``leaderboard.md/json/png`` and every figure), the nested
-choice of the submitted model (``selection.json``, ``submitted.json``; metrics ``nested_<metric>``,
-``optimistic_<metric>``) and the submission file with its sidecar.
+The parent run gets the leaderboard (``leaderboard.md/json/png`` and every figure; metrics
+``board/<experiment>/<metric>``), the nested choice of the submitted model (from the submission's
+sidecar: params ``chosen``, ``chosen_per_fold``; metrics ``nested_<metric>``, ``optimistic_<metric>``;
+``selection.json`` and ``submitted.json`` as files), the submission file with its sidecar, and the
+stage timings (``seconds/<stage>``).
 
 The store is ``sqlite:///<workdir>/mlruns/mlflow.db`` (artifacts in ``<workdir>/mlruns/artifacts``)
 unless a tracking URI is given (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``). MLflow 3 refuses
@@ -33,6 +35,7 @@ import pandas as pd
 from rakuten.artifacts import ArtifactError, Experiment, read_json
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
+from rakuten.reporting.submission import sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -192,28 +195,34 @@ def log_experiment(paths: Paths, name: str) -> str | None:
     return run_id
 
 
-def log_pipeline(paths: Paths, submission: str | Path | None, board: list[dict]) -> None:
+def log_pipeline(paths: Paths, submission: str | Path | None, board: list[dict], timings: dict | None = None) -> None:
     """On the parent run: the leaderboard (one metric per experiment and its files), the nested choice
-    of the submitted model and the submission file; a no-op when tracking is off."""
+    of the submitted model, the submission file and the stage timings; a no-op when tracking is off."""
     s = _ACTIVE
     if s is None:
         return
     out = paths.submissions_dir
     metrics = [(f"board/{r['experiment']}/{m}", r[m], 0) for r in board for m in METRICS]
+    metrics += [(f"seconds/{k}", v, 0) for k, v in (timings or {}).items()]
     params = {}
+    try:
+        sub_meta = read_json(out / "submitted.json")
+        params.update({"submitted": sub_meta.get("experiment"), "submitted_bias": sub_meta.get("bias"),
+                       "submission_format": sub_meta.get("format")})
+    except (ArtifactError, OSError, ValueError, AttributeError):
+        pass
+    sel = None
+    if submission:
+        try:   # the submission's sidecar records the nested choice that picked its model
+            sel = read_json(sidecar_path(Path(submission))).get("selection")
+        except (ArtifactError, OSError, ValueError, AttributeError):
+            sel = None
+    if sel:
+        metric = sel.get("metric", "macro_f1")
+        params.update({"chosen": sel.get("chosen"), "choice_metric": metric,
+                       "chosen_per_fold": sel.get("per_fold")})   # the model each outer fold's choice picked
+        metrics += [(f"nested_{metric}", sel.get("nested"), 0), (f"optimistic_{metric}", sel.get("optimistic"), 0)]
     for fname in ("selection.json", "submitted.json"):
-        try:
-            data = read_json(out / fname)
-        except (ArtifactError, OSError, ValueError):
-            continue
-        if fname == "submitted.json":
-            params.update({"submitted": data.get("experiment"), "submitted_bias": data.get("bias"),
-                           "submission_format": data.get("format")})
-        else:
-            metric = data.get("metric", "macro_f1")
-            params["chosen"] = data.get("chosen")
-            metrics += [(f"nested_{metric}", data.get("nested"), 0), (f"optimistic_{metric}", data.get("optimistic"), 0)]
-            params["chosen_per_fold"] = data.get("per_fold")   # the model each outer fold's choice picked
         s.artifact(s.run_id, out / fname, "selection")
     s.log(s.run_id, {k: str(v) for k, v in params.items() if v is not None}, metrics)
     for f in sorted(out.glob("leaderboard.*")) + sorted(out.glob("*.png")) + sorted(out.glob("per_class_*.csv")):
@@ -221,5 +230,4 @@ def log_pipeline(paths: Paths, submission: str | Path | None, board: list[dict])
     if submission:
         sub = Path(submission)
         s.artifact(s.run_id, sub, "submission")
-        for side in sub.parent.glob(sub.name + ".*"):   # the sidecar that ties the file to its artifacts
-            s.artifact(s.run_id, side, "submission")
+        s.artifact(s.run_id, sidecar_path(sub), "submission")   # the sidecar tying it to its artifacts
