@@ -34,8 +34,8 @@ import pandas as pd
 
 from rakuten.artifacts import ArtifactError, Experiment, read_json
 from rakuten.errors import RakutenError
+from rakuten.labels import CODES
 from rakuten.paths import Paths
-from rakuten.reporting.submission import sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,6 @@ def log_experiment(paths: Paths, name: str) -> str | None:
     # matplotlib and scikit-learn: loaded only when a run is tracked
     from rakuten.reporting.leaderboard import learning_curves, per_class_table, score_experiment
     from rakuten.reporting.plots import plot_confusion, plot_learning_curves
-    from rakuten.labels import CODES
 
     exp = Experiment(paths.oof_dir, name)
     try:
@@ -201,6 +200,9 @@ def log_pipeline(paths: Paths, submission: str | Path | None, board: list[dict],
     s = _ACTIVE
     if s is None:
         return
+    # scikit-learn (through rakuten.metrics): stages imports this module, make_folds.py must stay light
+    from rakuten.reporting.submission import sidecar_path
+
     out = paths.submissions_dir
     metrics = [(f"board/{r['experiment']}/{m}", r[m], 0) for r in board for m in METRICS]
     metrics += [(f"seconds/{k}", v, 0) for k, v in (timings or {}).items()]
