@@ -9,7 +9,7 @@ without an image or a description is predicted from what it has and says so in `
 
 Output (CSV, or JSON lines when ``--out`` ends in .jsonl), indexed like the input: productid,
 prdtypecode, category (``code - name``, names from ``rakuten.labels``), label (class index), top-3
-codes with probabilities, missing_inputs, model_version.
+codes with their categories and probabilities, missing_inputs, model_version.
 """
 from __future__ import annotations
 

@@ -535,7 +535,8 @@ class Bundle:
 
 
 def predictions_frame(bundle: Bundle, products: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
-    """The output table: code, its category name, class index, top-3 codes with probabilities, missing inputs, version."""
+    """The output table: code and its ``code - name`` category, class index, top-3 codes with their
+    categories and probabilities, missing inputs, version."""
     p = softmax(logits)
     top = np.argsort(-p, axis=1, kind="stable")[:, :3]
     codes = np.asarray(bundle.label_map.codes, dtype=np.int64)
@@ -544,6 +545,7 @@ def predictions_frame(bundle: Bundle, products: pd.DataFrame, logits: np.ndarray
     out.insert(2, "category", [code_label(c) for c in out["prdtypecode"]])   # "2583 - Piscine et accessoires"
     for j in range(3):
         out[f"top{j + 1}_code"] = codes[top[:, j]]
+        out[f"top{j + 1}_category"] = [code_label(c) for c in codes[top[:, j]]]
         out[f"top{j + 1}_prob"] = np.round(p[np.arange(len(p)), top[:, j]], 6)
     out["missing_inputs"] = products["missing"].to_numpy()
     out["model_version"] = bundle.model_version

@@ -55,7 +55,7 @@ function renderPrediction(row) {
     p.className = "prob";
     p.textContent = `${(100 * prob).toFixed(1)} %`;
     const name = document.createElement("b");
-    name.textContent = label(code);
+    name.textContent = row[`top${j}_category`] || label(code);   // "2583 - Piscine et accessoires"
     const en = document.createElement("span");
     en.className = "en";
     en.textContent = CATEGORIES[code] ? ` (${CATEGORIES[code].name_en})` : "";
