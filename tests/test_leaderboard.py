@@ -86,9 +86,10 @@ def test_reports_for_the_best_model(board):
     md = (out / "leaderboard.md").read_text()
     assert f"## Per class: {best}" in md and "Weakest recall" in md
     assert "| 2705 | 2705 - Livres neufs |" in md     # the per-class table names its codes
-    # no submission in this workdir: the board's best beside the next one, per class
+    # no submission in this workdir: the board's best (a second level) beside its best input, per class
+    assert rows[0]["kind"] in ("fusion", "stack")
     assert (out / f"per_class_f1_{best}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"](per_class_f1_{best}.png)" in md and f"## Per-class F1: {best} vs {rows[1]['experiment']}" in md
+    assert f"](per_class_f1_{best}.png)" in md and f"## Per-class F1: {best} vs {rows[0]['best_input']}" in md
     assert "other data" in md.lower()
 
 
