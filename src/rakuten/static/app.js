@@ -9,13 +9,31 @@ const CATEGORIES = {};
 const TOKEN = new URLSearchParams(location.hash.slice(1)).get("token");
 const authHeaders = () => (TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {});
 
+let READS = null;   // the inputs the bundle's models read (a Set), from its manifest; null: unknown
+
+// What the bundle's single models read: a text field (title, description, or "text" = both) or,
+// without a field, the image. Second levels read their members' outputs, not inputs.
+function modelReads(manifest) {
+  const reads = new Set();
+  for (const m of Object.values(manifest.members || {})) {
+    if (m.kind !== "unimodal") continue;
+    if (m.field === "text") { reads.add("title"); reads.add("description"); }
+    else if (m.field) reads.add(m.field);
+    else reads.add("image");
+  }
+  return reads.size ? reads : null;
+}
+
 const META = (async () => {
   try {
     for (const c of await (await fetch("/categories")).json()) CATEGORIES[c.code] = c;
     const health = await (await fetch("/health")).json();
     $("model-version").textContent = health.model_version;
+    READS = modelReads(await (await fetch("/model", { headers: authHeaders() })).json());
   } catch (e) {
-    $("model-version").textContent = "unavailable";
+    if (!$("model-version").textContent.trim() || $("model-version").textContent === "…") {
+      $("model-version").textContent = "unavailable";
+    }
   }
 })();
 
@@ -66,8 +84,14 @@ function renderPrediction(row) {
     ol.append(li);
   }
   const missing = row.missing_inputs ? row.missing_inputs.split(",") : [];
-  $("inputs-used").textContent = INPUTS.filter((i) => !missing.includes(i)).join(", ") || "none";
-  $("inputs-missing").textContent = missing.length ? ` (not given: ${missing.join(", ")})` : "";
+  const given = INPUTS.filter((i) => !missing.includes(i));
+  const used = READS ? given.filter((i) => READS.has(i)) : given;
+  const unread = given.filter((i) => !used.includes(i));
+  const notes = [];
+  if (missing.length) notes.push(`not given: ${missing.join(", ")}`);
+  if (unread.length) notes.push(`given but not read by this model: ${unread.join(", ")}`);
+  $("inputs-used").textContent = used.join(", ") || "none";
+  $("inputs-missing").textContent = notes.length ? ` (${notes.join("; ")})` : "";
   $("result").hidden = false;
 }
 
