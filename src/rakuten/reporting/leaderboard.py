@@ -242,8 +242,10 @@ def _plots_md(paths: Paths, rows: list[dict], details: dict, checks: list[dict])
     if curves:
         plot_learning_curves(curves, out / "learning_curves.png")
         md += ["## Learning curves", "",
-               "Training loss and validation macro-F1 per epoch of each torch model, one line per fold "
-               "(from `oof/<experiment>/summary_fold<k>.csv`; the circle marks the epoch each fold kept).", "",
+               "Training loss and monitored macro-F1 per epoch of each torch model, one line per fold "
+               "(from `oof/<experiment>/summary_fold<k>.csv`). The macro-F1 is measured on the rows early "
+               "stopping watches, an inner split of the training folds (fold k's own rows only under fixed "
+               "epochs), so it is noisier than the OOF score; the circle marks the epoch each fold kept.", "",
                "![learning curves](learning_curves.png)", ""]
     return md
 

@@ -88,8 +88,9 @@ def plot_confusion(y_true, y_pred, codes: list[int], path: str | Path, title: st
 
 
 def plot_learning_curves(curves: dict, path: str | Path) -> Path:
-    """Per-epoch curves of each torch experiment: training loss (left) and validation macro-F1 (right),
-    one line per fold, a dot on the epoch each fold kept (its best). ``curves``: experiment -> {fold:
+    """Per-epoch curves of each torch experiment: training loss (left) and the macro-F1 that training
+    monitors (right: ``val_macro_f1``, on the inner early-stopping split of the training folds, or
+    fold k's rows under fixed epochs), one line per fold, a circle on the epoch each fold kept. ``curves``: experiment -> {fold:
     its ``summary_fold<k>.csv`` as a DataFrame with ``epoch``, ``train_loss``, ``val_macro_f1``, ``best``}."""
     names = sorted(curves)
     fig = Figure(figsize=(10, 2.6 * max(1, len(names)) + 0.6))
@@ -105,7 +106,7 @@ def plot_learning_curves(curves: dict, path: str | Path) -> Path:
                 ax_f1.plot([last["epoch"]], [last["val_macro_f1"]], "o", color=line.get_color(), markersize=7,
                            markerfacecolor="none")
         ax_loss.set_title(f"{name}: training loss", fontsize=9)
-        ax_f1.set_title(f"{name}: validation macro-F1 (circle: epoch kept)", fontsize=9)
+        ax_f1.set_title(f"{name}: monitored macro-F1 (circle: epoch kept)", fontsize=9)
         for ax in (ax_loss, ax_f1):
             ax.set_xlabel("epoch", fontsize=8)
             ax.grid(alpha=0.3)
