@@ -35,7 +35,7 @@ from rakuten.labels import CATEGORY_NAMES, code_label
 
 MAX_PRODUCTS = 64
 MAX_IMAGE_BYTES = 5 * 2**20
-MAX_CSV_BYTES = 20 * 2**20       # a CSV of products uploaded from the page (~100k rows of the challenge's X)
+MAX_CSV_BYTES = 20 * 2**20       # a file of products uploaded from the page (POST /predict_csv)
 CSV_BATCH_ROWS = 2048            # products per prediction batch, as predict.py's default --batch-rows
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FIELDS = {"title", "description", "productid", "imageid", "image_base64"}
