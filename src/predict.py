@@ -8,7 +8,8 @@ Images are looked up as ``image_<imageid>_product_<productid>.jpg`` in ``--image
 without an image or a description is predicted from what it has and says so in ``missing_inputs``.
 
 Output (CSV, or JSON lines when ``--out`` ends in .jsonl), indexed like the input: productid,
-prdtypecode, label (class index), top-3 codes with probabilities, missing_inputs, model_version.
+prdtypecode, category (``code - name``, names from ``rakuten.labels``), label (class index), top-3
+codes with their categories and probabilities, missing_inputs, model_version.
 """
 from __future__ import annotations
 

@@ -24,6 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--format", choices=["challengedata", "sigir"], default=None,
                    help="submission format (default: that of the input data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--track", action="store_true",
+                   help="record the run in MLflow (requirements-tracking.txt): each experiment, fusion and stack "
+                        "as a nested run, the leaderboard, the choice and the submission on the parent run")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlruns/mlflow.db)")
     p.add_argument("--force", action="store_true",
                    help="redo the artifacts whose config, data, fold file or upstream changed (a stale "
                         "unimodal experiment is otherwise an error); current artifacts are reused")
@@ -33,14 +38,20 @@ def main(argv=None) -> int:
     with one_line_errors():
         # heavy: yaml and pandas (stages) load only after the arguments are checked
         from rakuten.presets import load_preset
+        from rakuten.reporting.tracking import session
         from rakuten.stages import run_all, validate_preset
 
         if args.trials is not None and args.trials < 0:
             raise RakutenError(f"--trials must be >= 0 (got {args.trials})")
         preset = load_preset(args.preset)
+        if args.tracking_uri and not args.track:
+            raise RakutenError("--tracking-uri is used only with --track")
         validate_preset(preset)      # every config it runs, before any data is read or file written
-        run_all(preset, paths_from_args(args), progress=not args.no_progress,
-                tune_trials=args.trials, skip_tuning=args.no_tuning, submit_format=args.format, force=args.force)
+        paths = paths_from_args(args)
+        with session(paths, args.track, args.tracking_uri, run_name=preset.get("name"),
+                     tags={"preset": preset.get("name"), "data_dir": paths.data_dir or "demo"}):
+            run_all(preset, paths, progress=not args.no_progress, tune_trials=args.trials,
+                    skip_tuning=args.no_tuning, submit_format=args.format, force=args.force)
     return 0
 
 

@@ -4,7 +4,8 @@
 
 ``POST /predict`` (JSON: one product or {"products": [...]}, each with title, optional description,
 productid, imageid, image_base64; or a multipart form with an ``image`` file), ``GET /health``,
-``GET /model`` (the bundle's manifest), OpenAPI docs at ``/docs``. See ``src/rakuten/serve.py``.
+``GET /model`` (the bundle's manifest), OpenAPI docs at ``/docs``, and a web page at ``/`` to try the
+model in a browser (one product with an optional image, or a CSV of products). See ``src/rakuten/serve.py``.
 """
 from __future__ import annotations
 

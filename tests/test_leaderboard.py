@@ -80,10 +80,16 @@ def test_reports_for_the_best_model(board):
     for name in ("leaderboard.png", f"confusion_{best}.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(out / f"per_class_{best}.csv")
-    assert list(table.columns) == ["prdtypecode", "precision", "recall", "f1", "support"]
+    assert list(table.columns) == ["prdtypecode", "category", "precision", "recall", "f1", "support"]
     assert len(table) == 27 and table["support"].sum() == rows[0]["n_rows"]
+    assert table.set_index("prdtypecode").loc[2583, "category"] == "2583 - Piscine et accessoires"
     md = (out / "leaderboard.md").read_text()
     assert f"## Per class: {best}" in md and "Weakest recall" in md
+    assert "| 2705 | 2705 - Livres neufs |" in md     # the per-class table names its codes
+    # no submission in this workdir: the board's best (a second level) beside its best input, per class
+    assert rows[0]["kind"] in ("fusion", "stack")
+    assert (out / f"per_class_f1_{best}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"](per_class_f1_{best}.png)" in md and f"## Per-class F1: {best} vs {rows[0]['best_input']}" in md
     assert "other data" in md.lower()
 
 

@@ -42,7 +42,7 @@ from rakuten.data.challenge import SIGIR_RENAME, DataError
 from rakuten.data.text import clean_text, join_text
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
-from rakuten.labels import NUM_CLASSES, LabelMap
+from rakuten.labels import NUM_CLASSES, LabelMap, code_label
 from rakuten.models.backbones import load_tokenizer
 from rakuten.models.registry import create_model
 from rakuten.paths import REPO_ROOT, Paths
@@ -493,14 +493,17 @@ class Bundle:
 
 
 def predictions_frame(bundle: Bundle, products: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
-    """The output table: code, class index, top-3 codes with probabilities, missing inputs, version."""
+    """The output table: code and its ``code - name`` category, class index, top-3 codes with their
+    categories and probabilities, missing inputs, version."""
     p = softmax(logits)
     top = np.argsort(-p, axis=1, kind="stable")[:, :3]
     codes = np.asarray(bundle.label_map.codes, dtype=np.int64)
     out = pd.DataFrame({"productid": products["id"].to_numpy(np.int64),
                         "prdtypecode": codes[logits.argmax(1)], "label": logits.argmax(1)})
+    out.insert(2, "category", [code_label(c) for c in out["prdtypecode"]])   # "2583 - Piscine et accessoires"
     for j in range(3):
         out[f"top{j + 1}_code"] = codes[top[:, j]]
+        out[f"top{j + 1}_category"] = [code_label(c) for c in codes[top[:, j]]]
         out[f"top{j + 1}_prob"] = np.round(p[np.arange(len(p)), top[:, j]], 6)
     out["missing_inputs"] = products["missing"].to_numpy()
     out["model_version"] = bundle.model_version

@@ -1,4 +1,5 @@
-"""HTTP service over a model bundle: ``POST /predict``, ``GET /health``, ``GET /model`` (FastAPI).
+"""HTTP service over a model bundle: ``POST /predict``, ``GET /health``, ``GET /model`` (FastAPI), and
+a web page at ``/`` (``static/``) with ``GET /categories`` and ``POST /predict_csv`` behind it.
 
 ``POST /predict`` takes JSON (one product, or ``{"products": [...]}``; a product is ``title``, optional
 ``description``, ``productid``, ``imageid`` and ``image_base64``) or a multipart form (``title``,
@@ -22,14 +23,21 @@ import pandas as pd
 # module level, not inside create_app: FastAPI resolves the endpoints' annotations (strings under
 # ``from __future__ import annotations``) in this module's namespace
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from rakuten.bundle import Bundle, predictions_frame, products_frame
+from rakuten.bundle import Bundle, predictions_frame, products_frame, read_products
+from rakuten.data.challenge import DataError
+from rakuten.errors import RakutenError
+from rakuten.labels import CATEGORY_NAMES, code_label
 
 MAX_PRODUCTS = 64
 MAX_IMAGE_BYTES = 5 * 2**20
+MAX_CSV_BYTES = 20 * 2**20       # a file of products uploaded from the page (POST /predict_csv)
+CSV_BATCH_ROWS = 2048            # products per prediction batch, as predict.py's default --batch-rows
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 FIELDS = {"title", "description", "productid", "imageid", "image_base64"}
 
 
@@ -125,6 +133,8 @@ def create_app(bundle: Bundle | str | Path, max_products: int = MAX_PRODUCTS, ma
     async def _request_error(_: Request, e: RequestError):
         return JSONResponse(status_code=e.status, content={"detail": e.detail})
 
+    add_page_routes(app, predictor)
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model_version": bundle.model_version}
@@ -191,3 +201,76 @@ async def _form_products(request, max_bytes: int) -> list[dict]:
         raw = await up.read(max_bytes + 1)
         product["image"] = _check_image(raw, "product 0", max_bytes)
     return [product]
+
+
+# ------------------------------------------------------------------------------------------ web page
+def add_page_routes(app: FastAPI, predictor: Predictor, max_csv_bytes: int = MAX_CSV_BYTES) -> None:
+    """The page at ``/`` (plain HTML, CSS and a little JavaScript from ``static/``, no build step) and
+    the two endpoints it uses besides ``/predict``: ``GET /categories`` (code -> names) and
+    ``POST /predict_csv`` (a CSV of products in, the CSV that ``predict.py`` writes for it out)."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/categories")
+    def categories() -> list[dict]:
+        """The 27 product type codes with their French and English names and ``code - name`` label."""
+        return [{"code": c, "name": fr, "name_en": en, "label": code_label(c)}
+                for c, (fr, en) in sorted(CATEGORY_NAMES.items())]
+
+    @app.post("/predict_csv")
+    async def predict_csv(request: Request) -> Response:
+        """A multipart form with one ``file``: products in the challenge's X format (CSV
+        ``,designation,description,productid,imageid``; SIGIR TSV or JSON lines by their extension).
+        Answers the CSV ``predict.py`` writes for that file (text and description only: images are
+        not uploaded with a CSV)."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise RequestError(415, "send the products file as a multipart form field named file")
+        form = await request.form()
+        unknown = sorted(set(form.keys()) - {"file"})
+        if unknown:
+            raise RequestError(422, f"unknown form field(s) {', '.join(unknown)} (allowed: file)")
+        up = form.get("file")
+        if up is None or not hasattr(up, "read"):
+            raise RequestError(422, "no file: choose a CSV of products")
+        raw = await up.read(max_csv_bytes + 1)
+        if len(raw) > max_csv_bytes:
+            raise RequestError(413, f"{up.filename}: over the {max_csv_bytes}-byte limit")
+        if not raw.strip():
+            raise RequestError(422, f"{up.filename or 'file'}: the file is empty")
+        text = await run_in_threadpool(_predict_file, predictor, raw, up.filename or "products.csv")
+        name = Path(up.filename or "products").stem + "_predictions.csv"
+        return Response(text, media_type="text/csv",
+                        headers={"content-disposition": f'attachment; filename="{name}"'})
+
+
+def _predict_file(predictor: Predictor, raw: bytes, filename: str) -> str:
+    """The uploaded products file -> predict.py's CSV for it (read by the same reader, in batches)."""
+    suffix = Path(filename).suffix.lower()
+    suffix = suffix if suffix in (".csv", ".tsv", ".jsonl", ".json") else ".csv"
+    tmp = Path(tempfile.mkdtemp(prefix="rakuten_page_"))
+    try:
+        path = tmp / f"upload{suffix}"
+        path.write_bytes(raw)
+        try:
+            products = read_products(path, None)
+        except (DataError, RakutenError, ValueError, KeyError) as e:
+            # one line naming the user's file, never the temporary path
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RequestError(422, msg.replace(str(path), filename)) from None
+        if not len(products):
+            raise RequestError(422, f"{filename}: no product rows")
+        parts = []
+        with predictor.lock:
+            try:
+                for s in range(0, len(products), CSV_BATCH_ROWS):
+                    chunk = products.iloc[s:s + CSV_BATCH_ROWS].reset_index(drop=True)
+                    parts.append(predictions_frame(predictor.bundle, chunk, predictor.bundle.predict(chunk)))
+            finally:
+                predictor.bundle.close()
+        # the same call as predict.py's CSV writer: the page's download equals predict.py's file
+        return pd.concat(parts).to_csv(index=True, index_label="", lineterminator="\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,7 @@ from rakuten.experiment import load_experiment
 from rakuten.folds import folds_path, make_folds, write_folds
 from rakuten.paths import Paths
 from rakuten.presets import experiment_overrides, load_preset
+from rakuten.reporting import tracking
 from rakuten.second_level import api
 from rakuten.second_level.api import load_fusion, load_stack, tuned_is_stale
 from rakuten.training.fold_data import empty_field
@@ -178,6 +179,7 @@ def unimodal_stage(preset, paths: Paths, ds, progress: bool = True, force: bool 
             skipped.append(cfg.name)
             continue
         train_folds(cfg, paths, list(range(int(cfg.folds.k))), ds, progress=progress, replace_stale=force)
+        tracking.log_experiment(paths, cfg.name)   # a no-op unless run_all.py --track
     preset["skipped"] = skipped
     return skipped
 
@@ -185,12 +187,14 @@ def unimodal_stage(preset, paths: Paths, ds, progress: bool = True, force: bool 
 # ------------------------------------------------------------------------------------- second level
 def fusion_stage(preset, paths: Paths, progress: bool = True) -> None:
     for name in preset.fusion:
-        api.fuse(name, paths, preset, progress=progress)
+        if api.fuse(name, paths, preset, progress=progress) is not None:   # None: skipped, inputs missing
+            tracking.log_experiment(paths, name)
 
 
 def stack_stage(preset, paths: Paths, progress: bool = True) -> None:
     for name in preset.stack:
-        api.stack(name, paths, preset, progress=progress)
+        if api.stack(name, paths, preset, progress=progress) is not None:   # None: skipped, inputs missing
+            tracking.log_experiment(paths, name)
 
 
 def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, timeout: float | None = None,
@@ -222,7 +226,9 @@ def tuning_stage(preset, paths: Paths, trials: int | None = None, progress: bool
     for name, opts in (preset.get("tune") or {}).items():
         n = trials if trials is not None else int(opts.get("trials", 10))
         # total=True: a rerun of a finished pipeline runs no new trial (the study already has n)
-        tune_and_refit(name, paths, preset, n_trials=n, timeout=opts.get("timeout"), progress=progress, total=True)
+        res = tune_and_refit(name, paths, preset, n_trials=n, timeout=opts.get("timeout"), progress=progress, total=True)
+        if res is not None:
+            tracking.log_experiment(paths, f"{name}_tuned")
 
 
 # ----------------------------------------------------------------------------------------- submission
@@ -376,6 +382,7 @@ def run_all(preset, paths: Paths, progress: bool = True, tune_trials: int | None
     with stage("leaderboard", timings):
         board = leaderboard(paths)
     timings["total"] = round(time.time() - t_start, 1)
+    tracking.log_pipeline(paths, sub, board, timings)   # a no-op unless run_all.py --track
     redone = lineage.end_run(ledger)
     print(f"\nall stages done in {timings['total']:.0f}s: {timings}")
     return {"timings": timings, "submission": str(sub), "leaderboard": board, "redone": redone}

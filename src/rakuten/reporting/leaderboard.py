@@ -4,7 +4,10 @@ Scores are recomputed from the OOF files (never copied from meta.json); an exper
 when meta.json exists, its fold file is present with the hash it recorded, and every fold is done.
 Writes ``submissions/leaderboard.{md,json,png}``, and for the best experiment (by OOF macro-F1) a
 per-class table (``per_class_<exp>.csv``, as the thesis's Tables 6.8-6.9, by prdtypecode) and a
-row-normalised confusion matrix (``confusion_<exp>.png``) naming the weakest classes by recall.
+row-normalised confusion matrix (``confusion_<exp>.png``) naming the weakest classes by recall; the
+per-epoch learning curves of the torch experiments (``learning_curves.png``, from their
+``summary_fold<k>.csv``) and the per-class F1 of the submitted model beside its best input
+(``per_class_f1_<exp>.png``). Classes are shown as ``code - name`` (``rakuten.labels``).
 """
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ from sklearn.metrics import precision_recall_fscore_support
 from rakuten.artifacts import ArtifactError, Experiment, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
 from rakuten.errors import RakutenError
 from rakuten.folds import FoldsError
-from rakuten.labels import CODES
+from rakuten.labels import CODES, code_label
 from rakuten.metrics import chance_macro_f1, scores
 from rakuten.paths import Paths
 from rakuten.reporting.anchors import PUBLIC_LEADERBOARDS, anchors, would_rank
-from rakuten.reporting.plots import plot_confusion, plot_leaderboard
+from rakuten.reporting.plots import plot_confusion, plot_leaderboard, plot_learning_curves, plot_per_class_f1
 from rakuten.lineage import finished_oof, lineage_problem
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,8 @@ def score_experiment(paths: Paths, exp: Experiment, meta: dict | None = None
 def per_class_table(y: np.ndarray, pred: np.ndarray, codes=CODES) -> pd.DataFrame:
     """Precision, recall, F1 and support per prdtypecode (classes absent from both: zeros)."""
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(codes))), zero_division=0)
-    return pd.DataFrame({"prdtypecode": list(codes), "precision": p, "recall": r, "f1": f, "support": s})
+    return pd.DataFrame({"prdtypecode": list(codes), "category": [code_label(c) for c in codes],
+                         "precision": p, "recall": r, "f1": f, "support": s})
 
 
 def _md_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
@@ -174,6 +178,76 @@ def _keep_good_board(paths: Paths, rows: list[dict], skipped: list[dict]) -> Non
                            f"the existing leaderboard ({n_old} rows) is kept")
 
 
+def learning_curves(paths: Paths, names: list[str]) -> dict:
+    """experiment -> {fold: its per-epoch ``summary_fold<k>.csv``} for the experiments that have them
+    (the torch models; TF-IDF, kNN and the second level train no epochs)."""
+    out = {}
+    for name in names:
+        exp = Experiment(paths.oof_dir, name)
+        folds = {}
+        for f in sorted(exp.dir.glob("summary_fold*.csv")):
+            try:
+                df = pd.read_csv(f)
+            except (OSError, ValueError, pd.errors.EmptyDataError):
+                continue      # a fold being written by a concurrent run: its curve is left out
+            if {"epoch", "train_loss", "val_macro_f1"} <= set(df.columns) and len(df):
+                folds[int(f.stem[len("summary_fold"):])] = df
+        if folds:
+            out[name] = folds
+    return out
+
+
+def submitted_and_reference(paths: Paths, rows: list[dict], checks: list[dict]) -> tuple[str, str, str] | None:
+    """(submitted experiment, the one to show beside it, why that one): the submitted model is the one
+    in ``submissions/submitted.json`` when it is on the board (else the board's best); beside it, its
+    best input when it is a fusion/stack, else the best other experiment on the board."""
+    names = [r["experiment"] for r in rows]
+    sub = None
+    try:
+        sub = read_json(paths.submissions_dir / "submitted.json").get("experiment")
+    except (ArtifactError, OSError, ValueError, AttributeError):
+        pass
+    label = "submitted"
+    if sub not in names:
+        sub, label = (names[0] if names else None), "best on the board (no submission found)"
+    if sub is None:
+        return None
+    check = next((c for c in checks if c["experiment"] == sub), None)
+    if check is not None:
+        return sub, check["best_input"], f"{label}; beside it its best input"
+    others = [n for n in names if n != sub]
+    return (sub, others[0], f"{label}, a single model; beside it the best other experiment") if others else None
+
+
+def _plots_md(paths: Paths, rows: list[dict], details: dict, checks: list[dict]) -> list[str]:
+    """Writes the learning curves and the per-class F1 comparison; their section of leaderboard.md."""
+    out = paths.submissions_dir
+    md = []
+    pair = submitted_and_reference(paths, rows, checks)
+    if pair is not None:
+        sub, ref, why = pair
+        f_sub = per_class_table(*details[sub])["f1"].to_numpy()
+        f_ref = per_class_table(*details[ref])["f1"].to_numpy()
+        png = f"per_class_f1_{sub}.png"
+        plot_per_class_f1(list(CODES), f_sub, sub, f_ref, ref, out / png,
+                          f"OOF F1 per class: {sub} ({why.split(';')[0]}) vs {ref}")
+        better = int((f_sub > f_ref + 1e-12).sum())
+        worse = int((f_sub < f_ref - 1e-12).sum())
+        md += [f"## Per-class F1: {sub} vs {ref}", "",
+               f"`{sub}` ({why}, `{ref}`): higher F1 on {better} classes, lower on {worse}, out of fold.", "",
+               f"![per-class F1 of {sub} beside {ref}]({png})", ""]
+    curves = learning_curves(paths, [r["experiment"] for r in rows])
+    if curves:
+        plot_learning_curves(curves, out / "learning_curves.png")
+        md += ["## Learning curves", "",
+               "Training loss and monitored macro-F1 per epoch of each torch model, one line per fold "
+               "(from `oof/<experiment>/summary_fold<k>.csv`). The macro-F1 is measured on the rows early "
+               "stopping watches, an inner split of the training folds (fold k's own rows only under fixed "
+               "epochs), so it is noisier than the OOF score; the circle marks the epoch each fold kept.", "",
+               "![learning curves](learning_curves.png)", ""]
+    return md
+
+
 def _write_reports(paths: Paths, rows: list[dict], skipped: list[dict], details: dict,
                    checks: list[dict] | None = None) -> None:
     out = paths.submissions_dir
@@ -218,7 +292,7 @@ def _write_reports(paths: Paths, rows: list[dict], skipped: list[dict], details:
         atomic_write_csv(out / f"per_class_{best}.csv", table, index=False)
         present = table[table["support"] > 0]
         weakest = present.nsmallest(N_WEAKEST, "recall")
-        weak_txt = ", ".join(f"{int(r.prdtypecode)} ({r.recall:.2f})" for r in weakest.itertuples())
+        weak_txt = ", ".join(f"{r.category} ({r.recall:.2f})" for r in weakest.itertuples())
         plot_confusion(y, pred, list(CODES), out / f"confusion_{best}.png",
                        f"{best}: row-normalised OOF confusion; weakest recall: {weak_txt}")
         md += [f"## Per class: {best}", "",
@@ -226,6 +300,7 @@ def _write_reports(paths: Paths, rows: list[dict], skipped: list[dict], details:
                f"Chance (majority class) macro-F1: {chance_macro_f1(y):.4f}.", "",
                _md_table(table.assign(support=table["support"].astype(int))), "",
                f"Confusion matrix: `confusion_{best}.png`; table: `per_class_{best}.csv`.", ""]
+        md += _plots_md(paths, rows, details, checks or [])
     if skipped:
         md += ["## Not listed", ""] + [f"- `{s['experiment']}`: {s['reason']}" for s in skipped] + [""]
     atomic_write_text(out / "leaderboard.md", "\n".join(md))
