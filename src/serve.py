@@ -22,8 +22,8 @@ from rakuten.errors import RakutenError
 
 def _check_port(host: str, port: int) -> None:
     """One line now rather than uvicorn's log line and exit 1 when the address cannot be listened on."""
-    if not 0 < port < 65536:
-        raise RakutenError(f"--port {port}: must be in 1..65535")
+    if not 0 <= port < 65536:
+        raise RakutenError(f"--port {port}: must be in 1..65535 (0: any free port)")
     try:
         socket.create_server((host, port), reuse_port=False).close()
     except socket.gaierror as e:

@@ -53,7 +53,7 @@ from rakuten.labels import NUM_CLASSES, LabelMap
 from rakuten.models.backbones import load_tokenizer
 from rakuten.models.registry import create_model
 from rakuten.paths import REPO_ROOT, Paths
-from rakuten.safe_io import (UnsafeModelError, check_digests, file_digests, load_model, load_run_model,
+from rakuten.safe_io import (SAFE_SUFFIXES, UnsafeModelError, check_digests, file_digests, load_model, load_run_model,
                              serialize_model, suffix_of)
 from rakuten.training.fold_data import field_texts
 
@@ -71,7 +71,10 @@ def submitted_experiment(paths: Paths, preset=None) -> dict:
     """{"experiment", "bias", "biases"} of the run's submission (``submissions/submitted.json``)."""
     p = paths.submissions_dir / "submitted.json"
     if p.exists():
-        return read_json(p)
+        sub = read_json(p)
+        if not isinstance(sub, dict) or not isinstance(sub.get("experiment"), str):
+            raise BundleError(f"{p}: malformed (no experiment name); rerun the submission stage")
+        return sub
     raise BundleError(f"{p}: missing; run the submission stage first (run_all.py or submit.py through "
                       "run_all) so the run records which model it submitted")
 
@@ -190,16 +193,15 @@ def _bundle_model(src: Path, d: Path, k: int) -> str:
     """Put fold ``k``'s model file ``src`` (a run's) into member folder ``d`` in a data-only format:
     copied when it is one already, else (the pickles of runs made before) read and re-saved."""
     suffix = suffix_of(src)
-    if suffix in (".skops", ".lgbm.txt"):
-        atomic_copy(src, d / src.name)
-        return src.name
-    if suffix == ".pt":
+    if suffix in SAFE_SUFFIXES:
         try:
-            load_model(src)
+            load_model(src)   # a truncated or foreign file fails here, not when the bundle is loaded
             atomic_copy(src, d / src.name)
             return src.name
         except UnsafeModelError:
-            pass   # a head saved with numpy arrays: re-saved as tensors below
+            if suffix != ".pt":
+                raise
+            # a head saved with numpy arrays (before safe_io): re-saved as tensors below
     new_suffix, data = serialize_model(load_run_model(src), torch_weights=suffix == ".pt")
     atomic_write_bytes(d / f"fold{k}{new_suffix}", data)
     return f"fold{k}{new_suffix}"
@@ -316,6 +318,42 @@ def products_frame(df: pd.DataFrame, images: str | Path | None = None, where: st
 
 
 # ------------------------------------------------------------------------------------------- loading
+def _check_manifest(m: dict, mpath: Path) -> None:
+    """The manifest's tables have the shapes the loader reads, and every file it will open is one
+    the SHA-256 list pins (no path leaves the bundle): else one line naming what is wrong."""
+    def bad(why: str):
+        raise BundleError(f"{mpath}: malformed ({why}); re-export the bundle")
+    digests, members = m.get("sha256"), m.get("members")
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        bad("no sha256 table")
+    if not isinstance(members, dict) or not isinstance(m.get("submitted"), str) or m["submitted"] not in members:
+        bad("no members table holding the submitted model")
+    b = m.get("biases")
+    if b is not None and (not isinstance(b, list) or len(b) != NUM_CLASSES
+                          or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+        bad(f"biases must be null or {NUM_CLASSES} numbers")
+    if not isinstance(m.get("feature_sources", []), list):
+        bad("feature_sources is not a list")
+    for name in [*members, *m.get("feature_sources", [])]:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            bad(f"member or feature source name {name!r} is not a plain folder name")
+    for name in m.get("feature_sources", []):
+        if f"features/{name}/config.json" not in digests:
+            bad(f"feature source {name!r} has no pinned config")
+    for name, e in members.items():
+        if not isinstance(e, dict) or not isinstance(e.get("folds"), list) or not isinstance(e.get("files"), list) \
+                or len(e["folds"]) != len(e["files"]) or not all(isinstance(k, int) for k in e["folds"]):
+            bad(f"member {name!r}: folds and files must be lists of the same length")
+        for f in [*e["files"], "config.json"]:
+            if not isinstance(f, str) or "/" in f or "\\" in f or f"members/{name}/{f}" not in digests:
+                bad(f"member {name!r}: file {f!r} is not pinned by the sha256 table")
+        ins = e.get("inputs") or []
+        if not isinstance(ins, list) or not all(isinstance(u, str) and u in members for u in ins):
+            bad(f"member {name!r}: an input is not a member")
+        if e.get("kind") not in ("stack", "unimodal") or not isinstance(e.get("member_kind"), str):
+            bad(f"member {name!r}: kind must be stack or unimodal, with a member_kind")
+
+
 class Bundle:
     """A loaded bundle: ``predict(products)`` -> (log of the averaged probabilities [n, 27], info)."""
 
@@ -330,8 +368,7 @@ class Bundle:
             fmt = self.manifest.get("bundle_format") if isinstance(self.manifest, dict) else None
             raise BundleError(f"{self.path}: bundle format {fmt}, this code reads {BUNDLE_FORMAT} "
                               "(re-export the run with export.py)")
-        if not isinstance(self.manifest.get("sha256"), dict) or not isinstance(self.manifest.get("members"), dict):
-            raise BundleError(f"{mpath}: malformed (no sha256 or members table)")
+        _check_manifest(self.manifest, mpath)
         # before anything is read: every file as exported, none added
         check_digests(self.path, self.manifest["sha256"])
         self.label_map = LabelMap.load(self.path / "label_map.json")

@@ -169,15 +169,19 @@ def load_run_model(path: str | Path):
     try:
         return load_model(path)
     except UnsafeModelError:
-        if suffix_of(path) == LEGACY_SUFFIX:
-            # heavy: joblib (scikit-learn); the legacy pickle of the run's own workdir
-            import joblib
-            return joblib.load(path)
-        if suffix_of(path) == ".pt":
-            # heavy: torch; a head saved with numpy mu/sd before they were tensors
-            import torch
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            return {k: np.asarray(v) if k in ("mu", "sd") else v for k, v in state.items()}
+        try:
+            if suffix_of(path) == LEGACY_SUFFIX:
+                # heavy: joblib (scikit-learn); the legacy pickle of the run's own workdir
+                import joblib
+                return joblib.load(path)
+            if suffix_of(path) == ".pt":
+                # heavy: torch; a head saved with numpy mu/sd before they were tensors
+                import torch
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                return {k: np.asarray(v) if k in ("mu", "sd") else v for k, v in state.items()}
+        except Exception as e:   # EOFError, UnpicklingError, RuntimeError: a truncated or foreign file
+            raise ModelFileError(f"{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                                 "rerun the fold with --force") from None
         raise
 
 
