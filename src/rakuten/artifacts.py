@@ -9,7 +9,9 @@ Layout of one experiment (``oof/<experiment>/``)::
     summary_fold<k>.csv  per-epoch training log
 
 Every writer goes through a temporary file and ``os.replace`` so a killed process never leaves a
-half-written artifact that a later stage could mistake for a finished one.
+half-written artifact that a later stage could mistake for a finished one; the bytes go through one
+low-level write (``_raw_write``), and a full disk is a one-line ``ArtifactError`` naming the file.
+Fold models are written in data-only formats (``rakuten.safe_io``), never pickled.
 """
 from __future__ import annotations
 
