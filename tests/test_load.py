@@ -54,6 +54,17 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def _sockets(pid: int) -> int:
+    """Open sockets of process ``pid``: its listener, asyncio's self-pipe, and each accepted connection."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:   # closed meanwhile
+            pass
+    return n
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,10 +141,14 @@ def test_sustained_load_and_sigterm(bundle_run, tmp_path):
         def key_of(i, with_image):
             return i, with_image and images[i] is not None
 
-        # warm-up: every model kind once, then the "before" memory
+        # warm-up: every product with and without its image, and the largest batch the clients send,
+        # then the "before" memory
         with httpx.Client(timeout=60) as c:
             for i in range(N):
-                assert c.post(f"{base}/predict", json=body(i, True), headers=auth).status_code == 200
+                for im in (False, True):
+                    assert c.post(f"{base}/predict", json=body(i, im), headers=auth).status_code == 200
+            big = {"products": [body(i, True) for i in range(6)]}
+            assert c.post(f"{base}/predict", json=big, headers=auth).status_code == 200
         rss = {"before": _rss_mib(proc.pid)}
 
         stats = {"good": [], "bad": 0, "errors": []}
@@ -196,8 +211,12 @@ def test_sustained_load_and_sigterm(bundle_run, tmp_path):
         assert len(lat) > CLIENTS and stats["bad"] > CLIENTS
         assert rss["after"] - rss["before"] < RSS_TOLERANCE_MIB, rss
 
-        # SIGTERM with 8 batch requests (4 products with images each) in flight: all answered, then exit 0
-        batch = {"products": [body(i, True) for i in range(N // 2)]}
+        # SIGTERM with 8 batch requests (N products with images each) in flight: all answered, then exit 0.
+        # In flight = accepted by the server (its socket count up by 8) and read (0.5 s more): a request
+        # still in the kernel's accept queue at SIGTERM is refused, as it should be.
+        batch = {"products": [body(i, True) for i in range(N)]}
+        time.sleep(0.5)
+        idle = _sockets(proc.pid)
         answered = []
 
         def in_flight(_):
@@ -208,7 +227,10 @@ def test_sustained_load_and_sigterm(bundle_run, tmp_path):
 
         with ThreadPoolExecutor(CLIENTS) as pool:
             futs = [pool.submit(in_flight, j) for j in range(CLIENTS)]
-            time.sleep(1.0)
+            deadline = time.time() + 60
+            while _sockets(proc.pid) < idle + CLIENTS - len(answered) and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
             done_before = len(answered)
             proc.send_signal(signal.SIGTERM)
             answers = [f.result() for f in futs]
