@@ -46,6 +46,10 @@ def main(argv=None) -> int:
 
         if args.batch_rows < 1:
             raise RakutenError("--batch-rows must be >= 1")
+        if args.images is not None and not Path(args.images).is_dir():
+            raise RakutenError(f"--images {args.images}: no such folder")
+        if Path(args.out).is_dir():
+            raise RakutenError(f"--out {args.out}: is a directory; give a file name (.csv or .jsonl)")
         bundle = Bundle(args.bundle, device=args.device)
         products = read_products(args.input, args.images)
         parts = []

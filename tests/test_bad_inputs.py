@@ -274,3 +274,156 @@ def test_bad_inputs_left_the_finished_workdir_untouched(matrix):
     _, changed, changed_ro = matrix
     assert changed == [], f"files changed by the bad-input cases: {changed[:10]}"
     assert not changed_ro
+
+
+# ------------------------------------------------- the bundle commands: predict, export, serve, validate
+# Malformed files and paths given to the four commands that read what users bring (a bundle, products,
+# a submission, an API key): exit 2, one error line naming the problem, no traceback. A bundle is
+# exported once from the finished tiny run; broken copies of it, of its inputs and of the workdir are
+# the cases' files. (A missing, changed or added bundle file is also checked in-process in
+# test_safe_bundle.py; a bundle folder that is not one, and an input without titles, in test_bundle.py.)
+#   placeholders: as above, plus {bundle} the good bundle, {b:<kind>} a broken copy, {x:<kind>} a bad
+#   products file, {s:<kind>} a bad submission, {w:<kind>} a broken workdir copy, {k:<kind>} a bad key
+#   file, {dir} an empty folder, {busy} a port another socket listens on
+PB = ["predict.py", "--bundle", "{bundle}", "--out", "{missing}.csv", "--no-progress", "--input"]
+XT = "{wd}/data/demo/X_test_update.csv"
+VS = ["validate_submission.py", "--workdir", "{wd}"]
+EX = ["export.py", "--workdir", "{wd}", "--preset", "{preset}", "--out"]
+SV = ["serve.py", "--port", "0", "--bundle"]
+BUNDLE_MATRIX = [
+    ("validate:not UTF-8", VS + ["{s:latin1}"], "not UTF-8"),
+    ("validate:NUL bytes", VS + ["{s:nul}"], "NUL bytes"),
+    ("validate:a folder", VS + ["{dir}"], "is a directory"),
+    ("predict:input not UTF-8", PB + ["{x:latin1}"], "cannot parse"),
+    ("predict:input binary", PB + ["{x:binary}"], "cannot parse"),
+    ("predict:input bad JSON lines", PB + ["{x:jsonl}"], "cannot parse"),
+    ("predict:input a folder", PB + ["{dir}"], "Is a directory"),
+    ("predict:images missing", PB + [XT, "--images", "{missing}"], "--images"),
+    ("predict:out a folder", ["predict.py", "--bundle", "{bundle}", "--input", XT, "--out", "{dir}"], "--out"),
+    ("predict:bundle file changed", [*PB[:2], "{b:changed}", *PB[3:], XT], "changed since export"),
+    ("predict:bundle planted pickle", [*PB[:2], "{b:pickle}", *PB[3:], XT], "not a skops file"),
+    ("predict:manifest not JSON", [*PB[:2], "{b:junk}", *PB[3:], XT], "corrupt JSON"),
+    ("predict:manifest a list", [*PB[:2], "{b:list}", *PB[3:], XT], "bundle format None"),
+    ("predict:manifest path escapes", [*PB[:2], "{b:escape}", *PB[3:], XT], "not pinned"),
+    ("export:out a file", EX + ["{file}"], "is a file"),
+    ("export:out under a file", EX + ["{file}/bundle"], "Not a directory"),
+    ("export:submitted.json corrupt", ["export.py", "--workdir", "{w:badsub}", "--preset", "{preset}", "--out",
+                                       "{missing}"], "submitted.json"),
+    ("export:fold model truncated", ["export.py", "--workdir", "{w:trunc}", "--preset", "{preset}", "--out",
+                                     "{missing}"], "fold0"),
+    ("serve:bundle file changed", SV + ["{b:changed}"], "changed since export"),
+    ("serve:key file missing", SV + ["{bundle}", "--api-key-file", "{missing}"], "file not found"),
+    ("serve:key file empty", SV + ["{bundle}", "--api-key-file", "{k:empty}"], "one non-empty line"),
+    ("serve:port busy", ["serve.py", "--bundle", "{bundle}", "--port", "{busy}"], "cannot listen"),
+]
+
+
+def _bundle_places(finished, root: Path) -> dict:
+    """Export the finished run once, then the broken copies and files the cases read."""
+    import pickle
+    import shutil
+    preset, wd = finished
+    places = {"wd": str(wd), "preset": str(preset), "file": str(root / "plain_file"), "missing": str(root / "nope"),
+              "dir": str(root / "empty_dir")}
+    (root / "plain_file").write_text("not a folder\n")
+    (root / "empty_dir").mkdir()
+    good = root / "bundle"
+    r = subprocess.run([sys.executable, str(REPO / "src" / "export.py"), "--workdir", str(wd), "--preset", str(preset),
+                        "--out", str(good)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    places["bundle"] = str(good)
+    m = json.loads((good / "manifest.json").read_text())
+    stack = m["submitted"]
+    model = f"members/{stack}/{m['members'][stack]['files'][0]}"
+    skops_member = next(n for n, e in m["members"].items() if e["files"][0].endswith(".skops"))
+    skops_rel = f"members/{skops_member}/{m['members'][skops_member]['files'][0]}"
+
+    def broken(kind, change):
+        d = root / f"bundle_{kind}"
+        shutil.copytree(good, d)
+        change(d)
+        places[f"b:{kind}"] = str(d)
+
+    def rehash(d, rel):
+        from rakuten.safe_io import sha256
+        mm = json.loads((d / "manifest.json").read_text())
+        mm["sha256"][rel] = sha256(d / rel)
+        (d / "manifest.json").write_text(json.dumps(mm))
+
+    def manifest(d, fn):
+        (d / "manifest.json").write_text(json.dumps(fn(json.loads((d / "manifest.json").read_text()))))
+
+    def escape(mm):
+        mm["members"][stack]["files"][0] = "../../x.skops"
+        return mm
+    broken("changed", lambda d: (d / model).write_bytes((d / model).read_bytes() + b" "))
+    broken("pickle", lambda d: ((d / skops_rel).write_bytes(pickle.dumps({"a": 1})), rehash(d, skops_rel)))
+    broken("junk", lambda d: (d / "manifest.json").write_text("{not json"))
+    broken("list", lambda d: (d / "manifest.json").write_text("[1, 2]"))
+    broken("escape", lambda d: manifest(d, escape))
+    x = root / "x"
+    x.mkdir()
+    head = (wd / "data" / "demo" / "X_test_update.csv").read_text().splitlines()[:3]
+    (x / "latin1.csv").write_bytes(("\n".join(head) + "\n,Télé à écran plat,,1,2\n").encode("latin-1"))
+    (x / "binary.csv").write_bytes(bytes(range(256)) * 8)
+    (x / "empty.csv").write_text("")
+    (x / "bad.jsonl").write_text('{"title": "ok"}\n{"title": \n')
+    places.update({"x:latin1": str(x / "latin1.csv"), "x:binary": str(x / "binary.csv"),
+                   "x:empty": str(x / "empty.csv"), "x:jsonl": str(x / "bad.jsonl")})
+    (x / "sub_latin1.csv").write_bytes(",prdtypecode\n0,10\n# Télé\n".encode("latin-1"))
+    (x / "sub_nul.csv").write_bytes(b",prdtypecode\n0,10\x00\x00\n")
+    places.update({"s:latin1": str(x / "sub_latin1.csv"), "s:nul": str(x / "sub_nul.csv")})
+    (x / "key_empty").write_text("\n")
+    places["k:empty"] = str(x / "key_empty")
+    for kind in ("badsub", "trunc"):
+        w = root / f"wd_{kind}"
+        shutil.copytree(wd, w, symlinks=True)
+        places[f"w:{kind}"] = str(w)
+    (root / "wd_badsub" / "submissions" / "submitted.json").write_text('{"bias": true}')
+    f = root / "wd_trunc" / "oof" / stack / "models" / m["members"][stack]["files"][0]
+    f.write_bytes(f.read_bytes()[:40])
+    return places
+
+
+@pytest.fixture(scope="module")
+def bundle_matrix(finished, tmp_path_factory):
+    """Run every BUNDLE_MATRIX case once (in parallel); ({case id: CompletedProcess}, bundle digests
+    before, after)."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rakuten.safe_io import file_digests
+    root = tmp_path_factory.mktemp("bundle_matrix")
+    places = _bundle_places(finished, root)
+    busy = socket.create_server(("127.0.0.1", 0))
+    places["busy"] = str(busy.getsockname()[1])
+    before = file_digests(places["bundle"]), snapshot(finished[1])
+
+    def fill(a: str) -> str:
+        for k, v in sorted(places.items(), key=lambda kv: -len(kv[0])):
+            a = a.replace("{" + k + "}", v)
+        return a
+
+    def one(case):
+        cid, argv, _ = case
+        cmd = [sys.executable, str(REPO / "src" / argv[0]), *map(fill, argv[1:])]
+        return cid, subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = dict(pool.map(one, BUNDLE_MATRIX))
+    finally:
+        busy.close()
+    return results, before, (file_digests(places["bundle"]), snapshot(finished[1]))
+
+
+@pytest.mark.slow    # 22 script runs, four at a time, on the finished tiny run and its bundle
+@pytest.mark.parametrize("cid,argv,word", BUNDLE_MATRIX, ids=[c[0] for c in BUNDLE_MATRIX])
+def test_bundle_command_bad_input_is_one_line_error(bundle_matrix, cid, argv, word):
+    results, _, _ = bundle_matrix
+    assert_one_line_error(results[cid], word)
+
+
+@pytest.mark.slow
+def test_bundle_command_bad_inputs_changed_nothing(bundle_matrix):
+    _, before, after = bundle_matrix
+    assert before == after

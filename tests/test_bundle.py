@@ -83,7 +83,8 @@ def test_fold_models_are_kept(run_dir):
     _, wd, _, _, _ = run_dir
     for name in UNIMODAL + ["stack_lgbm"]:
         models = wd / "oof" / name / "models"
-        ext = "joblib" if name in ("tfidf_text", "stack_lgbm") else "pt"
+        # data-only formats (rakuten.safe_io): skops for scikit-learn, LightGBM's text, torch tensors
+        ext = {"tfidf_text": "skops", "stack_lgbm": "lgbm.txt"}.get(name, "pt")
         assert sorted(p.name for p in models.glob("fold*")) == [f"fold{k}.{ext}" for k in range(3)], name
         assert not list((wd / "oof" / name).glob("checkpoints/*.pt")), name   # resume checkpoints still go
     assert (wd / "oof" / "text_tiny_title" / "models" / "tokenizer" / "tokenizer.json").exists()

@@ -16,7 +16,7 @@ PACKAGE = SRC / "rakuten"
 
 BASE = {"rakuten", "rakuten.errors", "rakuten.paths", "rakuten.labels", "rakuten.config", "rakuten.artifacts",
         "rakuten.defaults", "rakuten.experiment", "rakuten.folds", "rakuten.lineage", "rakuten.metrics",
-        "rakuten.presets"}
+        "rakuten.presets", "rakuten.safe_io"}
 SUBPACKAGES = {"data": 1, "models": 2, "training": 3, "second_level": 4, "reporting": 5}
 TOP = {"rakuten.stages", "rakuten.cli", "rakuten.launch", "rakuten.bundle", "rakuten.serve"}
 LAYER_NAMES = ["base", "data", "models", "training", "second_level", "reporting", "top"]

@@ -9,20 +9,26 @@ Layout of one experiment (``oof/<experiment>/``)::
     summary_fold<k>.csv  per-epoch training log
 
 Every writer goes through a temporary file and ``os.replace`` so a killed process never leaves a
-half-written artifact that a later stage could mistake for a finished one.
+half-written artifact that a later stage could mistake for a finished one; the bytes go through one
+low-level write (``_raw_write``), and a full disk is a one-line ``ArtifactError`` naming the file.
+Fold models are written in data-only formats (``rakuten.safe_io``), never pickled.
 """
 from __future__ import annotations
 
 from rakuten.errors import RakutenError
+from rakuten.safe_io import LEGACY_SUFFIX, SAFE_SUFFIXES, serialize_model
 
+import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -31,9 +37,15 @@ class ArtifactError(RakutenError, RuntimeError):
     """An artifact is missing, truncated, stale or inconsistent with its siblings."""
 
 
+# A full or failing disk: the write is abandoned (the temporary file removed, the file there before
+# kept) and reported in one line, not as a traceback from deep inside numpy, torch or skops.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically. A write
+    that fails for want of space (``DISK_ERRNOS``) raises ``ArtifactError`` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp",
@@ -47,14 +59,48 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        raise ArtifactError(f"{path}: not written ({e.strerror or os.strerror(e.errno)}); "
+                            "the file there before, if any, is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _raw_write(f: io.FileIO, data) -> int:
+    """The one low-level write under every ``atomic_open`` (the fault-injection tests replace it with
+    one that fails half way, as a full disk does)."""
+    return io.FileIO.write(f, data)
+
+
+class _ArtifactFile(io.FileIO):
+    def write(self, data) -> int:
+        return _raw_write(self, data)
+
+
+@contextmanager
+def atomic_open(path: str | Path, suffix: str | None = None) -> Iterator[BinaryIO]:
+    """A binary file object (seekable) whose content replaces ``path`` atomically when the block ends."""
+    with atomic_path(path, suffix) as tmp:
+        with io.BufferedWriter(_ArtifactFile(tmp, "w")) as f:
+            yield f
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def atomic_copy(src: str | Path, dst: str | Path, chunk: int = 1 << 20) -> None:
+    """Copy a file's bytes to ``dst`` atomically (a failed copy leaves no partial ``dst``)."""
+    with open(src, "rb") as fin, atomic_open(dst) as fout:
+        shutil.copyfileobj(fin, fout, chunk)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -74,13 +120,12 @@ def _json_default(o):
 
 
 def atomic_save_npz(path: str | Path, **arrays) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+    with atomic_open(path, suffix=".npz") as f:
+        np.savez(f, **arrays)
 
 
 def atomic_write_csv(path: str | Path, df, **kwargs) -> None:
-    with atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, **kwargs)
+    atomic_write_bytes(path, df.to_csv(None, **kwargs).encode(kwargs.get("encoding") or "utf-8"))
 
 
 def read_json(path: str | Path) -> dict:
@@ -196,22 +241,28 @@ class Experiment:
         return self.dir / "checkpoints" / f"fold{fold}_last.pt"
 
     def model_path(self, fold: int, ext: str) -> Path:
-        """Fold k's final model (``pt``: torch weights, ``joblib``: a fitted scikit-learn/LightGBM
-        object): kept after the run so that ``export.py`` can bundle it for new products."""
+        """Fold k's final model, ``ext`` one of ``safe_io``'s formats without the dot (``pt``: torch
+        weights, ``skops``: scikit-learn objects, ``lgbm.txt``: a LightGBM booster; ``joblib``: the
+        pickles of runs made before): kept after the run so that ``export.py`` can bundle it."""
         return self.dir / "models" / f"fold{fold}.{ext}"
 
+    def model_file(self, fold: int) -> Path | None:
+        """The saved model of fold ``fold`` (a data-only format first, a legacy pickle last), or None."""
+        for suffix in (*SAFE_SUFFIXES, LEGACY_SUFFIX):
+            p = self.model_path(fold, suffix[1:])
+            if p.exists():
+                return p
+        return None
+
     def save_model(self, fold: int, obj, torch_weights: bool = False) -> Path:
-        path = self.model_path(fold, "pt" if torch_weights else "joblib")
-        if torch_weights:
-            # heavy: torch
-            import torch
-            with atomic_path(path, suffix=".pt") as tmp:
-                torch.save(obj, tmp)
-        else:
-            # heavy: joblib
-            import joblib
-            with atomic_path(path, suffix=".joblib") as tmp:
-                joblib.dump(obj, tmp)
+        """Write fold ``fold``'s model in its data-only format (``safe_io.serialize_model``), atomically,
+        and remove the fold's model files in other formats (a rerun's older save)."""
+        suffix, data = serialize_model(obj, torch_weights)
+        path = self.model_path(fold, suffix[1:])
+        atomic_write_bytes(path, data)
+        for other in (*SAFE_SUFFIXES, LEGACY_SUFFIX):
+            if other != suffix:
+                self.model_path(fold, other[1:]).unlink(missing_ok=True)
         return path
 
     @property

@@ -9,10 +9,11 @@ averaged (``Experiment.load_test(average="probs")``, what ``submit.py`` does), t
 
 Layout::
 
-    manifest.json               submitted model, members and their inputs, versions, hashes, scores
+    manifest.json               submitted model, members and their inputs, versions, hashes, scores,
+                                and the SHA-256 of every other file (``sha256``)
     label_map.json
     members/<exp>/config.json   the resolved config of the run (meta.json's)
-    members/<exp>/fold<k>.pt|.joblib, members/<exp>/tokenizer/
+    members/<exp>/fold<k>.pt|.skops|.lgbm.txt, members/<exp>/tokenizer/
 
     features/<exp>/config.json  a frozen backbone's extraction settings (weights: the offline packages)
 
@@ -20,6 +21,10 @@ Supported members: TF-IDF models (with or without dense frozen features), kNN (o
 features), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
 and the stackers (lgbm, logreg, blend, caruana) over them. Fusion models are refused at export with a
 one-line reason: their embedding alignment is fitted on the run's own test rows.
+
+A bundle holds no pickle: fold models are torch tensors, skops files of trusted types, or LightGBM
+text (``rakuten.safe_io``), and loading first checks every file against the manifest's SHA-256 list,
+refusing a changed, missing or added file with one line naming it.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten.artifacts import Experiment, atomic_write_json, read_json, softmax
+from rakuten.artifacts import Experiment, atomic_copy, atomic_write_bytes, atomic_write_json, read_json, softmax
 from rakuten.config import Config
 from rakuten.data.challenge import SIGIR_RENAME, DataError
 from rakuten.data.text import clean_text, join_text
@@ -46,11 +51,13 @@ from rakuten.labels import NUM_CLASSES, LabelMap, code_label
 from rakuten.models.backbones import load_tokenizer
 from rakuten.models.registry import create_model
 from rakuten.paths import REPO_ROOT, Paths
+from rakuten.safe_io import (SAFE_SUFFIXES, UnsafeModelError, check_digests, file_digests, load_model, load_run_model,
+                             serialize_model, suffix_of)
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2   # 2: data-only model files and the sha256 list (1 held pickles)
 
 
 class BundleError(RakutenError):
@@ -62,7 +69,10 @@ def submitted_experiment(paths: Paths, preset=None) -> dict:
     """{"experiment", "bias", "biases"} of the run's submission (``submissions/submitted.json``)."""
     p = paths.submissions_dir / "submitted.json"
     if p.exists():
-        return read_json(p)
+        sub = read_json(p)
+        if not isinstance(sub, dict) or not isinstance(sub.get("experiment"), str):
+            raise BundleError(f"{p}: malformed (no experiment name); rerun the submission stage")
+        return sub
     raise BundleError(f"{p}: missing; run the submission stage first (run_all.py or submit.py through "
                       "run_all) so the run records which model it submitted")
 
@@ -153,12 +163,49 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
     top = sub["experiment"]
     members: dict = {}
     _members(paths, top, members)
-    if out.exists():
-        if not (out / "manifest.json").exists() and any(out.iterdir()):
-            raise BundleError(f"{out}: exists and is not a bundle; choose an empty or new folder")
-        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out}: is a file; choose an empty or new folder")
+    if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: exists and is not a bundle; choose an empty or new folder")
+    # the new bundle is written beside ``out`` and swapped in whole: a failed export (a full disk)
+    # leaves the bundle there before byte-identical
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_bundle(paths, tmp, top, sub, members, preset_name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = read_json(tmp / "manifest.json")
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"path": str(out), "bytes": _dir_size(out), "model_version": manifest["model_version"],
+            "members": list(manifest["members"])}
+
+
+def _bundle_model(src: Path, d: Path, k: int) -> str:
+    """Put fold ``k``'s model file ``src`` (a run's) into member folder ``d`` in a data-only format:
+    copied when it is one already, else (the pickles of runs made before) read and re-saved."""
+    suffix = suffix_of(src)
+    if suffix in SAFE_SUFFIXES:
+        try:
+            load_model(src)   # a truncated or foreign file fails here, not when the bundle is loaded
+            atomic_copy(src, d / src.name)
+            return src.name
+        except UnsafeModelError:
+            if suffix != ".pt":
+                raise
+            # a head saved with numpy arrays (before safe_io): re-saved as tensors below
+    new_suffix, data = serialize_model(load_run_model(src), torch_weights=suffix == ".pt")
+    atomic_write_bytes(d / f"fold{k}{new_suffix}", data)
+    return f"fold{k}{new_suffix}"
+
+
+def _write_bundle(paths: Paths, tmp: Path, top: str, sub: dict, members: dict, preset_name: str | None) -> None:
     (tmp / "members").mkdir(parents=True)
     label_map = LabelMap()
     label_map.save(tmp / "label_map.json")
@@ -172,15 +219,14 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
         d.mkdir()
         files = []
         for k in folds:
-            src = next((e.model_path(k, x) for x in ("pt", "joblib") if e.model_path(k, x).exists()), None)
+            src = e.model_file(k)
             if src is None:
                 raise BundleError(f"{name} fold {k}: no saved model in {e.dir / 'models'} (trained before "
                                   "fold models were kept: rerun the fold with --force)")
-            shutil.copy2(src, d / src.name)
-            files.append(src.name)
+            files.append(_bundle_model(src, d, k))
         tok = e.dir / "models" / "tokenizer"
         if tok.is_dir():
-            shutil.copytree(tok, d / "tokenizer")
+            shutil.copytree(tok, d / "tokenizer", copy_function=atomic_copy)
         elif (meta.get("kind") == "unimodal" and meta["config"].get("kind") == "text"
               and not meta["config"]["model"].get("freeze_backbone")):
             raise BundleError(f"{name}: no saved tokenizer in {tok}; rerun the experiment with --force")
@@ -210,11 +256,9 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
         "average": "probs", "members": entries, "feature_sources": sorted(sources), "versions": _versions(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_workdir": str(paths.workdir),
+        "sha256": file_digests(tmp),
     }
     atomic_write_json(tmp / "manifest.json", manifest)
-    tmp.rename(out)
-    return {"path": str(out), "bytes": _dir_size(out), "model_version": manifest["model_version"],
-            "members": list(entries)}
 
 
 # ------------------------------------------------------------------------------------------ products
@@ -272,6 +316,42 @@ def products_frame(df: pd.DataFrame, images: str | Path | None = None, where: st
 
 
 # ------------------------------------------------------------------------------------------- loading
+def _check_manifest(m: dict, mpath: Path) -> None:
+    """The manifest's tables have the shapes the loader reads, and every file it will open is one
+    the SHA-256 list pins (no path leaves the bundle): else one line naming what is wrong."""
+    def bad(why: str):
+        raise BundleError(f"{mpath}: malformed ({why}); re-export the bundle")
+    digests, members = m.get("sha256"), m.get("members")
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        bad("no sha256 table")
+    if not isinstance(members, dict) or not isinstance(m.get("submitted"), str) or m["submitted"] not in members:
+        bad("no members table holding the submitted model")
+    b = m.get("biases")
+    if b is not None and (not isinstance(b, list) or len(b) != NUM_CLASSES
+                          or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+        bad(f"biases must be null or {NUM_CLASSES} numbers")
+    if not isinstance(m.get("feature_sources", []), list):
+        bad("feature_sources is not a list")
+    for name in [*members, *m.get("feature_sources", [])]:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            bad(f"member or feature source name {name!r} is not a plain folder name")
+    for name in m.get("feature_sources", []):
+        if f"features/{name}/config.json" not in digests:
+            bad(f"feature source {name!r} has no pinned config")
+    for name, e in members.items():
+        if not isinstance(e, dict) or not isinstance(e.get("folds"), list) or not isinstance(e.get("files"), list) \
+                or len(e["folds"]) != len(e["files"]) or not all(isinstance(k, int) for k in e["folds"]):
+            bad(f"member {name!r}: folds and files must be lists of the same length")
+        for f in [*e["files"], "config.json"]:
+            if not isinstance(f, str) or "/" in f or "\\" in f or f"members/{name}/{f}" not in digests:
+                bad(f"member {name!r}: file {f!r} is not pinned by the sha256 table")
+        ins = e.get("inputs") or []
+        if not isinstance(ins, list) or not all(isinstance(u, str) and u in members for u in ins):
+            bad(f"member {name!r}: an input is not a member")
+        if e.get("kind") not in ("stack", "unimodal") or not isinstance(e.get("member_kind"), str):
+            bad(f"member {name!r}: kind must be stack or unimodal, with a member_kind")
+
+
 class Bundle:
     """A loaded bundle: ``predict(products)`` -> (log of the averaged probabilities [n, 27], info)."""
 
@@ -282,9 +362,13 @@ class Bundle:
         if not mpath.exists():
             raise BundleError(f"{self.path}: not a bundle (no manifest.json)")
         self.manifest = read_json(mpath)
-        if self.manifest.get("bundle_format") != BUNDLE_FORMAT:
-            raise BundleError(f"{self.path}: bundle format {self.manifest.get('bundle_format')}, "
-                              f"this code reads {BUNDLE_FORMAT}")
+        if not isinstance(self.manifest, dict) or self.manifest.get("bundle_format") != BUNDLE_FORMAT:
+            fmt = self.manifest.get("bundle_format") if isinstance(self.manifest, dict) else None
+            raise BundleError(f"{self.path}: bundle format {fmt}, this code reads {BUNDLE_FORMAT} "
+                              "(re-export the run with export.py)")
+        _check_manifest(self.manifest, mpath)
+        # before anything is read: every file as exported, none added
+        check_digests(self.path, self.manifest["sha256"])
         self.label_map = LabelMap.load(self.path / "label_map.json")
         self.device, self.progress = device, progress
         self._images: dict = {}      # decoded image arrays of the current predict call, by size
@@ -334,9 +418,8 @@ class Bundle:
         return self.manifest["model_version"]
 
     def _load_member(self, name: str, entry: dict, cfg, d: Path) -> dict:
-        # heavy: joblib (scikit-learn) and torch load only when a bundle loads its members
-        import joblib
-        import torch
+        # heavy: LightGBM (and through it the stacker module) only when a bundle loads its members
+        from rakuten.second_level.stacker import LGBMStacker
 
         models = {}
         tok = None
@@ -346,10 +429,14 @@ class Bundle:
             tok = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
         for k, fname in zip(entry["folds"], entry["files"]):
             f = d / fname
-            if fname.endswith(".joblib"):
-                models[k] = joblib.load(f)
+            obj = load_model(f)   # data-only formats; a pickle is refused, never loaded
+            if suffix_of(f) == ".skops":
+                models[k] = obj
                 continue
-            state = torch.load(f, map_location="cpu", weights_only=False)
+            if suffix_of(f) == ".lgbm.txt":
+                models[k] = LGBMStacker.from_booster(obj)
+                continue
+            state = obj
             if "in_dim" in state:   # a head on frozen features
                 head = create_model("head_mlp", cfg=dict(cfg.model), num_classes=NUM_CLASSES, in_dim=state["in_dim"])
                 head.load_state_dict(state["state_dict"])

@@ -8,12 +8,19 @@ a web page at ``/`` (``static/``) with ``GET /categories`` and ``POST /predict_c
 missing title, unknown fields, bytes that are not an image, an image over the size limit, too many
 products. Predictions run one request at a time (the bundle's models are shared, not thread-safe);
 a request waits for the one before it.
+
+Authentication is off by default. With an API key (``serve.py --api-key-file FILE`` or the
+``RAKUTEN_API_KEY`` environment variable) every ``/predict`` request must carry
+``Authorization: Bearer <key>``: none gets 401, a wrong key 403 (compared in constant time);
+``/health`` stays open. The check is ``app.state.require_api_key``, a dependency any route can list.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
+import os
 import shutil
 import tempfile
 import threading
@@ -22,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 # module level, not inside create_app: FastAPI resolves the endpoints' annotations (strings under
 # ``from __future__ import annotations``) in this module's namespace
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
@@ -42,9 +49,49 @@ FIELDS = {"title", "description", "productid", "imageid", "image_base64"}
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+API_KEY_ENV = "RAKUTEN_API_KEY"
+
+
+def load_api_key(key_file: str | None = None) -> str | None:
+    """The service's API key: the content of ``key_file`` (one line) if given, else ``$RAKUTEN_API_KEY``,
+    else None (no authentication). An unreadable or empty key file is a one-line error."""
+    if key_file is not None:
+        try:
+            key = open(key_file, encoding="utf-8").read().strip()
+        except FileNotFoundError:
+            raise RakutenError(f"--api-key-file {key_file}: file not found") from None
+        except IsADirectoryError:
+            raise RakutenError(f"--api-key-file {key_file}: is a directory, not a file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RakutenError(f"--api-key-file {key_file}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        if not key or "\n" in key:
+            raise RakutenError(f"--api-key-file {key_file}: must hold one non-empty line (the key)")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return key or None
+
+
+def api_key_dependency(api_key: str | None):
+    """A FastAPI dependency: with a key, the request needs ``Authorization: Bearer <key>`` (401 when
+    missing or not a bearer token, 403 when wrong, compared with ``hmac.compare_digest``); without a
+    key it lets everything through."""
+    expected = None if api_key is None else api_key.encode("utf-8")
+
+    def require_api_key(request: Request) -> None:
+        if expected is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestError(401, "authentication required: send the header Authorization: Bearer <key>",
+                               {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(token.strip().encode("utf-8"), expected):
+            raise RequestError(403, "wrong API key")
+    return require_api_key
 
 
 def _check_image(raw: bytes, where: str, max_bytes: int) -> bytes:
@@ -121,19 +168,23 @@ class Predictor:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def create_app(bundle: Bundle | str | Path, max_products: int = MAX_PRODUCTS, max_image_bytes: int = MAX_IMAGE_BYTES):
+def create_app(bundle: Bundle | str | Path, max_products: int = MAX_PRODUCTS, max_image_bytes: int = MAX_IMAGE_BYTES,
+               api_key: str | None = None):
+    """The FastAPI app over ``bundle``; ``api_key``: require it on /predict (see the module docstring)."""
     if not isinstance(bundle, Bundle):
         bundle = Bundle(bundle)
     predictor = Predictor(bundle)
     app = FastAPI(title="Rakuten product type classifier", version=bundle.model_version,
                   description="Predicts the prdtypecode of products from a model bundle (export.py).")
     app.state.predictor = predictor
+    require_api_key = api_key_dependency(api_key)
+    app.state.require_api_key = require_api_key
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError):
-        return JSONResponse(status_code=e.status, content={"detail": e.detail})
+        return JSONResponse(status_code=e.status, content={"detail": e.detail}, headers=e.headers)
 
-    add_page_routes(app, predictor)
+    add_page_routes(app, predictor, require_api_key=require_api_key)
 
     @app.get("/health")
     def health() -> dict:
@@ -143,7 +194,7 @@ def create_app(bundle: Bundle | str | Path, max_products: int = MAX_PRODUCTS, ma
     def model() -> dict:
         return bundle.manifest
 
-    @app.post("/predict")
+    @app.post("/predict", dependencies=[Depends(require_api_key)])
     async def predict(request: Request) -> dict:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
@@ -204,10 +255,14 @@ async def _form_products(request, max_bytes: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ web page
-def add_page_routes(app: FastAPI, predictor: Predictor, max_csv_bytes: int = MAX_CSV_BYTES) -> None:
+def add_page_routes(app: FastAPI, predictor: Predictor, max_csv_bytes: int = MAX_CSV_BYTES,
+                    require_api_key=None) -> None:
     """The page at ``/`` (plain HTML, CSS and a little JavaScript from ``static/``, no build step) and
     the two endpoints it uses besides ``/predict``: ``GET /categories`` (code -> names) and
-    ``POST /predict_csv`` (a CSV of products in, the CSV that ``predict.py`` writes for it out)."""
+    ``POST /predict_csv`` (a CSV of products in, the CSV that ``predict.py`` writes for it out).
+    ``require_api_key``: the dependency that guards ``/predict``, guarding ``/predict_csv`` too (the
+    page itself and ``/categories`` stay open, like ``/health``)."""
+    guard = [] if require_api_key is None else [Depends(require_api_key)]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -220,7 +275,7 @@ def add_page_routes(app: FastAPI, predictor: Predictor, max_csv_bytes: int = MAX
         return [{"code": c, "name": fr, "name_en": en, "label": code_label(c)}
                 for c, (fr, en) in sorted(CATEGORY_NAMES.items())]
 
-    @app.post("/predict_csv")
+    @app.post("/predict_csv", dependencies=guard)
     async def predict_csv(request: Request) -> Response:
         """A multipart form with one ``file``: products in the challenge's X format (CSV
         ``,designation,description,productid,imageid``; SIGIR TSV or JSON lines by their extension).

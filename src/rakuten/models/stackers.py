@@ -94,6 +94,15 @@ class LGBMStacker(BaseEstimator, ClassifierMixin):
         self.classes_ = np.arange(int(self.num_class))
         return self
 
+    @classmethod
+    def from_booster(cls, booster: lgb.Booster) -> "LGBMStacker":
+        """A fitted stacker around a booster read back from LightGBM's text format (``safe_io``
+        saves the best iteration's trees only, so every tree the booster holds is used)."""
+        model = cls(num_class=booster.num_model_per_iteration())
+        model.booster_, model.best_iteration_ = booster, booster.current_iteration()
+        model.classes_ = np.arange(int(model.num_class))
+        return model
+
     def predict_proba(self, X):
         """Class probabilities [n, num_class] at the chosen iteration."""
         return self.booster_.predict(np.asarray(X, dtype=np.float32), num_iteration=self.best_iteration_)

@@ -112,7 +112,15 @@ def validate_submission(path: str | Path, dataset: Dataset, fmt: str | None = No
     path = Path(path)
     if not path.exists():
         raise SubmissionError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8-sig")
+    if path.is_dir():
+        raise SubmissionError(f"{path}: is a directory, not a submission file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SubmissionError(f"{path.name}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                              f"{e.start}); submissions are UTF-8 CSV") from None
+    if "\0" in text:
+        raise SubmissionError(f"{path.name}: holds NUL bytes; not a text submission file")
     if not text.strip():
         raise SubmissionError(f"{path.name}: file is empty")
     first = text.splitlines()[0]

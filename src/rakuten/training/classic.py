@@ -76,8 +76,8 @@ def predict_classic(keep: dict, cfg, texts=None, feats: np.ndarray | None = None
 def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_weight, extra: dict,
              progress: bool = True):
     """The TF-IDF / k-NN branch of a unimodal fold: fit on the training rows, predict fold ``fold`` and
-    the test rows. Returns (fold predictions, test predictions, ("joblib", the fitted model), no
-    epoch history); what the fit chose (C, its inner search) is added to ``extra``."""
+    the test rows. Returns (fold predictions, test predictions, ("skops", the fitted model, which
+    ``safe_io`` saves), no epoch history); what the fit chose (C, its inner search) is added to ``extra``."""
     test_texts = np.asarray(field_texts(fd.test, cfg), dtype=object)
     # rows index train+test (pseudo-labelled test rows are n_train + j), like the dense features
     texts = np.concatenate([np.asarray(field_texts(fd.train, cfg), dtype=object), test_texts])
@@ -90,7 +90,7 @@ def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_wei
     if "C" in extra:
         log.info("%s fold %d: C=%g chosen by the inner search %s", cfg.name, fold, extra["C"],
                  {r["C"]: round(r["inner_macro_f1"], 4) for r in extra["inner_search"]})
-    return va, te, ("joblib", keep), []
+    return va, te, ("skops", keep), []
 
 
 def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True,

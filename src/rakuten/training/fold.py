@@ -110,7 +110,7 @@ def _run_locked_fold(cfg, paths: Paths, fold: int, fd: FoldData, exp: Experiment
             keep = {}
             va_l, te_l = classic.frozen_logreg(cfg, feats, tr_rows, va_rows, y_tr, len(fd.train), keep=keep,
                                                sample_weight=w_tr, predict_feats=[view_feats[v] for v in views])
-            final = ("joblib", keep)
+            final = ("skops", keep)
             mean_f = np.mean([view_feats[v] for v in views], axis=0).astype(np.float32)
             va = Predictions(np.zeros(len(va_rows)), va_l, mean_f[va_rows], y_va)
             te = Predictions(np.zeros(len(fd.test)), te_l, mean_f[len(fd.train):])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rakuten.artifacts import ArtifactError, Experiment, atomic_path
+from rakuten.artifacts import ArtifactError, Experiment, atomic_open
 from rakuten.errors import RakutenError
 from rakuten.lineage import config_hash, note, redo_reason
 from rakuten.paths import Paths
@@ -118,5 +118,7 @@ def set_rng_state(s: dict) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+    # through atomic_open's one low-level write: a full disk is a one-line ArtifactError, not
+    # torch's "PytorchStreamWriter failed" traceback
+    with atomic_open(path, suffix=".pt") as f:
+        torch.save(obj, f)
