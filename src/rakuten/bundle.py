@@ -344,9 +344,10 @@ class Bundle:
         models = {}
         tok = None
         if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
-            # heavy: transformers
-            from transformers import PreTrainedTokenizerFast
-            tok = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
+            # heavy: transformers. AutoTokenizer: the class the run saved (tokenizer_config.json), e.g.
+            # CamembertTokenizer or FlaubertTokenizer of a reduced backbone, not only a fast WordPiece
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
         for k, fname in zip(entry["folds"], entry["files"]):
             f = d / fname
             if fname.endswith(".joblib"):

@@ -6,11 +6,20 @@ from pathlib import Path
 
 from rakuten.config import Config, ConfigError, load_config, validate_config
 from rakuten.defaults import EXPERIMENT_DEFAULTS
+from rakuten.models.backbones import reduced_source
 from rakuten.training.cleaning import validate
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_experiment(path: str | Path, overrides: list[str] | None = None, backbones: str | None = None) -> Config:
+    """An experiment config over the defaults, with ``overrides``, validated. ``backbones="reduced"``
+    swaps a text or image model's hub/timm backbone for ``reduced:<backbone>`` (the same architecture,
+    reduced and randomly initialised: ``models/backbones.py``) after the overrides, so the recorded
+    config, its hash and a bundle all name what was trained."""
     cfg = load_config(path, overrides, defaults=copy.deepcopy(EXPERIMENT_DEFAULTS))
+    if backbones == "reduced" and cfg.kind in ("text", "image"):
+        cfg.model.backbone = reduced_source(str(cfg.model.backbone))
+    elif backbones not in (None, "full", "reduced"):
+        raise ConfigError(f"backbones must be full or reduced (got {backbones!r})")
     validate_config(cfg, EXPERIMENT_DEFAULTS, cfg._source_)
     if cfg.kind not in ("text", "image", "tfidf", "knn"):
         raise ConfigError(f"{cfg._source_}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")

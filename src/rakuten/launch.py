@@ -167,7 +167,8 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
         # a preset with a text-only twin, on data without training images: plan the twin instead
         preset = text_only_fallback(preset, load_dataset(paths))
     names = experiments or list(preset.experiments)
-    cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(overrides or [])) for e in names]
+    cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(overrides or []), backbones=preset.get("backbones"))
+            for e in names]
     specs = sorted({(int(c.folds.k), int(c.folds.seed)) for c in cfgs})
     if len(specs) > 1 and {"fusion", "stack"} & set(stages):
         raise ConfigError("the unimodal experiments use different fold files "
