@@ -16,8 +16,8 @@ Layout::
 
     features/<exp>/config.json  a frozen backbone's extraction settings (weights: the offline packages)
 
-Supported members: TF-IDF models (with or without dense frozen features), kNN (on TF-IDF or on frozen
-features), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
+Supported members: TF-IDF models (with or without dense frozen features, or a fine-tuned member's
+per-fold embeddings), kNN (on TF-IDF, frozen features or a fine-tuned member's embeddings), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
 and the stackers (lgbm, logreg, blend, caruana) over them. Fusion models are refused at export with a
 one-line reason: their embedding alignment is fitted on the run's own test rows.
 """
@@ -126,7 +126,17 @@ def _members(paths: Paths, name: str, out: dict) -> None:
     if meta.get("kind") == "stack":
         for up in meta["config"]["stack"]["inputs"]:
             _members(paths, up, out)
+    src = feature_source(meta["config"]) if meta.get("kind") == "unimodal" else None
+    if src is not None and src != name and _finetuned(paths, src):
+        _members(paths, src, out)   # its fold models give each fold of this member its embeddings
     out[name] = meta
+
+
+def _finetuned(paths: Paths, name: str) -> bool:
+    """Whether ``name`` is a fine-tuned (not frozen) text or image experiment of this workdir."""
+    e = Experiment(paths.oof_dir, name)
+    cfg = e.read_meta().get("config", {}) if e.meta_path.exists() else {}
+    return cfg.get("kind") in ("text", "image") and not cfg.get("model", {}).get("freeze_backbone")
 
 
 def _versions() -> dict:
@@ -189,7 +199,8 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
         atomic_write_json(d / "config.json", meta["config"])
         cfg = meta["config"]
         src = feature_source(cfg) if meta.get("kind") == "unimodal" else None
-        if src is not None and src not in sources:
+        per_fold = src is not None and src != name and _finetuned(paths, src)
+        if src is not None and src not in sources and not per_fold:
             scfg = _source_config(src, cfg)
             same = next((n for n, c in sources.items() if _extraction_key(c) == _extraction_key(scfg)), None)
             if same is not None:
@@ -202,6 +213,8 @@ def export_bundle(paths: Paths, out: str | Path, preset_name: str | None = None)
             "inputs": list(cfg["stack"]["inputs"]) if meta.get("kind") == "stack" else [],
             "config_hash": meta.get("config_hash"), "fold_hash": meta.get("fold_hash"),
             "oof_scores": meta.get("oof"), "field": meta.get("field"), "features": src,
+            # features from the fine-tuned member ``src``: fold k reads its fold-k model's embeddings
+            "features_per_fold": per_fold,
         }
     version_src = json.dumps({n: (v["config_hash"], v["fold_hash"]) for n, v in entries.items()}, sort_keys=True)
     manifest = {
@@ -300,6 +313,7 @@ class Bundle:
             d = self.path / "members" / name
             cfg = Config(read_json(d / "config.json"))
             self.members[name] = {**entry, "cfg": cfg, "models": self._load_member(name, entry, cfg, d)}
+        self._embedding_sources = {m["features"] for m in self.members.values() if m.get("features_per_fold")}
         self.load_seconds = time.time() - t0
 
     def _load_source(self, cfg) -> dict:
@@ -404,10 +418,20 @@ class Bundle:
         elif m.get("features"):
             out = self._frozen_logits(m, products, cache)
         else:
-            out = {k: self._torch_run(m["cfg"], m["models"][k], products, m["models"].get("tokenizer"))[0]
-                   for k in m["folds"]}
+            out = {}
+            for k in m["folds"]:
+                out[k], emb = self._torch_run(m["cfg"], m["models"][k], products, m["models"].get("tokenizer"))
+                if name in self._embedding_sources:   # another member reads this fold's embeddings
+                    cache[("embeddings", name, k)] = emb
         cache[name] = {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         return cache[name]
+
+    def _member_embeddings(self, name: str, k: int, products: pd.DataFrame, cache: dict) -> np.ndarray:
+        """Embeddings [n, D] of member ``name``'s fold-``k`` model: one forward per predict call gives
+        both its logits (for the second level) and these (for the members that read them)."""
+        if ("embeddings", name, k) not in cache:
+            self._fold_logits(name, products, cache)
+        return cache[("embeddings", name, k)]
 
     def _classic_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """TF-IDF linear models and kNN, as ``training.classic.fit_predict`` predicts its test rows."""
@@ -417,12 +441,15 @@ class Bundle:
         cfg = m["cfg"]
         texts = field_texts(products, cfg)
         feats = None
-        if m.get("features"):
+        if m.get("features") and not m.get("features_per_fold"):
             f = self._features(m["features"], products, cache)
             feats = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)   # classic.source_features
         out = {}
         for k in m["folds"]:
             obj = m["models"][k]
+            if m.get("features_per_fold"):   # fold k's embeddings come from the source's fold-k model
+                f = self._member_embeddings(m["features"], k, products, cache)
+                feats = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
             if obj["kind"] == "tfidf":
                 dense = None if feats is None else feats * float(cfg.tfidf.dense.get("weight", 1.0))
                 out[k] = obj["model"].predict_logits(texts, NUM_CLASSES, dense=dense)

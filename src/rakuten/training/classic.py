@@ -17,27 +17,48 @@ import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
-from rakuten.artifacts import Predictions
+from rakuten.artifacts import Experiment, Predictions
+from rakuten.config import Config
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.models.registry import create_model
 from rakuten.models.tfidf import _quiet_sklearn
-from rakuten.training.features import frozen_features
+from rakuten.training.features import finetuned_features, frozen_features
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
 
 
-def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
-    """Frozen embeddings [n_train + n_test, D] of the frozen-backbone experiment ``name`` (its cached
-    extraction is shared with that experiment), L2-normalised: cosine similarity is a dot product."""
-
+def source_features(name: str, paths, fd, progress: bool = True, fold: int | None = None) -> np.ndarray:
+    """Embeddings [n_train + n_test, D] of experiment ``name``, L2-normalised (cosine similarity is a
+    dot product): a frozen-backbone experiment's cached extraction (shared with it), or, for a
+    fine-tuned text or image experiment already trained in this workdir, its fold-``fold`` model's
+    embeddings (``features.finetuned_features``, with the config it was trained with)."""
+    tuned = finetuned_source(paths, name)
+    if tuned is not None:
+        if fold is None:
+            raise RakutenError(f"feature source {name}: a fine-tuned experiment's embeddings are per fold")
+        f = np.asarray(finetuned_features(name, tuned, paths, fd, fold, progress), dtype=np.float32)
+        return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
     src = load_experiment(name)
     if not src.model.get("freeze_backbone"):
-        raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone)")
+        raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone) "
+                           "and not a fine-tuned one trained in this workdir yet")
     f = np.asarray(frozen_features(src, paths, fd, progress), dtype=np.float32)
     return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+
+
+def finetuned_source(paths, name: str) -> Config | None:
+    """The recorded config of ``name`` when it is a fine-tuned (not frozen) text or image experiment
+    with artifacts in this workdir, else None (a frozen source, or none trained)."""
+    e = Experiment(paths.oof_dir, name)
+    if not e.meta_path.exists():
+        return None
+    cfg = e.read_meta().get("config") or {}
+    if cfg.get("kind") in ("text", "image") and not (cfg.get("model") or {}).get("freeze_backbone"):
+        return Config(cfg)
+    return None
 
 
 def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: float,
@@ -76,7 +97,7 @@ def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_wei
     texts = np.concatenate([np.asarray(field_texts(fd.train, cfg), dtype=object), test_texts])
     keep: dict = {}
     va_l, te_l, fextra = fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts, test_texts,
-                                     progress, keep=keep, sample_weight=sample_weight)
+                                     progress, keep=keep, sample_weight=sample_weight, fold=fold)
     extra.update(fextra)
     va = Predictions(np.zeros(len(va_rows)), va_l, None, y_va)
     te = Predictions(np.zeros(len(fd.test)), te_l, None)
@@ -87,12 +108,13 @@ def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_wei
 
 
 def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True,
-                keep: dict | None = None, sample_weight=None):
+                keep: dict | None = None, sample_weight=None, fold: int | None = None):
     """(fold-k Predictions, test Predictions, extra facts for meta.json) of a scikit-learn member.
 
     ``texts_train`` is indexed by ``tr_rows``/``va_rows`` (rows past the training set are
     pseudo-labelled test rows); ``sample_weight`` (per training row) multiplies the class weights.
-    ``keep`` (a dict) receives the fitted objects that predict new rows (``export.py`` bundles them)."""
+    ``keep`` (a dict) receives the fitted objects that predict new rows (``export.py`` bundles them).
+    ``fold``: the fold being fitted (a fine-tuned feature source gives each fold its own embeddings)."""
     keep = {} if keep is None else keep
     n_tr = len(fd.train)
     extra: dict = {}
@@ -100,7 +122,7 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         dense_cfg = cfg.tfidf.get("dense") or {}
         dense = None
         if dense_cfg.get("experiment"):
-            dense = source_features(dense_cfg["experiment"], paths, fd, progress) * float(dense_cfg.get("weight", 1.0))
+            dense = source_features(dense_cfg["experiment"], paths, fd, progress, fold) * float(dense_cfg.get("weight", 1.0))
         power = float(cfg.loss.class_weight_power)
         w = class_weights(y_tr, power)[y_tr] if power else None
         if sample_weight is not None:
@@ -130,7 +152,7 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
                                kc.k, kc.temperature)
             keep.update(kind="knn_tfidf", vectorizer=vec, bank=bank, bank_labels=y_bank)
         else:
-            f = source_features(kc.features, paths, fd, progress)
+            f = source_features(kc.features, paths, fd, progress, fold)
             bank = f[tr_rows]
             va = knn_log_proba(f[va_rows], bank, y_bank, kc.k, kc.temperature)
             te = knn_log_proba(f[n_tr:], bank, y_bank, kc.k, kc.temperature)
