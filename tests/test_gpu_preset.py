@@ -202,3 +202,55 @@ def test_selection_needs_to_beat_every_candidates_inputs(tmp_path, monkeypatch):
     preds["stack"] = noisy(0.95)
     sel = selection.select_submission(tmp_path, ["fusion_weak", "stack"], "macro_f1", write=False)
     assert sel["chosen"] == "stack" and not sel["fallback_to_input"], sel
+
+
+def test_reduced_sources_follow_the_architecture_family():
+    from rakuten.models.backbones import BackboneError, reduced_family, reduced_source
+
+    assert reduced_source("camembert-base") == "reduced:camembert-base"
+    assert reduced_source("/models/camembert-base") == "reduced:/models/camembert-base"   # a local copy
+    assert reduced_family("flaubert/flaubert_base_cased").name == "flaubert"
+    assert reduced_family("almanach/camembertav2-base").name == "deberta-v2"            # not CamemBERT's RoBERTa
+    assert reduced_family("intfloat/multilingual-e5-large").name == "xlm-roberta"
+    assert reduced_family("timm:seresnext50_32x4d").name == "timm-resnet"
+    assert reduced_family("timm:convnext_base.fb_in22k_ft_in1k_384").name == "timm-convnext"
+    for kept in ("tiny:bert", "pypi:e5_small", "reduced:camembert-base"):   # small or offline already
+        assert reduced_source(kept) == kept
+    with pytest.raises(BackboneError, match="no reduced build for backbone 'google/gemma'"):
+        reduced_source("google/gemma")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["camembert-base", "flaubert/flaubert_base_cased", "almanach/camembertav2-base",
+                                    "intfloat/multilingual-e5-large"])
+def test_each_text_family_has_its_own_tokenizer_and_runs(family, tmp_path):
+    """The architecture's tokenizer class, trained here, tokenizes as the model it was trained from
+    (SentencePiece) or into whole frequent words (FlauBERT's BPE), survives save + AutoTokenizer, and
+    its reduced encoder runs a padded batch (RoBERTa's position offset included) without NaN."""
+    import torch
+    import transformers
+
+    from rakuten.models.backbones import load_tokenizer, reduced_family
+    from rakuten.models.registry import create_model
+
+    words = "Chaussure de randonnée enfant, piscine gonflable 12cm l'été jeu console Robe bébé".split()
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, 8)) for _ in range(200)]
+    fam = reduced_family(family)
+    tok = load_tokenizer(f"reduced:{family}", train_texts=texts, cache_dir=tmp_path, vocab_size=300)
+    assert type(tok).__name__ == (fam.tokenizer_class or "FlaubertTokenizer")
+    pieces = tok.convert_ids_to_tokens(tok("piscine gonflable", add_special_tokens=False)["input_ids"])
+    if fam.tokenizer == "sentencepiece":
+        import sentencepiece as spm
+        model = next(tmp_path.rglob(fam.model_file))
+        assert pieces == spm.SentencePieceProcessor(model_file=str(model)).encode("piscine gonflable", out_type=str)
+    else:
+        assert pieces == ["piscine</w>", "gonflable</w>"]
+    assert tok.unk_token_id not in tok(texts[:20])["input_ids"][0]
+    tok.save_pretrained(tmp_path / "saved")
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert type(again) is type(tok) and again(texts[:5])["input_ids"] == tok(texts[:5])["input_ids"]
+    enc = tok(texts[:4] + ["Robe"], padding=True, truncation=True, max_length=32, return_tensors="pt")
+    m = create_model("text_cls", cfg={"backbone": f"reduced:{family}", "max_len": 32}, num_classes=27, tokenizer=tok)
+    out = m({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    assert out["logits"].shape == (5, 27) and torch.isfinite(out["logits"]).all()

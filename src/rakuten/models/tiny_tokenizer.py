@@ -92,10 +92,11 @@ def train_sentencepiece(texts, tokenizer_class: str, model_file: str, vocab_size
     folder = Path(cache_dir or tempfile_dir()) / f"spm_{tokenizer_class}_{key}"
     if not (folder / model_file).exists():
         buf = io.BytesIO()
-        # no bos/eos/pad in the model: the tokenizer class adds its own special tokens around it
+        # <unk>, <s>, </s> at 0-2 as in the hub's models: XLM-R's converter drops the first three pieces
+        # (fairseq's layout), so without them it would drop two real ones (seen: words split into letters)
         spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=int(vocab_size),
                                        model_type=model_type, character_coverage=1.0, hard_vocab_limit=False,
-                                       bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, num_threads=1,
+                                       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
                                        input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / model_file, suffix=".model") as tmp:
