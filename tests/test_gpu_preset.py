@@ -254,3 +254,28 @@ def test_each_text_family_has_its_own_tokenizer_and_runs(family, tmp_path):
     m = create_model("text_cls", cfg={"backbone": f"reduced:{family}", "max_len": 32}, num_classes=27, tokenizer=tok)
     out = m({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     assert out["logits"].shape == (5, 27) and torch.isfinite(out["logits"]).all()
+
+
+@pytest.mark.slow
+def test_gpu_plus_trains_every_member_with_reduced_backbones(gpu_run):
+    """gpu_plus (CamemBERTa-v2 = DeBERTa-v2, ConvNeXt at 384 px, gradient checkpointing on): fold 0 of
+    every member, reduced, on the gpu run's data; its second level is the gpu preset's code, run above."""
+    root, wd, _, _ = gpu_run
+    import torch
+
+    out = root / "gpu_plus"
+    run("run_fold.py", "--preset", "gpu_plus", "--backbones", "reduced", "--fold", "0", "--data-dir",
+        wd / "data" / "demo", "--workdir", out, "--no-progress", "folds.k=3", "train.epochs=1", "train.batch_size=16",
+        "train.eval_batch_size=64", "train.num_workers=0", "data.image_size=64", "data.cache_size=72")
+    from rakuten.presets import load_preset
+    for name in load_preset("gpu_plus").experiments:
+        meta = json.loads((out / "oof" / name / "meta.json").read_text())
+        assert list(meta["folds"]) == ["0"], name
+    tok = json.loads((out / "oof" / "text_camembertav2_title" / "models" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "DebertaV2Tokenizer"
+    img = json.loads((out / "oof" / "image_convnext_base_384" / "meta.json").read_text())["config"]
+    assert img["model"]["backbone"] == "reduced:timm:convnext_base.fb_in22k_ft_in1k_384" and img["model"]["grad_checkpointing"]
+    keys = torch.load(out / "oof" / "image_convnext_base_384" / "models" / "fold0.pt", weights_only=False)["state_dict"]
+    assert "encoder.stages.0.blocks.0.conv_dw.weight" in keys   # ConvNeXt's depthwise block
+    keys = torch.load(out / "oof" / "text_camembertav2_title" / "models" / "fold0.pt", weights_only=False)["state_dict"]
+    assert any("rel_embeddings" in k for k in keys)              # DeBERTa's relative positions

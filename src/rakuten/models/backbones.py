@@ -71,17 +71,23 @@ class ReducedFamily:
 
 REDUCED_FAMILIES: tuple[ReducedFamily, ...] = (
     # CamemBERT (RoBERTa): SentencePiece unigram; positions start after padding_idx (see _text_config)
-    ReducedFamily("camembert", r"camembert(?!a)", "text", "CamembertConfig", _REDUCED_TEXT, "sentencepiece",
+    ReducedFamily("camembert", r"camembert(?!a)", "text", "CamembertConfig", dict(_REDUCED_TEXT, type_vocab_size=1),
+                  "sentencepiece",
                   "CamembertTokenizer", "sentencepiece.bpe.model"),
     # FlauBERT (XLM): Moses pre-tokenisation + BPE, through sacremoses
     ReducedFamily("flaubert", r"flaubert", "text", "FlaubertConfig", dict(emb_dim=64, n_layers=2, n_heads=2),
                   "flaubert"),
-    # CamemBERTa-v2 and DeBERTa-v2/v3: DeBERTa-v2 encoder, SentencePiece
-    ReducedFamily("deberta-v2", r"camemberta|deberta-v[23]", "text", "DebertaV2Config", _REDUCED_TEXT,
+    # CamemBERTa-v2 and DeBERTa-v3: DeBERTa-v2 encoder with v3's disentangled relative attention (the
+    # config class's defaults switch it off), SentencePiece
+    ReducedFamily("deberta-v2", r"camemberta|deberta-v[23]", "text", "DebertaV2Config",
+                  dict(_REDUCED_TEXT, relative_attention=True, position_buckets=32, max_relative_positions=-1,
+                       pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm",
+                       share_att_key=True, type_vocab_size=0),
                   "sentencepiece", "DebertaV2Tokenizer", "spm.model"),
     # multilingual-e5-base/large and XLM-RoBERTa: XLM-R encoder, SentencePiece
     ReducedFamily("xlm-roberta", r"xlm-roberta|multilingual-e5-(base|large)", "text", "XLMRobertaConfig",
-                  _REDUCED_TEXT, "sentencepiece", "XLMRobertaTokenizer", "sentencepiece.bpe.model"),
+                  dict(_REDUCED_TEXT, type_vocab_size=1), "sentencepiece", "XLMRobertaTokenizer",
+                  "sentencepiece.bpe.model"),
     # timm ResNet family (SE-ResNeXt-50 = Bottleneck + SE, 32 groups): one block per stage, narrow
     ReducedFamily("timm-resnet", r"^timm:(se|ecaresnext|resnext|resnet|seresnet|legacy_seresnext)", "image",
                   timm_kwargs=dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16)),
