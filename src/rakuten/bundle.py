@@ -99,7 +99,7 @@ def _source_config(name: str, member_cfg: dict) -> dict:
     else:
         cfg = load_experiment(name).to_dict()
     backbone = str(cfg.get("model", {}).get("backbone", ""))
-    if cfg.get("kind") == "text" and backbone.startswith("tiny:"):
+    if cfg.get("kind") == "text" and backbone.startswith(("tiny:", "reduced:")):
         raise BundleError(f"{name}: frozen features of a {backbone} backbone are not exportable (its tokenizer "
                           "is fitted on the training text and is not kept)")
     return cfg

@@ -72,8 +72,7 @@ class ReducedFamily:
 REDUCED_FAMILIES: tuple[ReducedFamily, ...] = (
     # CamemBERT (RoBERTa): SentencePiece unigram; positions start after padding_idx (see _text_config)
     ReducedFamily("camembert", r"camembert(?!a)", "text", "CamembertConfig", dict(_REDUCED_TEXT, type_vocab_size=1),
-                  "sentencepiece",
-                  "CamembertTokenizer", "sentencepiece.bpe.model"),
+                  "sentencepiece", "CamembertTokenizer", "sentencepiece.bpe.model"),
     # FlauBERT (XLM): Moses pre-tokenisation + BPE, through sacremoses
     ReducedFamily("flaubert", r"flaubert", "text", "FlaubertConfig", dict(emb_dim=64, n_layers=2, n_heads=2),
                   "flaubert"),
