@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+from rakuten.presets import add_backbones_arg
 
 
 def main(argv=None) -> int:
@@ -23,6 +24,7 @@ def main(argv=None) -> int:
     add_common_args(p)
     p.add_argument("--preset", default=None,
                    help="preset to run (name under configs/presets, or a YAML path; default: $RAKUTEN_PRESET or demo)")
+    add_backbones_arg(p)
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster to join ('auto' on a node of a running cluster, or ray://host:10001); "
                         "default: start a local Ray on this machine")
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
                      experiments=parse_list(args.experiments), folds=parse_folds(args.folds),
                      overrides=args.overrides, fusion_overrides=args.fusion_override,
                      stack_overrides=args.stack_override, stages=parse_list(args.stages), force=args.force,
-                     resources=res, num_cpus=args.num_cpus, num_gpus=args.num_gpus, dry_run=args.dry_run)
+                     resources=res, num_cpus=args.num_cpus, num_gpus=args.num_gpus, dry_run=args.dry_run,
+                     backbones=args.backbones)
         if args.dry_run:
             return 0
         print("\n***** Results *****")

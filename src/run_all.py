@@ -3,6 +3,7 @@
     python src/run_all.py --preset demo                      # generated demo data (what `make demo` runs)
     python src/run_all.py --preset cpu --data-dir DATA       # real data, offline pretrained features
     python src/run_all.py --preset gpu --data-dir DATA       # the thesis's fine-tuned models (GPU)
+    python src/run_all.py --preset gpu --backbones reduced   # the same preset, reduced random-init backbones (CPU)
 
 Stages: data, folds, unimodal K-fold OOF, fusion, stack, tuning, submission, leaderboard. Every stage
 skips work whose artifacts are complete; a killed run restarts where it stopped.
@@ -13,12 +14,14 @@ import argparse
 
 from rakuten.cli import add_common_args, one_line_errors, paths_from_args, quiet_progress, setup_logging
 from rakuten.errors import RakutenError
+from rakuten.presets import add_backbones_arg
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--preset", default="demo", help="configs/presets/<name>.yaml (demo, cpu, gpu)")
+    add_backbones_arg(p)
     p.add_argument("--trials", type=int, default=None, help="Optuna trials per tuned model (default: the preset's)")
     p.add_argument("--no-tuning", action="store_true", help="skip the Optuna stage")
     p.add_argument("--format", choices=["challengedata", "sigir"], default=None,
@@ -43,7 +46,7 @@ def main(argv=None) -> int:
 
         if args.trials is not None and args.trials < 0:
             raise RakutenError(f"--trials must be >= 0 (got {args.trials})")
-        preset = load_preset(args.preset)
+        preset = load_preset(args.preset, backbones=args.backbones)
         if args.tracking_uri and not args.track:
             raise RakutenError("--tracking-uri is used only with --track")
         validate_preset(preset)      # every config it runs, before any data is read or file written

@@ -19,6 +19,7 @@ import argparse
 
 from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths_from_args, quiet_progress,
                          setup_logging)
+from rakuten.presets import add_backbones_arg
 
 
 def main(argv=None) -> int:
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
                         "unimodal experiment of --preset")
     p.add_argument("--preset", default=None, help="preset whose experiments run when --config is absent "
                                                   "(default: $RAKUTEN_PRESET or demo)")
+    add_backbones_arg(p)
     p.add_argument("--fold", required=True, help="fold index, comma list, or 'all'")
     p.add_argument("--force", action="store_true", help="retrain folds whose artifacts are already complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
         main = is_main_rank()
         # A named config is loaded (and validated) before the data: a bad override is reported at
         # once and nothing, not even the prepared-data cache, is written.
-        cfgs = [load_experiment(args.config, args.overrides)] if args.config else None
+        cfgs = [load_experiment(args.config, args.overrides, backbones=args.backbones)] if args.config else None
         # A bad --fold is an error before the data is read, and so is a missing fold file in a workdir
         # that has fold files (another k or seed than its finished work's: a mistake). A workdir
         # with no fold file at all is a fresh one: it gets its fold file below, as run_all makes it.
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
             if not fresh:
                 fold_file(paths, cfg)
         # as run_all would: the demo data when no --data-dir is given
-        ds, preset = data_stage(paths, load_preset(args.preset), announce=main, fallback=cfgs is None)
+        ds, preset = data_stage(paths, load_preset(args.preset, backbones=args.backbones), announce=main, fallback=cfgs is None)
         if cfgs is None:
             cfgs = preset_experiments(preset, args.overrides)
         todo = [(cfg, parse_fold_arg(args.fold, int(cfg.folds.k))) for cfg in cfgs]  # a bad --fold fails first

@@ -69,8 +69,9 @@ def _assert_reproduces_the_run(b, wd: Path, prods, feature_keys: bool = False) -
             ref = e.load_test([k], ids=prods["id"].to_numpy()).logits
             assert np.array_equal(logits.argmax(1), ref.argmax(1)), (name, k)
             assert np.abs(softmax(logits) - softmax(ref)).max() < 1e-5, (name, k)
-    ref = Experiment(wd / "oof", b.manifest["submitted"]).load_test([0, 1, 2], ids=prods["id"].to_numpy(),
-                                                                  average="probs")
+    top = b.manifest["submitted"]
+    ref = Experiment(wd / "oof", top).load_test(b.manifest["members"][top]["folds"], ids=prods["id"].to_numpy(),
+                                                average="probs")
     assert np.array_equal(full.argmax(1), ref.logits.argmax(1))
     assert np.abs(softmax(full) - softmax(ref.logits)).max() < 1e-5
 

@@ -17,8 +17,8 @@ Layout::
 
     features/<exp>/config.json  a frozen backbone's extraction settings (weights: the offline packages)
 
-Supported members: TF-IDF models (with or without dense frozen features), kNN (on TF-IDF or on frozen
-features), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
+Supported members: TF-IDF models (with or without dense frozen features, or a fine-tuned member's
+per-fold embeddings), kNN (on TF-IDF, frozen features or a fine-tuned member's embeddings), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
 and the stackers (lgbm, logreg, blend, caruana) over them. Fusion models are refused at export with a
 one-line reason: their embedding alignment is fitted on the run's own test rows.
 
@@ -107,7 +107,7 @@ def _source_config(name: str, member_cfg: dict) -> dict:
     else:
         cfg = load_experiment(name).to_dict()
     backbone = str(cfg.get("model", {}).get("backbone", ""))
-    if cfg.get("kind") == "text" and backbone.startswith("tiny:"):
+    if cfg.get("kind") == "text" and backbone.startswith(("tiny:", "reduced:")):
         raise BundleError(f"{name}: frozen features of a {backbone} backbone are not exportable (its tokenizer "
                           "is fitted on the training text and is not kept)")
     return cfg
@@ -134,7 +134,17 @@ def _members(paths: Paths, name: str, out: dict) -> None:
     if meta.get("kind") == "stack":
         for up in meta["config"]["stack"]["inputs"]:
             _members(paths, up, out)
+    src = feature_source(meta["config"]) if meta.get("kind") == "unimodal" else None
+    if src is not None and src != name and _finetuned(paths, src):
+        _members(paths, src, out)   # its fold models give each fold of this member its embeddings
     out[name] = meta
+
+
+def _finetuned(paths: Paths, name: str) -> bool:
+    """Whether ``name`` is a fine-tuned (not frozen) text or image experiment of this workdir."""
+    e = Experiment(paths.oof_dir, name)
+    cfg = e.read_meta().get("config", {}) if e.meta_path.exists() else {}
+    return cfg.get("kind") in ("text", "image") and not cfg.get("model", {}).get("freeze_backbone")
 
 
 def _versions() -> dict:
@@ -233,7 +243,8 @@ def _write_bundle(paths: Paths, tmp: Path, top: str, sub: dict, members: dict, p
         atomic_write_json(d / "config.json", meta["config"])
         cfg = meta["config"]
         src = feature_source(cfg) if meta.get("kind") == "unimodal" else None
-        if src is not None and src not in sources:
+        per_fold = src is not None and src != name and _finetuned(paths, src)
+        if src is not None and src not in sources and not per_fold:
             scfg = _source_config(src, cfg)
             same = next((n for n, c in sources.items() if _extraction_key(c) == _extraction_key(scfg)), None)
             if same is not None:
@@ -246,6 +257,8 @@ def _write_bundle(paths: Paths, tmp: Path, top: str, sub: dict, members: dict, p
             "inputs": list(cfg["stack"]["inputs"]) if meta.get("kind") == "stack" else [],
             "config_hash": meta.get("config_hash"), "fold_hash": meta.get("fold_hash"),
             "oof_scores": meta.get("oof"), "field": meta.get("field"), "features": src,
+            # features from the fine-tuned member ``src``: fold k reads its fold-k model's embeddings
+            "features_per_fold": per_fold,
         }
     version_src = json.dumps({n: (v["config_hash"], v["fold_hash"]) for n, v in entries.items()}, sort_keys=True)
     manifest = {
@@ -381,6 +394,7 @@ class Bundle:
             d = self.path / "members" / name
             cfg = Config(read_json(d / "config.json"))
             self.members[name] = {**entry, "cfg": cfg, "models": self._load_member(name, entry, cfg, d)}
+        self._embedding_sources = {m["features"] for m in self.members.values() if m.get("features_per_fold")}
         self.load_seconds = time.time() - t0
 
     def _load_source(self, cfg) -> dict:
@@ -424,9 +438,10 @@ class Bundle:
         models = {}
         tok = None
         if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
-            # heavy: transformers
-            from transformers import PreTrainedTokenizerFast
-            tok = PreTrainedTokenizerFast.from_pretrained(str(d / "tokenizer"))
+            # heavy: transformers. AutoTokenizer: the class the run saved (tokenizer_config.json), e.g.
+            # CamembertTokenizer or FlaubertTokenizer of a reduced backbone, not only a fast WordPiece
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
         for k, fname in zip(entry["folds"], entry["files"]):
             f = d / fname
             obj = load_model(f)   # data-only formats; a pickle is refused, never loaded
@@ -493,19 +508,38 @@ class Bundle:
         elif m.get("features"):
             out = self._frozen_logits(m, products, cache)
         else:
-            out = {k: self._torch_run(m["cfg"], m["models"][k], products, m["models"].get("tokenizer"))[0]
-                   for k in m["folds"]}
+            out = {}
+            for k in m["folds"]:
+                out[k], emb = self._torch_run(m["cfg"], m["models"][k], products, m["models"].get("tokenizer"))
+                if name in self._embedding_sources:   # another member reads this fold's embeddings
+                    cache[("embeddings", name, k)] = emb
         cache[name] = {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
         return cache[name]
+
+    def _member_embeddings(self, name: str, k: int, products: pd.DataFrame, cache: dict) -> np.ndarray:
+        """Embeddings [n, D] of member ``name``'s fold-``k`` model: one forward per predict call gives
+        both its logits (for the second level) and these (for the members that read them)."""
+        if ("embeddings", name, k) not in cache:
+            self._fold_logits(name, products, cache)
+        return cache[("embeddings", name, k)]
 
     def _classic_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """TF-IDF linear models and kNN, through ``training.classic.predict_classic``."""
         # heavy: torch and scikit-learn (the training modules)
         from rakuten.training.classic import l2_normalise, predict_classic
 
-        texts = field_texts(products, m["cfg"])
-        feats = l2_normalise(self._features(m["features"], products, cache)) if m.get("features") else None
-        return {k: predict_classic(m["models"][k], m["cfg"], texts, feats) for k in m["folds"]}
+        cfg = m["cfg"]
+        texts = field_texts(products, cfg)
+        shared = None
+        if m.get("features") and not m.get("features_per_fold"):
+            shared = l2_normalise(self._features(m["features"], products, cache))
+        out = {}
+        for k in m["folds"]:
+            feats = shared
+            if m.get("features_per_fold"):   # fold k's embeddings come from the source's fold-k model
+                feats = l2_normalise(self._member_embeddings(m["features"], k, products, cache))
+            out[k] = predict_classic(m["models"][k], cfg, texts, feats)
+        return out
 
     def _frozen_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
         """Heads on frozen features (every test-time view), standardised with their fold's training

@@ -13,10 +13,30 @@ ACTIONS = ("drop", "relabel", "downweight")
 TTA_VIEWS = ("identity", "hflip")
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Config:
+# A backbone swapped by ``--backbones reduced``: models/backbones.py builds ``reduced:<source>`` as the
+# same architecture, reduced and randomly initialised. Its family table lives there (a layer above
+# this one), so the family is checked by backbones.reduced_source and by stages.validate_preset.
+REDUCED_PREFIX = "reduced:"
+
+
+def reduced_backbone(source: str) -> str:
+    """``reduced:<source>`` for a hub, local-folder or timm backbone; ``tiny:*``, ``pypi:*`` (small
+    or offline already) and ``reduced:*`` sources as they are."""
+    if source.startswith(("tiny:", "pypi:", REDUCED_PREFIX)):
+        return source
+    return REDUCED_PREFIX + source
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None, backbones: str | None = None) -> Config:
     """An experiment config by name or path, over ``EXPERIMENT_DEFAULTS`` with ``key=value``
-    overrides, its types and allowed values checked (unknown keys and bad switches fail here)."""
+    overrides, its types and allowed values checked (unknown keys and bad switches fail here).
+    ``backbones="reduced"`` swaps a text or image model's hub/timm backbone for ``reduced:<backbone>``
+    after the overrides, so the recorded config, its hash and a bundle all name what was trained."""
     cfg = load_config(path, overrides, defaults=copy.deepcopy(EXPERIMENT_DEFAULTS))
+    if backbones == "reduced" and cfg.kind in ("text", "image"):
+        cfg.model.backbone = reduced_backbone(str(cfg.model.backbone))
+    elif backbones not in (None, "full", "reduced"):
+        raise ConfigError(f"backbones must be full or reduced (got {backbones!r})")
     validate_config(cfg, EXPERIMENT_DEFAULTS, cfg._source_)
     if cfg.kind not in ("text", "image", "tfidf", "knn"):
         raise ConfigError(f"{cfg._source_}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")

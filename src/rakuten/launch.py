@@ -149,7 +149,7 @@ def _second_level_config(stage: str, name: str, folds_spec: tuple[int, int] | No
 def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = None,
                folds: list[int] | None = None, overrides: list[str] | None = None,
                fusion_overrides: list[str] | None = None, stack_overrides: list[str] | None = None,
-               stages: list[str] | None = None, force: bool = False) -> Plan:
+               stages: list[str] | None = None, force: bool = False, backbones: str | None = None) -> Plan:
     """Resolve every config, check fold files and artifacts, and decide what runs (no Ray needed).
 
     A fold that is complete on disk (same fold file) is not submitted unless ``force``. A fusion or
@@ -162,12 +162,13 @@ def build_plan(preset_name: str, paths: Paths, experiments: list[str] | None = N
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ConfigError(f"--stages: unknown stage {bad[0]!r} (choose from {', '.join(STAGES)})")
-    preset = load_preset(preset_name)
+    preset = load_preset(preset_name, backbones=backbones)   # backbones: --backbones (full | reduced)
     if preset.get("no_images") and not experiments and paths.data_dir is not None:
         # a preset with a text-only twin, on data without training images: plan the twin instead
         preset = text_only_fallback(preset, load_dataset(paths))
     names = experiments or list(preset.experiments)
-    cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(overrides or [])) for e in names]
+    cfgs = [load_experiment(e, experiment_overrides(preset, e) + list(overrides or []), backbones=preset.get("backbones"))
+            for e in names]
     specs = sorted({(int(c.folds.k), int(c.folds.seed)) for c in cfgs})
     if len(specs) > 1 and {"fusion", "stack"} & set(stages):
         raise ConfigError("the unimodal experiments use different fold files "
@@ -481,12 +482,12 @@ def launch(preset: str, paths: Paths, *, address: str | None = None, experiments
            fusion_overrides: list[str] | None = None, stack_overrides: list[str] | None = None,
            stages: list[str] | None = None, force: bool = False, resources: Resources | None = None,
            num_cpus: int | None = None, num_gpus: int | None = None, dry_run: bool = False,
-           echo=print) -> dict:
+           echo=print, backbones: str | None = None) -> dict:
     """Plan, submit, wait, report. Returns ``{"plan", "rows", "failed", "outcomes"}`` (failed: the keys
     of tasks that failed or did not run because an upstream task failed)."""
     ray = None if dry_run else require_ray()   # before the plan: a missing ray fails in a second
     plan = build_plan(preset, paths, experiments, folds, overrides, fusion_overrides, stack_overrides,
-                      stages, force)
+                      stages, force, backbones=backbones)
     echo(plan.describe())
     if dry_run:
         return {"plan": plan, "rows": [], "failed": [], "outcomes": {}}

@@ -67,8 +67,9 @@ def issues_path(cfg, paths) -> Path | None:
 
 
 def input_signature(cfg, paths) -> dict:
-    """Hashes of the files the two switches of ``training.cleaning`` read, for the config hash: a regenerated
-    label_issues.csv or a retrained pseudo-label source invalidates the artifacts built on it."""
+    """Hashes of the files the two switches of ``training.cleaning`` read, and of a fine-tuned feature
+    source's fold outputs, for the config hash: a regenerated label_issues.csv, a retrained
+    pseudo-label source or a retrained encoder invalidates the artifacts built on it."""
     sig = {}
     p = issues_path(cfg, paths)
     if p is not None:
@@ -77,6 +78,15 @@ def input_signature(cfg, paths) -> dict:
     if pl.get("from"):
         exp = Experiment(paths.oof_dir, pl["from"])
         sig["pseudo_labels"] = {p.name: file_hash(p) for p in sorted(exp.dir.glob("test_fold*.npz"))}
+    # a fine-tuned experiment whose embeddings a TF-IDF or kNN member reads: its retrained folds
+    # change those embeddings (a frozen source's are fixed by its config, hashed already)
+    src = ((cfg.get("tfidf") or {}).get("dense") or {}).get("experiment") if cfg.get("kind") == "tfidf" else \
+        (cfg.get("knn") or {}).get("features") if cfg.get("kind") == "knn" else None
+    if src and src != "tfidf":
+        exp = Experiment(paths.oof_dir, src)
+        rec = (exp.read_meta().get("config") or {}) if exp.meta_path.exists() else {}
+        if rec.get("kind") in ("text", "image") and not (rec.get("model") or {}).get("freeze_backbone"):
+            sig["features"] = {p.name: file_hash(p) for p in sorted(exp.dir.glob("test_fold*.npz"))}
     return sig
 
 

@@ -26,8 +26,9 @@ from rakuten.config import Config, ConfigError
 from rakuten.data.challenge import CD_FILES
 from rakuten.data.prepared import describe, load_dataset
 from rakuten.errors import RakutenError
-from rakuten.experiment import load_experiment
+from rakuten.experiment import REDUCED_PREFIX, load_experiment
 from rakuten.folds import folds_path, make_folds, write_folds
+from rakuten.models.backbones import reduced_family
 from rakuten.paths import Paths
 from rakuten.presets import experiment_overrides, load_preset
 from rakuten.reporting import tracking
@@ -52,7 +53,9 @@ def validate_preset(preset: Config) -> None:
     overrides, before the pipeline reads the data or writes anything: a typo in the last stack's
     name is then one line at once, not an error after the unimodal models have trained."""
     for name in preset.experiments:
-        load_experiment(name, experiment_overrides(preset, name))
+        cfg = load_experiment(name, experiment_overrides(preset, name), backbones=preset.get("backbones"))
+        if cfg.kind in ("text", "image") and str(cfg.model.backbone).startswith(REDUCED_PREFIX):
+            reduced_family(str(cfg.model.backbone))   # an unknown family: one line, before any data is read
     for name in preset.get("fusion") or []:
         load_fusion(name, preset)
     for name in preset.get("stack") or []:
@@ -92,7 +95,7 @@ def text_only_fallback(preset, ds, announce: bool = True):
         return preset
     if announce:
         print(f"no training image found: preset {preset.get('name')} -> {twin} (its text-only twin)")
-    return load_preset(twin)
+    return load_preset(twin, backbones=preset.get("backbones"))
 
 
 def data_stage(paths: Paths, preset, announce: bool = True, fallback: bool = True):
@@ -146,7 +149,8 @@ def ensure_folds(paths: Paths, ds, cfgs, write: bool = True) -> None:
 # ------------------------------------------------------------------------------------------- unimodal
 def preset_experiments(preset, overrides: list[str] | None = None) -> list:
     """The configs of a preset's unimodal experiments, with the preset's and then the caller's overrides."""
-    return [load_experiment(e, experiment_overrides(preset, e) + list(overrides or [])) for e in preset.experiments]
+    return [load_experiment(e, experiment_overrides(preset, e) + list(overrides or []), backbones=preset.get("backbones"))
+            for e in preset.experiments]
 
 
 def train_folds(cfg, paths: Paths, folds: list[int], ds, progress: bool = True, force: bool = False,

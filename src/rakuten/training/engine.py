@@ -22,6 +22,7 @@ that have nothing else installed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -32,6 +33,10 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+# Notes said once per process: a GPU preset run on CPU (``--backbones reduced``) builds one engine per fold.
+_NOTED: set = set()
 
 try:  # tqdm is a nicety, never a requirement
     from tqdm.auto import tqdm as _tqdm
@@ -318,6 +323,9 @@ class Engine:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             warnings.warn("fp16 autocast is only supported on CUDA here; using fp32")
             self.amp_dtype = None
+        if self.amp_dtype is None and self.device.type != "cuda" and ("precision", self.device.type) not in _NOTED:
+            _NOTED.add(("precision", self.device.type))
+            log.info("precision %s on %s: fp32 (mixed precision is for CUDA cards)", precision, self.device.type)
         self.scaler = _make_grad_scaler() if (self.amp_dtype is torch.float16 and optimizer is not None) else None
         self.grad_accum = max(1, int(grad_accum))
         self.clip_grad = clip_grad if clip_grad else None

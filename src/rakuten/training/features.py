@@ -1,5 +1,6 @@
 """The frozen-backbone feature cache: a backbone's embeddings of every train+test row, computed once
-per backbone, field, data and test-time view, and reused by every fold's head (thesis 5.6.2).
+per backbone, field, data and test-time view, and reused by every fold's head (thesis 5.6.2); and a
+fine-tuned experiment's embeddings per fold model (``finetuned_features``).
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 
 import numpy as np
 
-from rakuten.artifacts import atomic_save_npz
+from rakuten.artifacts import Experiment, atomic_save_npz
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
 from rakuten.training.engine import resolve_device
@@ -54,5 +55,41 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view
         model = quantize_for_cpu(model)
     # the path a bundle extracts new products' features through (predict_rows, one view)
     _, emb = predict_rows(eval_engine(model, cfg, inputs, device, progress), cfg, inputs, np.arange(n), [view])
+    atomic_save_npz(path, features=emb.astype(np.float32))
+    return emb
+
+
+def finetuned_features(name: str, cfg, paths: Paths, fd: FoldData, fold: int, progress: bool = True) -> np.ndarray:
+    """Embeddings of every train+test row by fold ``fold``'s model of the fine-tuned experiment
+    ``name`` (``cfg``: the config it was trained with, its meta.json's), cached per fold model.
+
+    What a member reading a fine-tuned encoder's embeddings (``tfidf.dense``, ``knn.features``) uses
+    for its fold ``fold``: that fold's encoder never saw fold ``fold``'s labels, so neither does the
+    member. Its training rows' embeddings are in-sample for the encoder (it trained on them), which
+    makes them cleaner than fold ``fold``'s: a cost in calibration, not a leak."""
+    exp = Experiment(paths.oof_dir, name)
+    model_file = exp.model_path(fold, "pt")
+    if not model_file.exists() or not exp.test_path(fold).exists():
+        raise RakutenError(f"feature source {name} fold {fold}: not trained yet (list it before the members "
+                           "that read its embeddings in the preset)")
+    stamp = hashlib.sha256(exp.test_path(fold).read_bytes()).hexdigest()[:12]   # changes when the fold is retrained
+    path = paths.cache_dir / "features" / f"finetuned_{name}_fold{fold}_{stamp}_{fd.content_key}.npz"
+    n = len(fd.train) + len(fd.test)
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                if len(z["features"]) == n:
+                    return z["features"]
+        except Exception as e:
+            log.warning("feature cache %s unusable (%s); recomputing", path, e)
+    inputs, model = build_inputs_and_model(cfg, paths, fd)
+    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=False)["state_dict"])
+    device = resolve_device(cfg.train.device)
+    engine = Engine(model.eval().to(device), None, device=device, precision=cfg.train.precision,
+                    batch_transform=inputs.batch_transform, channels_last=bool(cfg.train.channels_last),
+                    progress=progress)
+    loader, _ = make_loader(RowSubset(inputs.dataset, np.arange(n), None), cfg, False, inputs.collate,
+                            None if inputs.lengths is None else inputs.lengths)
+    _, emb = engine.predict(loader)
     atomic_save_npz(path, features=emb.astype(np.float32))
     return emb
