@@ -272,6 +272,39 @@ def products_frame(df: pd.DataFrame, images: str | Path | None = None, where: st
 
 
 # ------------------------------------------------------------------------------------------- loading
+class SharedRows:
+    """Distinct rows of several dense matrices (the kNN fold models' neighbour banks, each the
+    training folds' rows of one embedding matrix), held once: ``add`` returns a matrix's row numbers
+    in the shared one, ``matrix`` the shared rows. Rows are matched by their bytes (a 16-byte digest,
+    then compared), so a fold's bank is ``matrix()[rows]`` exactly and no prediction changes."""
+
+    def __init__(self):
+        self.rows: list[np.ndarray] = []
+        self.index: dict[bytes, int] = {}
+
+    @property
+    def n(self) -> int:
+        """How many distinct rows are held."""
+        return len(self.rows)
+
+    def add(self, m: np.ndarray) -> np.ndarray:
+        """Row numbers of the rows of ``m`` in the shared matrix, adding those not held yet."""
+        m = np.ascontiguousarray(m)
+        out = np.empty(len(m), dtype=np.int64)
+        for i, r in enumerate(m):
+            key = hashlib.blake2b(r.tobytes(), digest_size=16).digest()
+            j = self.index.get(key)
+            if j is None or not np.array_equal(self.rows[j], r):
+                j = self.index[key] = len(self.rows)
+                self.rows.append(r.copy())
+            out[i] = j
+        return out
+
+    def matrix(self) -> np.ndarray:
+        """The distinct rows, [n, D], in the order they were first added."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, 0), np.float32)
+
+
 class Bundle:
     """A loaded bundle: ``predict(products)`` -> (log of the averaged probabilities [n, 27], info)."""
 
@@ -339,6 +372,7 @@ class Bundle:
         import torch
 
         models = {}
+        shared = SharedRows()     # kNN on frozen features: the folds' banks overlap (each 1 - 1/K of the rows)
         tok = None
         if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
             # heavy: transformers
@@ -348,6 +382,8 @@ class Bundle:
             f = d / fname
             if fname.endswith(".joblib"):
                 models[k] = joblib.load(f)
+                if isinstance(models[k], dict) and models[k].get("kind") == "knn_features":
+                    models[k]["bank_rows"] = shared.add(models[k].pop("bank"))
                 continue
             state = torch.load(f, map_location="cpu", weights_only=False)
             if "in_dim" in state:   # a head on frozen features
@@ -358,6 +394,10 @@ class Bundle:
                 models[k] = self._torch_model(cfg, tok, state["state_dict"])
         if tok is not None:
             models["tokenizer"] = tok
+        if shared.n:
+            bank = shared.matrix()    # one matrix of the member's training rows; each fold keeps row numbers
+            for k in entry["folds"]:
+                models[k]["bank"] = bank
         return models
 
     def _torch_model(self, cfg, tok, state_dict):
@@ -401,6 +441,8 @@ class Bundle:
         m = self.members[name]
         if m["kind"] == "stack":
             out = self._stack_logits(m, products, cache)
+        # a fusion member (m["kind"] == "fusion") is dispatched here, to fusion's own predict function,
+        # once export keeps what a fusion fits (refused by _unsupported until then)
         elif m["member_kind"] in ("tfidf", "knn"):
             out = self._classic_logits(m, products, cache)
         elif m.get("features"):
