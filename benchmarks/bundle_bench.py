@@ -6,7 +6,8 @@
 Measures, on the cores this process may use (``--threads``, default 2):
 
 - size: bytes on disk, per member and in total;
-- load: seconds of ``Bundle(path)``, and the peak resident memory (RSS) after it;
+- load: seconds of ``Bundle(path)`` (wall and CPU: on a shared machine the CPU seconds are the
+  steadier figure), and the peak resident memory (RSS) after it;
 - predict: products/s over ``--batches`` calls of ``--batch`` products and the latency of
   ``--single`` one-product calls, after one warm-up call; the peak RSS after them;
 - time outside the backbones: each feature source's frozen backbone (``Bundle.sources``) is timed
@@ -98,9 +99,9 @@ def main(argv=None) -> int:
     from rakuten.bundle import Bundle, read_products
 
     rss0 = peak_rss_mib()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     b = Bundle(args.bundle)
-    load_s = time.perf_counter() - t0
+    load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
     rss_load = peak_rss_mib()
 
     # time inside the frozen backbones' forwards (the feature sources)
@@ -120,13 +121,15 @@ def main(argv=None) -> int:
     prods = read_products(args.products, args.images)
     n = len(prods)
     b.predict(prods.iloc[: min(args.batch, n)].reset_index(drop=True))    # warm-up
+    rss_warm = peak_rss_mib()
     inside[0] = 0.0
-    t_batches, done = 0.0, 0
+    t_batches, c_batches, done = 0.0, 0.0, 0
     for i in range(args.batches):
         rows = (np.arange(args.batch) + i * args.batch) % n
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         b.predict(prods.iloc[rows].reset_index(drop=True))
         t_batches += time.perf_counter() - t
+        c_batches += time.process_time() - c
         done += len(rows)
     inside_batches = inside[0]
     single = []
@@ -147,9 +150,10 @@ def main(argv=None) -> int:
         "label": args.label, "host": platform.node(), "threads": args.threads, "n_products": n,
         "disk_mib": round(sum(sizes.values()) / 2**20, 1),
         "disk_by_entry_mib": {k: round(v / 2**20, 2) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])},
-        "load_s": round(load_s, 2), "rss_before_load_mib": round(rss0), "peak_rss_after_load_mib": round(rss_load),
-        "peak_rss_mib": round(rss_pred),
+        "load_s": round(load_s, 2), "load_cpu_s": round(load_cpu, 2), "rss_before_load_mib": round(rss0), "peak_rss_after_load_mib": round(rss_load),
+        "peak_rss_after_warmup_mib": round(rss_warm), "peak_rss_mib": round(rss_pred),
         "batch": args.batch, "products_per_s": round(done / t_batches, 1),
+        "products_per_cpu_s": round(done / c_batches, 1),
         "single_ms_p50": round(float(np.median(single)) * 1000, 1),
         "outside_backbones_share": round(1 - inside_batches / t_batches, 3),
         "member_array_mib": {k: round(v / 2**20, 2) for k, v in member_bytes.items()},
@@ -159,8 +163,9 @@ def main(argv=None) -> int:
                        "peak_rss_mib": round(rss_pred + banks * (scale - 1) / 2**20)},
     }
     print(json.dumps(res, indent=1))
-    print(f"| {args.label} | {res['disk_mib']} MiB | {res['peak_rss_mib']} MiB | {res['load_s']} s | "
-          f"{res['products_per_s']} | {res['single_ms_p50']} ms | {res['outside_backbones_share']:.0%} | "
+    print(f"| {args.label} | {res['disk_mib']} MiB | {res['peak_rss_mib']} MiB | {res['load_s']} s "
+          f"({res['load_cpu_s']} s CPU) | {res['products_per_s']} ({res['products_per_cpu_s']} per CPU s) | "
+          f"{res['single_ms_p50']} ms | {res['outside_backbones_share']:.0%} | "
           f"{res['projection']['peak_rss_mib']} MiB |")
     if args.out:
         out = Path(args.out)

@@ -365,6 +365,39 @@ def _check_manifest(m: dict, mpath: Path) -> None:
             bad(f"member {name!r}: kind must be stack or unimodal, with a member_kind")
 
 
+class SharedRows:
+    """Distinct rows of several dense matrices (the kNN fold models' neighbour banks, each the
+    training folds' rows of one embedding matrix), held once: ``add`` returns a matrix's row numbers
+    in the shared one, ``matrix`` the shared rows. Rows are matched by their bytes (a 16-byte digest,
+    then compared), so a fold's bank is ``matrix()[rows]`` exactly and no prediction changes."""
+
+    def __init__(self):
+        self.rows: list[np.ndarray] = []
+        self.index: dict[bytes, int] = {}
+
+    @property
+    def n(self) -> int:
+        """How many distinct rows are held."""
+        return len(self.rows)
+
+    def add(self, m: np.ndarray) -> np.ndarray:
+        """Row numbers of the rows of ``m`` in the shared matrix, adding those not held yet."""
+        m = np.ascontiguousarray(m)
+        out = np.empty(len(m), dtype=np.int64)
+        for i, r in enumerate(m):
+            key = hashlib.blake2b(r.tobytes(), digest_size=16).digest()
+            j = self.index.get(key)
+            if j is None or not np.array_equal(self.rows[j], r):
+                j = self.index[key] = len(self.rows)
+                self.rows.append(r.copy())
+            out[i] = j
+        return out
+
+    def matrix(self) -> np.ndarray:
+        """The distinct rows, [n, D], in the order they were first added."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, 0), np.float32)
+
+
 class Bundle:
     """A loaded bundle: ``predict(products)`` -> (log of the averaged probabilities [n, 27], info)."""
 
@@ -436,6 +469,7 @@ class Bundle:
         from rakuten.second_level.stacker import LGBMStacker
 
         models = {}
+        shared = SharedRows()     # kNN on frozen features: the folds' banks overlap (each 1 - 1/K of the rows)
         tok = None
         if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
             # heavy: transformers. AutoTokenizer: the class the run saved (tokenizer_config.json), e.g.
@@ -447,6 +481,8 @@ class Bundle:
             obj = load_model(f)   # data-only formats; a pickle is refused, never loaded
             if suffix_of(f) == ".skops":
                 models[k] = obj
+                if isinstance(obj, dict) and obj.get("kind") == "knn_features":
+                    obj["bank_rows"] = shared.add(obj.pop("bank"))
                 continue
             if suffix_of(f) == ".lgbm.txt":
                 models[k] = LGBMStacker.from_booster(obj)
@@ -460,6 +496,10 @@ class Bundle:
                 models[k] = self._torch_model(cfg, tok, state["state_dict"])
         if tok is not None:
             models["tokenizer"] = tok
+        if shared.n:
+            bank = shared.matrix()    # one matrix of the member's training rows; each fold keeps row numbers
+            for k in entry["folds"]:
+                models[k]["bank"] = bank
         return models
 
     def _torch_model(self, cfg, tok, state_dict):
@@ -503,6 +543,8 @@ class Bundle:
         m = self.members[name]
         if m["kind"] == "stack":
             out = self._stack_logits(m, products, cache)
+        # a fusion member (m["kind"] == "fusion") is dispatched here, to fusion's own predict function,
+        # once export keeps what a fusion fits (refused by _unsupported until then)
         elif m["member_kind"] in ("tfidf", "knn"):
             out = self._classic_logits(m, products, cache)
         elif m.get("features"):

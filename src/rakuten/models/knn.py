@@ -40,11 +40,14 @@ class KnnVote:
     def __init__(self, cfg, num_classes: int = NUM_CLASSES, **_):
         self.k, self.temperature, self.num_classes = int(cfg["k"]), float(cfg["temperature"]), int(num_classes)
 
-    def fit(self, bank, labels) -> "KnnVote":
-        """Keep the bank (L2-normalised rows, dense or sparse) and its labels; nothing is learned."""
-        self.bank_, self.labels_ = bank, np.asarray(labels, dtype=np.int64)
+    def fit(self, bank, labels, rows: np.ndarray | None = None) -> "KnnVote":
+        """Keep the bank (L2-normalised rows, dense or sparse) and its labels; nothing is learned.
+        ``rows``: the bank is those rows of ``bank`` (a matrix several fold models share)."""
+        self.bank_, self.labels_, self.rows_ = bank, np.asarray(labels, dtype=np.int64), rows
         return self
 
     def predict_logits(self, queries) -> np.ndarray:
-        """[n, 27] log-probabilities of L2-normalised ``queries`` (``knn_log_proba``)."""
-        return knn_log_proba(queries, self.bank_, self.labels_, self.k, self.temperature)
+        """[n, 27] log-probabilities of L2-normalised ``queries`` (``knn_log_proba``). A shared bank
+        is gathered to this model's rows first: the same matrix, so the same similarities, bit for bit."""
+        bank = self.bank_ if self.rows_ is None else self.bank_[self.rows_]
+        return knn_log_proba(queries, bank, self.labels_, self.k, self.temperature)

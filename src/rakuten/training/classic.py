@@ -88,7 +88,8 @@ def predict_classic(keep: dict, cfg, texts=None, feats: np.ndarray | None = None
     if kind == "knn_tfidf":
         feats = _l2_rows(keep["vectorizer"].vectorize(list(texts)))
     if kind in ("knn_tfidf", "knn_features"):
-        vote = create_model("knn", cfg=cfg.knn, num_classes=NUM_CLASSES).fit(keep["bank"], keep["bank_labels"])
+        vote = create_model("knn", cfg=cfg.knn, num_classes=NUM_CLASSES).fit(keep["bank"], keep["bank_labels"],
+                                                                            keep.get("bank_rows"))
         return vote.predict_logits(feats)
     raise RakutenError(f"{cfg.name}: kept model kind {kind!r} is not a scikit-learn member")
 
