@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -300,3 +301,59 @@ def test_other_modes_run(rotated, overrides):
                    for k in range(5))
     else:
         assert res["oof"]["macro_f1"] > 0.5 or "fusion.align=none" in overrides
+
+
+# ------------------------------------------------------------------------------ export and re-predict
+FUSION_BUNDLE = """\
+name: fusion_bundle
+kind: fusion
+fusion:
+  variant: hierarchical
+  text_groups: [[text_tiny_title, text_tiny_description]]
+  image: image_tiny
+  residual: true
+  masks: true
+  normalize: l2
+  modality_dropout: 0.2
+  head: dropout
+  dropout: 0.1
+train: {epochs: 6, early_stopping: fixed, lr: 0.01}
+test_input: averaged
+"""
+
+
+@pytest.mark.slow    # reads the tiny run of conftest.bundle_run (shared with test_bundle.py)
+def test_a_submitted_fusion_exports_and_repredicts_exactly(bundle_run, tmp_path):
+    """A run whose submission is a fusion (residual, masks, averaged test input: the kept alignment
+    maps and the products' missing inputs all take part) exports, and the bundle's fold models and
+    predict.py give the run's test predictions and its submission."""
+    from test_bundle import PRESET, _assert_reproduces_the_run, _test_ids, run
+
+    from rakuten.bundle import Bundle, read_products
+
+    _, wd0, _, _, _ = bundle_run
+    wd = tmp_path / "wd"
+    shutil.copytree(wd0, wd, ignore=shutil.ignore_patterns("submissions"))   # the fixture's run is shared
+    cfg = tmp_path / "fusion_bundle.yaml"
+    cfg.write_text(FUSION_BUNDLE)
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(PRESET.replace("submit: stack_lgbm", "submit: [stack_lgbm, fusion_bundle]"))
+    run("fuse.py", "--config", cfg, "--workdir", wd, "--no-progress")
+    assert sorted(p.name for p in (wd / "oof" / "fusion_bundle" / "models").glob("fold*")) == \
+        ["fold0.pt", "fold1.pt", "fold2.pt"]
+    run("submit.py", "--exp", "fusion_bundle", "--workdir", wd)
+    run("export.py", "--preset", preset, "--workdir", wd, "--out", tmp_path / "bundle")
+    b = Bundle(tmp_path / "bundle")
+    assert b.manifest["submitted"] == "fusion_bundle"
+    assert set(b.manifest["members"]) == {"fusion_bundle", "text_tiny_title", "text_tiny_description", "image_tiny"}
+    data = wd / "data" / "demo"
+    prods = read_products(data / "X_test_update.csv", data / "image_test")
+    assert (~prods["has_description"]).any()       # the masks have missing inputs to leave out
+    _assert_reproduces_the_run(b, wd, prods, feature_keys=True)
+    out = tmp_path / "pred.csv"
+    run("predict.py", "--bundle", tmp_path / "bundle", "--input", data / "X_test_update.csv", "--images",
+        data / "image_test", "--out", out, "--no-progress")
+    sub = pd.read_csv(next((wd / "submissions").glob("fusion_bundle_cv*.csv")), index_col=0)
+    pred = pd.read_csv(out, index_col=0)
+    assert (sub["prdtypecode"].to_numpy() == pred["prdtypecode"].to_numpy()).all()
+    assert len(pred) == len(_test_ids(wd))
