@@ -45,8 +45,10 @@ HIER = "fusion_cpu_hier_avg_avg"
 THESIS = ["fusion.normalize=none", "fusion.masks=false", "fusion.modality_dropout=0.0", "fusion.residual=false",
           "fusion.head=linear", "fusion.dropout=0.0", "train.weight_decay=1e-4", "train.lr=1e-3",
           "train.inner_trials=0", "train.monitor=macro_f1"]
+MECH = ["fusion.residual=true", "fusion.masks=true", "fusion.normalize=layernorm", "fusion.modality_dropout=0.3",
+        "train.monitor=loss"]
 VARIANTS = [
-    ("thesis hier avg/avg (before #27)", HIER, THESIS),
+    ("thesis hier avg/avg", HIER, THESIS),
     ("+ align none", HIER, THESIS + ["fusion.align=none"]),
     ("+ masks", HIER, THESIS + ["fusion.masks=true"]),
     ("+ l2 normalize", HIER, THESIS + ["fusion.normalize=l2"]),
@@ -55,15 +57,18 @@ VARIANTS = [
     ("+ weight decay 0.3", HIER, THESIS + ["train.weight_decay=0.3"]),
     ("+ residual (late fusion + correction)", HIER, THESIS + ["fusion.residual=true"]),
     ("+ residual + masks", HIER, THESIS + ["fusion.residual=true", "fusion.masks=true"]),
-    ("+ residual + masks + l2 + mod. dropout", HIER, THESIS + [
-        "fusion.residual=true", "fusion.masks=true", "fusion.normalize=l2", "fusion.modality_dropout=0.3"]),
-    ("shipped fusion_cpu_hier_avg_avg", HIER, []),
-    ("shipped fusion_cpu_hier_concat_concat", "fusion_cpu_hier_concat_concat", []),
-    ("shipped fusion_cpu_baseline_concat", "fusion_cpu_baseline_concat", []),
+    ("+ residual + masks + layernorm + mod. dropout 0.3, stop on loss", HIER, THESIS + MECH),
+    ("+ the same, l2 instead of layernorm", HIER, THESIS + MECH + ["fusion.normalize=l2"]),
+    ("+ the same, dropout head 0.3", HIER, THESIS + MECH + ["fusion.head=dropout", "fusion.dropout=0.3"]),
+    ("+ the same, Optuna on the inner split (8 trials/fold)", HIER, THESIS + MECH + [
+        "fusion.head=dropout", "fusion.dropout=0.3", "train.inner_trials=8"]),
     ("late average of the same two inputs", "fusion_late_average",
      ["fusion.inputs=[text_e5_text_lr,image_effnetlite0]"]),
     ("late weighted of the same two inputs", "fusion_late_weighted",
      ["fusion.inputs=[text_e5_text_lr,image_effnetlite0]"]),
+    ("shipped fusion_cpu_hier_avg_avg", HIER, []),
+    ("shipped fusion_cpu_hier_concat_concat", "fusion_cpu_hier_concat_concat", []),
+    ("shipped fusion_cpu_baseline_concat", "fusion_cpu_baseline_concat", []),
 ]
 
 

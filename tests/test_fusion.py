@@ -307,6 +307,7 @@ def test_other_modes_run(rotated, overrides):
 FUSION_BUNDLE = """\
 name: fusion_bundle
 kind: fusion
+folds: {k: 3, seed: 42}
 fusion:
   variant: hierarchical
   text_groups: [[text_tiny_title, text_tiny_description]]

@@ -18,7 +18,7 @@ Options of the embedding fusions (hierarchical, baseline) that make them hold on
 (README, "Hierarchical fusion on real products"); all off by default, which is the thesis's network:
 ``normalize`` (l2 | layernorm: each standardised embedding scaled per row before fusing, so no input
 dominates the fused vector by its width), ``masks`` (a missing input is left out of add/average and
-is zero in concat; its logits leave the residual mean), ``modality_dropout`` (training only: each
+is zero in concat; the residual path keeps every input's logits), ``modality_dropout`` (training only: each
 present input is dropped from a row with this probability, never all of them) and ``residual`` (the
 network's logits are the late fusion, a learned weighted mean of its inputs' log-probabilities, plus
 the fused embedding's head, which starts at zero: the network starts as the late fusion of its
@@ -248,19 +248,15 @@ class HierarchicalFusion(FusionNet):
         fused = combine(level2, self.op2, p2)                                          # [B, F]
         logits = self.head(fused)
         if self.raw is not None:
-            logits = logits + self._late(batch, present)
+            logits = logits + self._late(batch)
         return logits, fused
 
-    def _late(self, batch, present: torch.Tensor | None) -> torch.Tensor:
-        """Weighted sum of the inputs' log-probabilities [B, C]; with ``present``, the missing inputs'
-        weight goes to the present ones (the total weight, the temperature, is kept)."""
+    def _late(self, batch) -> torch.Tensor:
+        """Weighted sum of every input's log-probabilities [B, C]. Not masked: a unimodal head on a
+        missing input predicts the classes of products without it (on rakuten_images_real, masking
+        the text head's output on rows without text cost this late fusion 0.02 OOF macro-F1)."""
         logp = torch.stack([F.log_softmax(batch[f"{m}:logits"], dim=1) for m in self.names], dim=1)   # [B, N, C]
-        w = F.softplus(self.raw)                                                       # [N]
-        if present is None:
-            return (w.view(1, -1, 1) * logp).sum(1)
-        wp = present * w                                                               # [B, N]
-        scale = w.sum() / wp.sum(1, keepdim=True).clamp_min(1e-6)
-        return (wp.unsqueeze(-1) * logp).sum(1) * scale
+        return (F.softplus(self.raw).view(1, -1, 1) * logp).sum(1)
 
     def late_weights(self) -> torch.Tensor | None:
         """The residual late fusion's per-input weights (None without ``residual``)."""

@@ -377,6 +377,12 @@ def train_net(net: FusionNet, X: dict[str, torch.Tensor], y: np.ndarray, fit_idx
     batches = _ShuffledBatches(X, torch.from_numpy(np.array(y, dtype=np.int64)), torch.from_numpy(fit_idx),
                                int(tcfg.batch_size), gen)
     best, best_state, best_epoch, bad = -np.inf, None, 0, 0
+    if val_idx is not None and len(val_idx) and getattr(net, "late_weights", lambda: None)() is not None:
+        # a residual network starts as the late fusion of its inputs: that start is a candidate too,
+        # so the correction is kept only where the inner split says it helps
+        logits, _ = _predict(net, X, val_idx, int(tcfg.eval_batch_size))
+        best = _monitor(y[val_idx], logits, net.class_weight, tcfg.monitor)
+        best_state = copy.deepcopy(net.state_dict())
     epochs = int(tcfg.epochs)
     bar = tqdm(range(1, epochs + 1), desc="epochs", leave=False, disable=not progress)
     epoch = 0
