@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HIER = "fusion_cpu_hier_avg_avg"
 THESIS = ["fusion.normalize=none", "fusion.masks=false", "fusion.modality_dropout=0.0", "fusion.residual=false",
           "fusion.head=linear", "fusion.dropout=0.0", "train.weight_decay=1e-4", "train.lr=1e-3",
-          "train.inner_trials=0", "train.monitor=macro_f1"]
+          "train.inner_trials=0", "train.monitor=macro_f1", "train.inner_frac=0.1"]
 MECH = ["fusion.residual=true", "fusion.masks=true", "fusion.normalize=layernorm", "fusion.modality_dropout=0.3",
         "train.monitor=loss"]
 VARIANTS = [
