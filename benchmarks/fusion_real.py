@@ -72,7 +72,7 @@ VARIANTS = [
 ]
 
 
-def run_variant(cfg, data, y_test, has_text, has_text_test) -> dict:
+def run_variant(cfg, data, y_test, has_text, has_text_test, has_image=None) -> dict:
     """5-fold fit_predict_fold in memory: OOF and test scores and the per-fold records."""
     from rakuten.second_level.fusion import fit_predict_fold, fusion_config
 
@@ -90,6 +90,8 @@ def run_variant(cfg, data, y_test, has_text, has_text_test) -> dict:
     res = {"oof": round(scores(y, oof)["macro_f1"], 4),
            "oof_with_text": round(scores(y[has_text], oof[has_text])["macro_f1"], 4),
            "oof_without_text": round(scores(y[~has_text], oof[~has_text])["macro_f1"], 4) if (~has_text).any() else None,
+           "oof_with_image": (round(scores(y[has_image], oof[has_image])["macro_f1"], 4)
+                              if has_image is not None and has_image.any() else None),
            "best_epochs": [f.get("best_epoch") for f in folds.values()],
            "seconds": round(time.time() - t0, 1), "folds": folds, "oof_pred": pred}
     if y_test is not None:
@@ -99,12 +101,13 @@ def run_variant(cfg, data, y_test, has_text, has_text_test) -> dict:
     return res
 
 
-def input_scores(data, names, y_test, has_text) -> dict:
+def input_scores(data, names, y_test, has_text, has_image) -> dict:
     out = {}
     for n in names:
         u = data.inputs[n]
         r = {"oof": round(scores(data.y, u.oof.logits)["macro_f1"], 4),
-             "oof_with_text": round(scores(data.y[has_text], u.oof.logits[has_text])["macro_f1"], 4)}
+             "oof_with_text": round(scores(data.y[has_text], u.oof.logits[has_text])["macro_f1"], 4),
+             "oof_with_image": round(scores(data.y[has_image], u.oof.logits[has_image])["macro_f1"], 4)}
         if y_test is not None:
             t = np.mean([softmax(p.logits) for p in u.test.values()], axis=0)
             r["test"] = round(scores(y_test, np.log(t + 1e-12))["macro_f1"], 4)
@@ -191,19 +194,21 @@ def main(argv=None) -> int:
     test = ds.test.set_index("id").reindex(data.test_ids)
     has_text = input_present(train, "text", "text")
     has_text_test = input_present(test, "text", "text")
+    has_image = input_present(train, "image", None)
     res = {"data": args.data.name, "date": str(date.today()), "machine": platform.processor() or platform.machine(),
            "cpu_count": os.cpu_count(), "n_train": int(len(data.ids)), "n_test": int(len(data.test_ids)),
-           "train_rows_with_text": int(has_text.sum()),
+           "train_rows_with_text": int(has_text.sum()), "train_rows_with_image": int(has_image.sum()),
            "note": "timings on a shared, busy 2-core machine; variants chosen on OOF only",
-           "inputs": input_scores(data, list(data.inputs), y_test, has_text), "variants": []}
+           "inputs": input_scores(data, list(data.inputs), y_test, has_text, has_image), "variants": []}
     for name, base, ov in variants:
         cfg = load_config(f"fusion/{base}.yaml", ov, defaults=copy.deepcopy(FUSION_DEFAULTS))
         sub = load_fusion_data(cfg, paths) if base != HIER and "late" not in base else data
-        r = run_variant(cfg, sub, y_test, has_text, has_text_test)
+        r = run_variant(cfg, sub, y_test, has_text, has_text_test, has_image)
         r.pop("oof_pred")
         r.update(name=name, config=base, overrides=ov)
         res["variants"].append(r)
-        print(f"{name:45s} OOF {r['oof']:.4f} (text rows {r['oof_with_text']:.4f}) "
+        print(f"{name:45s} OOF {r['oof']:.4f} (text rows {r['oof_with_text']:.4f}, image rows "
+              f"{r['oof_with_image'] or float('nan'):.4f}) "
               f"test {r.get('test', float('nan')):.4f}  epochs {r['best_epochs']}  {r['seconds']}s", flush=True)
     if args.diagnose:
         cfg = load_config(f"fusion/{HIER}.yaml", THESIS, defaults=copy.deepcopy(FUSION_DEFAULTS))
@@ -216,7 +221,8 @@ def main(argv=None) -> int:
         res["diagnose"]["lr_sweep"] = sweep
         print(json.dumps({k: v for k, v in res["diagnose"].items() if k != "fold0"}, indent=1))
     for n, r in res["inputs"].items():
-        print(f"input {n:30s} OOF {r['oof']:.4f} (text rows {r['oof_with_text']:.4f}) test {r.get('test', float('nan'))}")
+        print(f"input {n:30s} OOF {r['oof']:.4f} (text rows {r['oof_with_text']:.4f}, image rows "
+              f"{r['oof_with_image']:.4f}) test {r.get('test', float('nan'))}")
     out = args.out or RESULTS / f"fusion_real_{args.data.name}_{res['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

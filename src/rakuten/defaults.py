@@ -124,6 +124,7 @@ FUSION_DEFAULTS: dict = {
         # Optuna trials per fold over the regularisation (fusion.TUNED_SPACE), each fitted on the inner
         # split's fit rows and scored on its held-out rows (training rows only); 0: the config as is
         "inner_trials": 0,
+        "late_lr": None,             # residual: learning rate of the late-fusion weights (null: train.lr)
     },
     # per_fold | averaged (see second_level/fusion.py); the stacker's is at the same path
     "test_input": "per_fold",

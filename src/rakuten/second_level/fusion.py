@@ -368,7 +368,15 @@ def train_net(net: FusionNet, X: dict[str, torch.Tensor], y: np.ndarray, fit_idx
     gen = torch.Generator().manual_seed(seed)
     # one parameter group with decay on every weight (not make_optimizer's two groups): the fusion
     # heads were tuned this way, and changing it would change every fusion artifact
-    opt = torch.optim.AdamW(params, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
+    late = getattr(net, "raw", None) if not isinstance(net, LateFusion) else None
+    if late is not None and tcfg.get("late_lr") is not None:
+        # the residual path's few late-fusion weights want a larger step than the correction (as the
+        # late fusion's own configs use), and no decay: they are the start, not the correction
+        rest = [p for p in params if p is not late]
+        opt = torch.optim.AdamW([{"params": rest}, {"params": [late], "lr": float(tcfg.late_lr), "weight_decay": 0.0}],
+                                lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
+    else:
+        opt = torch.optim.AdamW(params, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay))
 
     def criterion(logits, labels):
         return F.cross_entropy(logits, labels, weight=net.class_weight)
