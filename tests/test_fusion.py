@@ -416,6 +416,22 @@ def test_inner_tuning_uses_training_rows_only(synth):
     np.testing.assert_array_equal(ref.test.logits, same.test.logits)
 
 
+def test_late_lr_moves_the_residual_weights_and_bad_values_fail(synth):
+    """``train.late_lr`` gives the residual path's late-fusion weights their own step: with a large
+    one they leave the plain mean (1/3 each) further than with the correction's step."""
+    base = ("fusion.residual=true", "train.early_stopping=fixed", "train.epochs=4", "train.lr=1e-3")
+    data = load_fusion_data(cfg_of("fusion_hier_avg_avg", *base), synth)
+
+    def spread(*extra):
+        w = np.array(fit_predict_fold(cfg_of("fusion_hier_avg_avg", *base, *extra), data, 0).info["weights"])
+        return np.abs(w - 1 / 3).max()
+
+    assert spread("train.late_lr=0.3") > 5 * spread()
+    for bad in ("train.late_lr=-1", "fusion.modality_dropout=1.5", "train.inner_trials=-2"):
+        with pytest.raises(ConfigError):
+            fusion_config(cfg_of("fusion_hier_avg_avg", bad))
+
+
 # ------------------------------------------------------------------------------ export and re-predict
 FUSION_BUNDLE = """\
 name: fusion_bundle
