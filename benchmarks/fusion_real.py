@@ -115,6 +115,27 @@ def input_scores(data, names, y_test, has_text, has_image) -> dict:
     return out
 
 
+def late_logprob_means(data, ds, train) -> dict:
+    """OOF macro-F1 of the plain mean of every input's log-probabilities (the residual network's
+    start), and of the same mean over the inputs each row has (the text head left out where the
+    product has no text): what masking the residual path would cost or gain."""
+    from rakuten.second_level.fusion import input_present
+
+    names = list(data.inputs)
+    logp = np.stack([np.asarray(torch_log_softmax(data.inputs[n].oof.logits)) for n in names])     # [N, n, C]
+    pres = np.stack([input_present(train, data.inputs[n].meta.get("modality"), data.inputs[n].meta.get("field"))
+                     for n in names]).astype(np.float32)                                         # [N, n]
+    plain = logp.mean(0)
+    masked = (logp * pres[..., None]).sum(0) / np.maximum(pres.sum(0), 1.0)[:, None]
+    return {"inputs": names, "plain": round(scores(data.y, plain)["macro_f1"], 4),
+            "masked": round(scores(data.y, masked)["macro_f1"], 4)}
+
+
+def torch_log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
 def diagnose(cfg, data) -> dict:
     """Scale of the branches, overfitting and early stopping of the thesis's network on fold 0."""
     import torch
@@ -200,6 +221,7 @@ def main(argv=None) -> int:
            "train_rows_with_text": int(has_text.sum()), "train_rows_with_image": int(has_image.sum()),
            "note": "timings on a shared, busy 2-core machine; variants chosen on OOF only",
            "inputs": input_scores(data, list(data.inputs), y_test, has_text, has_image), "variants": []}
+    res["late_logprob_mean"] = late_logprob_means(data, ds, train)
     for name, base, ov in variants:
         cfg = load_config(f"fusion/{base}.yaml", ov, defaults=copy.deepcopy(FUSION_DEFAULTS))
         sub = load_fusion_data(cfg, paths) if base != HIER and "late" not in base else data
@@ -220,6 +242,7 @@ def main(argv=None) -> int:
             sweep[str(lr)] = {"oof": r["oof"], "best_epochs": r["best_epochs"]}
         res["diagnose"]["lr_sweep"] = sweep
         print(json.dumps({k: v for k, v in res["diagnose"].items() if k != "fold0"}, indent=1))
+    print("late mean of log-probabilities:", res["late_logprob_mean"])
     for n, r in res["inputs"].items():
         print(f"input {n:30s} OOF {r['oof']:.4f} (text rows {r['oof_with_text']:.4f}, image rows "
               f"{r['oof_with_image']:.4f}) test {r.get('test', float('nan'))}")

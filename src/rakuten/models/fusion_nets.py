@@ -253,8 +253,8 @@ class HierarchicalFusion(FusionNet):
 
     def _late(self, batch) -> torch.Tensor:
         """Weighted sum of every input's log-probabilities [B, C]. Not masked: a unimodal head on a
-        missing input predicts the classes of products without it (on rakuten_images_real, masking
-        the text head's output on rows without text cost this late fusion 0.02 OOF macro-F1)."""
+        missing input predicts the classes of products without it (on rakuten_images_real, leaving
+        the text head out of rows without text took the mean from 0.3793 to 0.3768 OOF macro-F1)."""
         logp = torch.stack([F.log_softmax(batch[f"{m}:logits"], dim=1) for m in self.names], dim=1)   # [B, N, C]
         return (F.softplus(self.raw).view(1, -1, 1) * logp).sum(1)
 
