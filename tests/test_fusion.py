@@ -468,7 +468,9 @@ def test_a_submitted_fusion_exports_and_repredicts_exactly(bundle_run, tmp_path)
     cfg.write_text(FUSION_BUNDLE)
     preset = tmp_path / "preset.yaml"
     preset.write_text(PRESET.replace("submit: stack_lgbm", "submit: [stack_lgbm, fusion_bundle]"))
-    run("fuse.py", "--config", cfg, "--workdir", wd, "--no-progress")
+    from rakuten.paths import Paths
+    from rakuten.second_level.api import load_fusion
+    run_fusion(load_fusion(str(cfg)), Paths.make(wd, wd / "data" / "demo"), progress=False)   # fuse.py's call
     assert sorted(p.name for p in (wd / "oof" / "fusion_bundle" / "models").glob("fold*")) == \
         ["fold0.pt", "fold1.pt", "fold2.pt"]
     run("submit.py", "--exp", "fusion_bundle", "--workdir", wd)
