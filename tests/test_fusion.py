@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -317,3 +318,191 @@ def test_other_modes_run(rotated, overrides):
                    for k in range(5))
     else:
         assert res["oof"]["macro_f1"] > 0.5 or "fusion.align=none" in overrides
+
+
+# ------------------------------------------------------------------ issue 27: what makes it hold on real data
+def _net(**fusion):
+    fcfg = fusion_config({"name": "t", "fusion": {"text_groups": [["a", "b"]], "image": "img", **fusion}}).fusion
+    return create_model("fusion_hierarchical", cfg=fcfg, in_dims={"a": 8, "b": 6, "img": 20})
+
+
+def _batch(n=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b = {k: torch.randn(n, d, generator=g) for k, d in {"a": 8, "b": 6, "img": 20}.items()}
+    b.update({f"{k}:logits": torch.randn(n, NUM_CLASSES, generator=g) * 3 for k in ("a", "b", "img")})
+    return b
+
+
+@pytest.mark.parametrize("op", ["add", "concat", "average"])
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_residual_network_starts_as_the_late_fusion_of_its_inputs(op, head):
+    """Untrained, the residual network's logits are the mean of its inputs' log-probabilities (the
+    correction head starts at zero), whatever the embeddings say; it reads every input's logits."""
+    net = _net(residual=True, level1_op=op, level2_op=op, head=head).eval()
+    assert ("img", "logits") in net.inputs(net_cfg := fusion_config(
+        {"name": "t", "fusion": {"text_groups": [["a", "b"]], "image": "img", "residual": True}}).fusion)
+    assert net.key("img", "logits") == "img:logits" and net.key("img", "embeddings") == "img"
+    b = _batch()
+    late = torch.stack([torch.log_softmax(b[f"{k}:logits"], 1) for k in ("a", "b", "img")]).mean(0)
+    with torch.no_grad():
+        out = net(b)["logits"]
+        torch.testing.assert_close(out, late)
+        b2 = {**b, "img": b["img"] * 100}
+        torch.testing.assert_close(net(b2)["logits"], late)
+    assert net_cfg.residual
+
+
+@pytest.mark.parametrize("op", ["add", "concat", "average"])
+def test_masks_leave_a_missing_input_out(op):
+    """A missing description: whatever its embedding holds, the fused vector is the same; with
+    average, it is the present inputs' mean (not diluted by a zero)."""
+    net = _net(masks=True, level1_op=op, level2_op="concat", head="linear").eval()
+    b = _batch()
+    b["b:present"] = torch.tensor([1, 0, 1, 0, 1, 1, 0], dtype=torch.float32)
+    with torch.no_grad():
+        f1 = net(b)["features"]
+        f2 = net({**b, "b": b["b"] + 50})["features"]
+        miss = b["b:present"] == 0
+        torch.testing.assert_close(f1[miss], f2[miss])
+        assert not torch.allclose(f1[~miss], f2[~miss])
+        if op == "average":
+            a = net.l1_proj[0][0](b["a"])
+            torch.testing.assert_close(f1[miss][:, :a.shape[1]], a[miss])
+
+
+def test_modality_dropout_only_in_training_and_never_drops_every_input():
+    net = _net(modality_dropout=0.9, masks=True)
+    b = _batch(n=400)
+    b["a:present"] = torch.zeros(400)        # title missing everywhere: dropout must not empty a row
+    torch.manual_seed(0)
+    p = net.train()._presence(b, 400, "cpu")
+    assert (p.sum(1) > 0).all() and (p[:, 0] == 0).all()
+    assert 0.05 < float((p[:, 1:] == 0).float().mean()) < 0.95
+    assert torch.equal(net.eval()._presence(b, 400, "cpu")[:, 1:], torch.ones(400, 2))
+
+
+def test_input_present_reads_the_products():
+    from rakuten.second_level.fusion import input_present
+    df = pd.DataFrame({"title": ["a", "", " ", "b"], "description": ["", "x", "", None],
+                       "has_image": [True, False, True, True]})
+    assert input_present(df, "image", None).tolist() == [True, False, True, True]
+    assert input_present(df, "text", "title").tolist() == [True, False, False, True]
+    assert input_present(df, "text", "description").tolist() == [False, True, False, False]
+    assert input_present(df, "text", "text").tolist() == [True, True, False, True]
+
+
+def test_alignment_of_per_fold_standardised_features_is_exact():
+    """A frozen backbone's features standardised by each fold's statistics: the map is per dimension
+    and exact, though there are fewer anchor rows (50) than dimensions (80); the full ridge map
+    fitted on those rows is not exact on other rows, which is what cost the real data 0.03."""
+    from rakuten.second_level.fusion import apply_alignment, fit_alignment
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(300, 80)).astype(np.float32) * rng.uniform(0.1, 3, 80).astype(np.float32)
+    a = (f - f[:150].mean(0)) / f[:150].std(0)
+    b = (f - f[150:].mean(0)) / f[150:].std(0)
+    m = fit_alignment(a[:50], b[:50], 1e-3)
+    assert m[0].shape == (80,)
+    np.testing.assert_allclose(apply_alignment(a, m), b, atol=1e-4)
+
+
+def test_predict_fusion_reproduces_the_runs_predictions_from_the_kept_fold_model(synth_copy):
+    """What a fold keeps (models/fold<k>.pt) and predict_fusion give the run's test predictions
+    exactly, for the averaged test input too (the alignment maps are kept)."""
+    from rakuten.second_level.fusion import predict_fusion
+    cfg = cfg_of("fusion_baseline_concat", "name=kept", "fusion.residual=true", "fusion.masks=true",
+                 "test_input=averaged", "train.early_stopping=fixed", "train.epochs=5")
+    run_fusion(cfg, synth_copy, progress=False)
+    data = load_fusion_data(cfg, synth_copy)
+    exp = Experiment(synth_copy.oof_dir, "kept")
+    for k in (0, 3):
+        fitted = torch.load(exp.model_path(k, "pt"), weights_only=False)
+        outputs = {n: {j: (t.logits, t.embeddings) for j, t in data.inputs[n].test.items()} for n in fitted["inputs"]}
+        logits, _ = predict_fusion(cfg, fitted, outputs, data.test_present)
+        np.testing.assert_array_equal(logits, Predictions.load(exp.test_path(k)).logits)
+        assert any(m is not None for m in fitted["maps"]["text_tiny_text"].values())
+
+
+def test_inner_tuning_uses_training_rows_only(synth):
+    """Optuna on the inner split: the chosen parameters are recorded, and noise in fold k's rows
+    leaves fold k's model bit-identical."""
+    cfg = cfg_of("fusion_baseline_concat", "fusion.residual=true", "train.inner_trials=3", "train.epochs=8")
+    data = load_fusion_data(cfg, synth)
+    ref = fit_predict_fold(cfg, data, 1)
+    assert set(ref.info["params"]) == {"train.weight_decay", "train.lr", "fusion.modality_dropout"}
+    same = fit_predict_fold(cfg, _altered(data, np.flatnonzero(data.fold == 1), np.random.default_rng(0)), 1)
+    np.testing.assert_array_equal(ref.test.logits, same.test.logits)
+
+
+def test_late_lr_moves_the_residual_weights_and_bad_values_fail(synth):
+    """``train.late_lr`` gives the residual path's late-fusion weights their own step: with a large
+    one they leave the plain mean (1/3 each) further than with the correction's step."""
+    base = ("fusion.residual=true", "train.early_stopping=fixed", "train.epochs=4", "train.lr=1e-3")
+    data = load_fusion_data(cfg_of("fusion_hier_avg_avg", *base), synth)
+
+    def spread(*extra):
+        w = np.array(fit_predict_fold(cfg_of("fusion_hier_avg_avg", *base, *extra), data, 0).info["weights"])
+        return np.abs(w - 1 / 3).max()
+
+    assert spread("train.late_lr=0.3") > 5 * spread()
+    for bad in ("train.late_lr=-1", "fusion.modality_dropout=1.5", "train.inner_trials=-2"):
+        with pytest.raises(ConfigError):
+            fusion_config(cfg_of("fusion_hier_avg_avg", bad))
+
+
+# ------------------------------------------------------------------------------ export and re-predict
+FUSION_BUNDLE = """\
+name: fusion_bundle
+kind: fusion
+folds: {k: 3, seed: 42}
+fusion:
+  variant: hierarchical
+  text_groups: [[text_tiny_title, text_tiny_description]]
+  image: image_tiny
+  residual: true
+  masks: true
+  normalize: l2
+  modality_dropout: 0.2
+  head: dropout
+  dropout: 0.1
+train: {epochs: 6, early_stopping: fixed, lr: 0.01}
+test_input: averaged
+"""
+
+
+@pytest.mark.slow    # reads the tiny run of conftest.bundle_run (shared with test_bundle.py)
+def test_a_submitted_fusion_exports_and_repredicts_exactly(bundle_run, tmp_path):
+    """A run whose submission is a fusion (residual, masks, averaged test input: the kept alignment
+    maps and the products' missing inputs all take part) exports, and the bundle's fold models and
+    predict.py give the run's test predictions and its submission."""
+    from test_bundle import PRESET, _assert_reproduces_the_run, _test_ids, run
+
+    from rakuten.bundle import Bundle, read_products
+
+    _, wd0, _, _, _ = bundle_run
+    wd = tmp_path / "wd"
+    shutil.copytree(wd0, wd, ignore=shutil.ignore_patterns("submissions"))   # the fixture's run is shared
+    cfg = tmp_path / "fusion_bundle.yaml"
+    cfg.write_text(FUSION_BUNDLE)
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(PRESET.replace("submit: stack_lgbm", "submit: [stack_lgbm, fusion_bundle]"))
+    from rakuten.paths import Paths
+    from rakuten.second_level.api import load_fusion
+    run_fusion(load_fusion(str(cfg)), Paths.make(wd, wd / "data" / "demo"), progress=False)   # fuse.py's call
+    assert sorted(p.name for p in (wd / "oof" / "fusion_bundle" / "models").glob("fold*")) == \
+        ["fold0.pt", "fold1.pt", "fold2.pt"]
+    run("submit.py", "--exp", "fusion_bundle", "--workdir", wd)
+    run("export.py", "--preset", preset, "--workdir", wd, "--out", tmp_path / "bundle")
+    b = Bundle(tmp_path / "bundle")
+    assert b.manifest["submitted"] == "fusion_bundle"
+    assert set(b.manifest["members"]) == {"fusion_bundle", "text_tiny_title", "text_tiny_description", "image_tiny"}
+    data = wd / "data" / "demo"
+    prods = read_products(data / "X_test_update.csv", data / "image_test")
+    assert (~prods["has_description"]).any()       # the masks have missing inputs to leave out
+    _assert_reproduces_the_run(b, wd, prods, feature_keys=True)
+    out = tmp_path / "pred.csv"
+    run("predict.py", "--bundle", tmp_path / "bundle", "--input", data / "X_test_update.csv", "--images",
+        data / "image_test", "--out", out, "--no-progress")
+    sub = pd.read_csv(next((wd / "submissions").glob("fusion_bundle_cv*.csv")), index_col=0)
+    pred = pd.read_csv(out, index_col=0)
+    assert (sub["prdtypecode"].to_numpy() == pred["prdtypecode"].to_numpy()).all()
+    assert len(pred) == len(_test_ids(wd))

@@ -18,9 +18,10 @@ Layout::
     features/<exp>/config.json  a frozen backbone's extraction settings (weights: the offline packages)
 
 Supported members: TF-IDF models (with or without dense frozen features, or a fine-tuned member's
-per-fold embeddings), kNN (on TF-IDF, frozen features or a fine-tuned member's embeddings), fine-tuned text and image models, heads (MLP or logistic regression) on frozen features,
-and the stackers (lgbm, logreg, blend, caruana) over them. Fusion models are refused at export with a
-one-line reason: their embedding alignment is fitted on the run's own test rows.
+per-fold embeddings), kNN (on TF-IDF, frozen features or a fine-tuned member's embeddings), fine-tuned
+text and image models, heads (MLP or logistic regression) on frozen features, the stackers (lgbm,
+logreg, blend, caruana) over them, and the fusion models (each fold's kept network, statistics and
+alignment maps, predicted by ``second_level.fusion.predict_fusion``).
 
 A bundle holds no pickle: fold models are torch tensors, skops files of trusted types, or LightGBM
 text (``rakuten.safe_io``), and loading first checks every file against the manifest's SHA-256 list,
@@ -52,7 +53,7 @@ from rakuten.models.backbones import load_tokenizer
 from rakuten.models.registry import create_model
 from rakuten.paths import REPO_ROOT, Paths
 from rakuten.safe_io import (SAFE_SUFFIXES, UnsafeModelError, check_digests, file_digests, load_model, load_run_model,
-                             serialize_model, suffix_of)
+                             numpy_tree, serialize_model, suffix_of)
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,7 @@ def feature_source(cfg: dict) -> str | None:
 
 def _unsupported(meta: dict) -> str | None:
     kind = meta.get("kind")
-    if kind == "fusion":
-        return "fusion models are not exportable yet (their embedding alignment is fitted on the run's test rows)"
-    if kind not in ("stack", "unimodal"):
+    if kind not in ("stack", "unimodal", "fusion"):
         return f"kind {kind!r} is not exportable"
     return None
 
@@ -131,9 +130,8 @@ def _members(paths: Paths, name: str, out: dict) -> None:
     why = _unsupported(meta)
     if why:
         raise BundleError(f"{name}: {why}")
-    if meta.get("kind") == "stack":
-        for up in meta["config"]["stack"]["inputs"]:
-            _members(paths, up, out)
+    for up in _inputs(meta):
+        _members(paths, up, out)
     src = feature_source(meta["config"]) if meta.get("kind") == "unimodal" else None
     if src is not None and src != name and _finetuned(paths, src):
         _members(paths, src, out)   # its fold models give each fold of this member its embeddings
@@ -145,6 +143,15 @@ def _finetuned(paths: Paths, name: str) -> bool:
     e = Experiment(paths.oof_dir, name)
     cfg = e.read_meta().get("config", {}) if e.meta_path.exists() else {}
     return cfg.get("kind") in ("text", "image") and not cfg.get("model", {}).get("freeze_backbone")
+
+
+def _inputs(meta: dict) -> list[str]:
+    """The experiments a second-level model reads (none for a unimodal one)."""
+    if meta.get("kind") == "fusion":
+        # heavy: torch (the fusion networks), only for a bundle with a fusion
+        from rakuten.second_level.fusion import fusion_inputs
+        return fusion_inputs(meta["config"])[0]
+    return list(meta["config"]["stack"]["inputs"]) if meta.get("kind") == "stack" else []
 
 
 def _versions() -> dict:
@@ -254,7 +261,7 @@ def _write_bundle(paths: Paths, tmp: Path, top: str, sub: dict, members: dict, p
                 atomic_write_json(tmp / "features" / src / "config.json", scfg)
         entries[name] = {
             "kind": meta.get("kind"), "member_kind": cfg.get("kind"), "folds": folds, "files": files,
-            "inputs": list(cfg["stack"]["inputs"]) if meta.get("kind") == "stack" else [],
+            "inputs": _inputs(meta),
             "config_hash": meta.get("config_hash"), "fold_hash": meta.get("fold_hash"),
             "oof_scores": meta.get("oof"), "field": meta.get("field"), "features": src,
             # features from the fine-tuned member ``src``: fold k reads its fold-k model's embeddings
@@ -488,7 +495,12 @@ class Bundle:
                 models[k] = LGBMStacker.from_booster(obj)
                 continue
             state = obj
-            if "in_dim" in state:   # a head on frozen features
+            if entry["kind"] == "fusion":   # what fusion.fit_predict_fold kept, and its network
+                # heavy: torch (the fusion networks)
+                from rakuten.second_level.fusion import fusion_network
+                fitted = {key: v if key == "state_dict" else numpy_tree(v) for key, v in state.items()}
+                models[k] = {"fitted": fitted, "net": fusion_network(cfg, fitted)}
+            elif "in_dim" in state:   # a head on frozen features
                 head = create_model("head_mlp", cfg=dict(cfg.model), num_classes=NUM_CLASSES, in_dim=state["in_dim"])
                 head.load_state_dict(state["state_dict"])
                 models[k] = {"head": head.eval(), "mu": state["mu"], "sd": state["sd"]}
@@ -543,8 +555,8 @@ class Bundle:
         m = self.members[name]
         if m["kind"] == "stack":
             out = self._stack_logits(m, products, cache)
-        # a fusion member (m["kind"] == "fusion") is dispatched here, to fusion's own predict function,
-        # once export keeps what a fusion fits (refused by _unsupported until then)
+        elif m["kind"] == "fusion":
+            out = self._fusion_logits(m, products, cache)
         elif m["member_kind"] in ("tfidf", "knn"):
             out = self._classic_logits(m, products, cache)
         elif m.get("features"):
@@ -649,6 +661,58 @@ class Bundle:
             lp = [log_proba(fold_test_input(ups[u], k, cfg.test_input)) for u in cfg.stack.inputs]
             out[k] = stack_predict(m["models"][k], stack_inputs(cfg, lp, meta))
         return out
+
+    def _fusion_logits(self, m: dict, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+        """A fusion's fold models through ``predict_fusion``, the function the run predicted with, on
+        its inputs' fold outputs and the products' title/description/image presence."""
+        # heavy: torch (the fusion networks)
+        from rakuten.second_level.fusion import fusion_config, fusion_net_class, input_present, predict_fusion
+
+        cfg = fusion_config(m["cfg"])
+        specs = fusion_net_class(cfg.fusion.variant).inputs(cfg.fusion)
+        needs_emb = {n for n, f in specs if f == "embeddings"}
+        outputs = {}
+        for n in m["inputs"]:
+            emb = self._fold_embeddings(n, products, cache) if n in needs_emb else {}
+            logits = self._fold_logits(n, products, cache)
+            outputs[n] = {j: (logits[j], emb.get(j)) for j in logits}
+        out = {}
+        for k in m["folds"]:
+            fitted = m["models"][k]["fitted"]
+            present = {n: input_present(products, v["modality"], v["field"]) for n, v in fitted["inputs"].items()}
+            out[k] = predict_fusion(cfg, fitted, outputs, present, net=m["models"][k]["net"])[0]
+        return out
+
+    def _fold_embeddings(self, name: str, products: pd.DataFrame, cache: dict) -> dict[int, np.ndarray]:
+        """{fold: embeddings [n, D]} of a unimodal member, the ``embeddings`` its fold wrote: the frozen
+        features (logistic-regression head), the head's embedding, or the fine-tuned model's."""
+        key = ("embeddings", name)
+        if key in cache:
+            return cache[key]
+        m = self.members[name]
+        out = {}
+        if m.get("features"):
+            # heavy: the training modules load torch
+            from rakuten.training.engine import Engine
+            from rakuten.training.inputs import FeatureDataset, RowSubset
+            from rakuten.training.loaders import make_loader
+            f = self._features(m["features"], products, cache)
+            for k in m["folds"]:
+                obj = m["models"][k]
+                if "clf" in obj:   # logreg: its fold wrote the frozen features themselves
+                    out[k] = f
+                    continue
+                z = (f - obj["mu"]) / obj["sd"]
+                engine = Engine(obj["head"], None, device=self.device, precision=m["cfg"].train.precision, progress=False)
+                loader, _ = make_loader(RowSubset(FeatureDataset(z), np.arange(len(z)), None), m["cfg"], False, None)
+                out[k] = engine.predict(loader)[1]
+        else:
+            both = {k: self._torch_run(m["cfg"], m["models"][k], products, m["models"].get("tokenizer"))
+                    for k in m["folds"]}
+            out = {k: v[1] for k, v in both.items()}
+            cache.setdefault(name, {k: np.asarray(v[0], dtype=np.float32) for k, v in both.items()})
+        cache[key] = {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+        return cache[key]
 
     def close(self) -> None:
         """Free the decoded images of the last predict call."""

@@ -200,6 +200,9 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.warmup_ratio": (0, 1, True, True),
     "train.patience": (1, _INF, True, True),
     "train.inner_frac": (0, 1, True, False),
+    "train.inner_trials": (0, _INF, True, True),     # fusion: Optuna trials per fold on the inner split
+    "train.late_lr": (0, _INF, False, True),         # fusion: step of the residual path's late weights
+    "fusion.modality_dropout": (0, 1, True, False),
     "train.grad_accum": (1, _INF, True, True),
     "train.clip_grad": (0, _INF, True, True),
     "train.balanced_power": (0, _INF, True, True),

@@ -100,6 +100,14 @@ FUSION_DEFAULTS: dict = {
         "head": "linear",            # linear | dropout | mlp
         "dropout": 0.0,
         "hidden": 256,               # mlp head
+        # hierarchical / baseline (see models/fusion_nets.py): per-row scaling of each standardised
+        # embedding before fusing (none | l2 | layernorm); leave missing title/description/image out
+        # (masks, from the dataset); drop present inputs in training; start from the late fusion of
+        # the inputs' logits and learn a correction from the embeddings (residual)
+        "normalize": "none",
+        "masks": False,
+        "modality_dropout": 0.0,
+        "residual": False,
     },
     "train": {
         "epochs": 100,
@@ -114,6 +122,10 @@ FUSION_DEFAULTS: dict = {
         "class_weight_power": 0.0,   # loss weight (1 / class frequency) ** power
         "seed": 42,
         "num_threads": 1,            # tiny networks: more intra-op threads only add sync overhead
+        # Optuna trials per fold over the regularisation (fusion.TUNED_SPACE), each fitted on the inner
+        # split's fit rows and scored on its held-out rows (training rows only); 0: the config as is
+        "inner_trials": 0,
+        "late_lr": None,             # residual: learning rate of the late-fusion weights (null: train.lr)
     },
     # per_fold | averaged (see second_level/fusion.py); the stacker's is at the same path
     "test_input": "per_fold",

@@ -88,13 +88,35 @@ def _skops_ready(obj):
     return fix(obj)
 
 
-def _torch_ready(state: dict) -> dict:
-    """numpy arrays (a head's ``mu``/``sd``) as tensors: ``weights_only`` loading reads tensors and
-    plain containers, not numpy's pickled arrays."""
+def _torch_ready(obj):
+    """numpy arrays at any depth (a head's ``mu``/``sd``, a fusion fold's statistics and alignment
+    maps) as tensors and numpy scalars as Python numbers: ``weights_only`` loading reads tensors and
+    plain containers, not numpy's pickled objects."""
     # heavy: torch
     import torch
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in state.items()}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _torch_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_torch_ready(v) for v in obj)
+    return obj
+
+
+def numpy_tree(obj):
+    """Tensors at any depth back as numpy arrays (what ``_torch_ready`` turned into tensors), for a
+    kept artifact that predicts with numpy (a fusion fold's statistics and maps)."""
+    # heavy: torch
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: numpy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(numpy_tree(v) for v in obj)
+    return obj
 
 
 def serialize_model(obj, torch_weights: bool = False) -> tuple[str, bytes]:
@@ -220,4 +242,4 @@ def check_digests(root: str | Path, digests: dict[str, str], skip: tuple[str, ..
 
 
 __all__ = ["LEGACY_SUFFIX", "SAFE_SUFFIXES", "TRUSTED_TYPES", "ModelFileError", "UnsafeModelError", "check_digests",
-           "file_digests", "load_model", "load_run_model", "serialize_model", "sha256", "suffix_of"]
+           "file_digests", "load_model", "load_run_model", "numpy_tree", "serialize_model", "sha256", "suffix_of"]
