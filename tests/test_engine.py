@@ -387,3 +387,27 @@ def test_progress_bar_with_and_without_tqdm(monkeypatch):
         eng = make_engine(MLP(), progress=True, log_every=1)
         assert np.isfinite(eng.train_epoch(loader(ds, bs=16), 0)["loss"])
         assert eng.predict(DataLoader(ds, batch_size=16))[0].shape == (64, 4)
+
+
+def test_head_lr_gives_the_new_head_its_own_rate():
+    """train.head_lr: the parameters outside ``backbone_parameters`` (the new head) train at head_lr,
+    the pretrained encoder at lr; without it every parameter shares lr (the loop once ignored it,
+    so a fine-tuned model's random head crawled at the encoder's 1e-5..1e-4)."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+            self.classifier = torch.nn.Linear(4, 3)
+
+        def backbone_parameters(self):
+            return self.encoder.parameters()
+
+    net = Net()
+    opt = make_optimizer(net, lr=1e-5, weight_decay=0.01, head_lr=1e-3)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert {lr_of[id(p)] for p in net.encoder.parameters()} == {1e-5}
+    assert {lr_of[id(p)] for p in net.classifier.parameters()} == {1e-3}
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(net.classifier.weight) in decayed and id(net.classifier.bias) not in decayed
+    plain = make_optimizer(net, lr=1e-5, weight_decay=0.01)
+    assert {g["lr"] for g in plain.param_groups} == {1e-5} and len(plain.param_groups) == 2

@@ -92,6 +92,10 @@ class ImageClassifier(nn.Module):
         self.dropout = nn.Dropout(float(cfg.get("dropout", _M["dropout"])))
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
+    def backbone_parameters(self):
+        """The pretrained encoder's parameters (``train.head_lr`` gives the rest its own rate)."""
+        return self.encoder.parameters()
+
     def forward(self, batch: dict) -> dict:
         """batch ``image`` [B, 3, H, W] -> ``logits`` [B, C], ``embeddings`` [B, D] (the pooled features)."""
         emb = self.encoder(batch["image"])          # image: float [B, 3, H, W] (normalised on device) -> [B, D]

@@ -140,37 +140,48 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
 
 # ---------------------------------------------------------------------------- optimiser & schedule
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; biases and every 1-d parameter (norm scales) without.
+def param_groups(model: nn.Module, weight_decay: float, head_lr: float | None = None) -> list[dict]:
+    """Weights with decay; biases and every 1-d parameter (norm scales) without.
 
     Decaying a LayerNorm/BatchNorm scale pulls it towards 0, i.e. towards switching the layer off;
     decaying a bias has no regularising effect worth having. Frozen parameters are left out.
+    ``head_lr`` (``train.head_lr``): for a model that names its pretrained part
+    (``backbone_parameters``), everything else (the new head, randomly initialised) gets its own
+    groups at this learning rate, the backbone keeping the optimiser's. Without it, two groups.
     """
-    decay, no_decay = [], []
+    backbone = set()
+    if head_lr is not None and hasattr(model, "backbone_parameters"):
+        backbone = {id(p) for p in model.backbone_parameters()}
+    buckets: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        head = bool(backbone) and id(p) not in backbone
+        decay = not (p.ndim <= 1 or name.endswith(".bias"))
+        buckets.setdefault((head, decay), []).append(p)
     groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    for head in (False, True):
+        for decay in (True, False):
+            if buckets.get((head, decay)):
+                g = {"params": buckets[(head, decay)], "weight_decay": weight_decay if decay else 0.0}
+                if head:
+                    g["lr"] = float(head_lr)
+                groups.append(g)
     return groups
 
 
 def make_optimizer(model: nn.Module, name: str = "adamw", lr: float = 3e-5, weight_decay: float = 0.01,
                    betas: tuple[float, float] = (0.9, 0.999), fused: bool | str = "auto",
                    device: torch.device | str | None = None, eps: float = 1e-8,
-                   momentum: float = 0.9) -> torch.optim.Optimizer:
-    """AdamW (default) or SGD over :func:`param_groups`.
+                   momentum: float = 0.9, head_lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD over :func:`param_groups` (``head_lr``: the new head's learning rate).
 
     ``fused="auto"`` uses the single-kernel fused AdamW when the model trains on CUDA: ``device`` if
     given, else the parameters' device, else (parameters still on the CPU of a CUDA machine) CUDA,
     since ``Engine(device="auto")`` is about to move them there. ``Engine`` moves the model in place,
     so the parameter objects the optimiser holds stay the same.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, head_lr)
     if device is None:
         p0 = next((p for g in groups for p in g["params"]), None)
         device = p0.device if p0 is not None else torch.device("cpu")

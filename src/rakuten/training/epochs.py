@@ -62,7 +62,8 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
             model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None,
             find_unused_parameters=bool(t.get("ddp_find_unused_parameters", False)))
     criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES).to(device)
-    optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay))
+    optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay),
+                               head_lr=None if t.head_lr is None else float(t.head_lr))
     steps = math.ceil(len(train_loader) / int(t.grad_accum)) * int(t.epochs)
     scheduler = make_scheduler(optimizer, steps, warmup_ratio=float(t.warmup_ratio), kind=t.scheduler)
     engine = Engine(net, criterion, optimizer, scheduler, device=device, precision=t.precision,
