@@ -73,7 +73,7 @@ def member_config(name: str, base: str, overrides: list[str]):
 
 
 def done_folds(exp: Experiment, folds: list[int]) -> list[int]:
-    meta = exp.read_meta() if exp.meta_path().exists() else {}
+    meta = exp.read_meta() if exp.meta_path.exists() else {}
     return [k for k in folds if str(k) in (meta.get("folds") or {})
             and exp.oof_path(k).exists() and exp.test_path(k).exists()]
 
@@ -133,6 +133,68 @@ def run_stacks(paths: Paths, ds, y_test, data_name: str) -> list[dict]:
     return rows
 
 
+# e5-small fine-tuning variants timed per training step: (base config, overrides, only the word
+# embeddings frozen: the probe's own switch, since their AdamW update over a 250k-token vocabulary
+# is a large part of a CPU step and freeze_layers=0 freezes nothing)
+STEP_VARIANTS = {
+    "end to end, 32 tokens": ("text_e5_text_ft", [], False),
+    "end to end, 24 tokens": ("text_e5_text_ft", ["data.max_len=24"], False),
+    "embeddings frozen, 32 tokens": ("text_e5_text_ft", [], True),
+    "top 4 layers, 32 tokens": ("text_e5_text_ft_top4", [], False),
+    "top 2 layers, 32 tokens": ("text_e5_text_ft", ["model.freeze_layers=10"], False),
+}
+
+
+def step_cost(data: Path, steps: int = 3) -> dict:
+    """CPU seconds (process time, all threads: what a busy machine does not inflate much) and wall
+    seconds of one training step (forward, backward, AdamW) of ``batch_size`` real titles, and of
+    one forward-only batch, for each e5 fine-tuning variant: the project's model factory,
+    tokenizer, optimiser and loss. The first step is a warm-up and is not counted."""
+    import pandas as pd
+    import torch
+
+    from rakuten.models.backbones import load_tokenizer
+    from rakuten.models.registry import create_model
+    from rakuten.training.engine import make_optimizer
+    from rakuten.training.losses import make_loss
+
+    texts = pd.read_csv(data / "X_train_update.csv", index_col=0)["designation"].fillna("").tolist()
+    out = {}
+    for label, (base, ov, embeddings_only) in STEP_VARIANTS.items():
+        cfg = member_config(base, base, ov)
+        torch.manual_seed(0)
+        tok = load_tokenizer(cfg.model.backbone)
+        model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES, tokenizer=tok).train()
+        if embeddings_only:
+            for p in model.encoder.embeddings.parameters():
+                p.requires_grad_(False)
+        opt = make_optimizer(model, lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay))
+        crit = make_loss(cfg.loss, np.zeros(1, np.int64), NUM_CLASSES)
+        b = int(cfg.train.batch_size)
+        cpu, wall = [], []
+        for i in range(steps + 1):
+            enc = tok([cfg.data.prefix + t for t in texts[i * b:(i + 1) * b]], truncation=True,
+                      max_length=int(cfg.data.max_len), padding=True, return_tensors="pt")
+            y = torch.arange(b) % NUM_CLASSES
+            c0, w0 = time.process_time(), time.time()
+            loss = crit(model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})["logits"], y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i:
+                cpu.append(time.process_time() - c0)
+                wall.append(time.time() - w0)
+        model.eval()
+        c0 = time.process_time()
+        with torch.no_grad():
+            model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        out[label] = {"train_step_cpu_s": round(float(np.median(cpu)), 2), "train_step_wall_s": round(float(np.median(wall)), 2),
+                      "forward_cpu_s": round(time.process_time() - c0, 2), "tokens": int(enc["input_ids"].shape[1]),
+                      "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
+        print(label, out[label], flush=True)
+    return out
+
+
 def ds_folds(paths: Paths) -> list[int]:
     import pandas as pd
     f = sorted(paths.folds_dir.glob("folds_k*_seed*.csv"))[0]
@@ -162,6 +224,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma list of member names to train (default: all)")
     ap.add_argument("--score-only", action="store_true", help="train nothing; score the finished folds")
     ap.add_argument("--stack", action="store_true", help="also the stacks with and without the fine-tuned member")
+    ap.add_argument("--step-cost", action="store_true", help="time one training step of each e5 fine-tuning variant and stop")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     setup_logging(False)
@@ -172,6 +235,13 @@ def main(argv=None) -> int:
     from rakuten.training.fold_data import FoldData
 
     data = args.data.resolve()
+    if args.step_cost:
+        res = {"data": data.name, "date": str(date.today()), "cpu_count": os.cpu_count(),
+               "load_average": os.getloadavg(), "step_cost": step_cost(data)}
+        out = args.out or RESULTS / f"finetune_real_{data.name}_stepcost_{res['date']}.json"
+        out.write_text(json.dumps(res, indent=2))
+        print(f"wrote {out}")
+        return 0
     paths = Paths.make(args.workdir, data)
     ds = load_dataset(paths)
     y_test = test_labels(data, ds)
@@ -191,6 +261,15 @@ def main(argv=None) -> int:
            "cpu_count": os.cpu_count(), "note": "2 CPU cores shared with several other jobs (load 5-10): "
            "times are about 2-5x those of free cores", "folds": folds, "run_seconds": timings,
            "members": [score_member(n, paths, ds, y_test, folds) for n, _, _ in members]}
+    missing = {r["member"]: sorted(set(folds) - set(r["folds_done"])) for r in res["members"]
+               if set(r["folds_done"]) != set(folds)}
+    res["partial"] = bool(missing)
+    res["folds_missing"] = missing   # not finished when this file was written
+    # every member again on the folds the fine-tuned one finished: the like-for-like comparison
+    ft = next((r for r in res["members"] if r["member"].endswith("_ft") and r["folds_done"]), None)
+    if ft and ft["folds_done"] != folds:
+        res["same_folds_as_ft"] = {"folds": ft["folds_done"], "members": [
+            score_member(n, paths, ds, y_test, ft["folds_done"]) for n, _, _ in members]}
     weighted = [(n, b, ov) for n, b, ov in members if any(o.startswith("loss.class_weight_power") for o in ov)]
     if weighted:
         n, b, ov = weighted[0]
@@ -204,6 +283,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(markdown(res))
+    if "same_folds_as_ft" in res:
+        print(f"\non the fine-tuned member's finished folds {res['same_folds_as_ft']['folds']}:")
+        print(markdown({"members": res["same_folds_as_ft"]["members"]}))
     print(f"wrote {out}")
     return 0
 
