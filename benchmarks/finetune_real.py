@@ -68,6 +68,8 @@ STACK_CONFIGS = ["stack_cpu_blend", "stack_cpu_logreg"]
 
 
 def member_config(name: str, base: str, overrides: list[str]):
+    """A member's config: ``base`` under the name ``name`` (a variant), with ``overrides``."""
+    # local, as in real_ablations.py: the experiment loader is only needed once the data is known
     from rakuten.experiment import load_experiment
     return load_experiment(base, overrides + ([f"name={name}"] if name != base else []))
 
@@ -103,6 +105,7 @@ def score_member(name: str, paths: Paths, ds, y_test, folds: list[int]) -> dict:
 def weight_spread(cfg, paths: Paths, fd, folds: list[int], power: float) -> dict:
     """max/min of the class weights each fold's loss gets (its fit rows after the inner split):
     1.0 means the weighted loss is plain cross-entropy on that fold."""
+    # local: only runs that have a weighted member need it
     from rakuten.folds import inner_split
     y = fd.train["label"].to_numpy(np.int64)
     out = {}
@@ -115,6 +118,8 @@ def weight_spread(cfg, paths: Paths, fd, folds: list[int], power: float) -> dict
 
 
 def run_stacks(paths: Paths, ds, y_test, data_name: str) -> list[dict]:
+    """The cpu preset's blend and LR stacks over the image members, with and without the fine-tuned one."""
+    # heavy: scikit-learn and LightGBM, only with --stack
     from rakuten.second_level.api import load_stack, run_second_level
     rows = []
     for label, inputs in STACKS.get(data_name, {}).items():
@@ -150,6 +155,7 @@ def step_cost(data: Path, steps: int = 3) -> dict:
     seconds of one training step (forward, backward, AdamW) of ``batch_size`` real titles, and of
     one forward-only batch, for each e5 fine-tuning variant: the project's model factory,
     tokenizer, optimiser and loss. The first step is a warm-up and is not counted."""
+    # heavy: torch and transformers, only with --step-cost
     import pandas as pd
     import torch
 
@@ -196,7 +202,8 @@ def step_cost(data: Path, steps: int = 3) -> dict:
 
 
 def ds_folds(paths: Paths) -> list[int]:
-    import pandas as pd
+    """The fold ids of the workdir's fold file."""
+    import pandas as pd  # local: only the stacks need it
     f = sorted(paths.folds_dir.glob("folds_k*_seed*.csv"))[0]
     return sorted(pd.read_csv(f)["fold"].unique().tolist())
 
@@ -229,6 +236,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup_logging(False)
     quiet_progress(True)
+    # heavy: pandas and torch, loaded after the arguments are checked
     from rakuten.data.prepared import data_fingerprint, load_dataset, resolve_data_dir
     from rakuten.lineage import fold_file
     from rakuten.training.fold import run_fold
@@ -277,6 +285,9 @@ def main(argv=None) -> int:
         fpath, folds_df, fhash = fold_file(paths, cfg)
         fd = FoldData(ds.train, ds.test, folds_df, fpath, fhash, data_fingerprint(resolve_data_dir(paths)))
         res["class_weight_max_over_min"] = weight_spread(cfg, paths, fd, folds, float(cfg.loss.class_weight_power))
+        if all(v == 1.0 for v in res["class_weight_max_over_min"].values()):
+            res["class_weight_note"] = (f"{n}: every fold's class weights are equal (a balanced training set), so "
+                                        "its loss is plain cross-entropy; it needs no run of its own here")
     if args.stack:
         res["stacks"] = run_stacks(paths, ds, y_test, data.name)
     out = args.out or RESULTS / f"finetune_real_{data.name}_{res['date']}.json"
