@@ -197,3 +197,23 @@ def test_focal_reduces_easy_example_loss():
     easy, hard = fl(logits[:1], target[:1]), fl(logits[1:], target[1:])
     assert easy / ce[0] < hard / ce[1]
     assert make_loss({"name": "ce", "label_smoothing": 0.1}, [0, 1], 2)(logits, target) > 0
+
+
+def test_freeze_layers_trains_only_the_upper_layers(tokenizer):
+    """model.freeze_layers=1 on a 2-layer encoder: a step moves layer 1 and the head, never the
+    embeddings or layer 0; the optimiser is given no frozen parameter."""
+    from rakuten.training.engine import param_groups
+    torch.manual_seed(0)
+    model = create_model("text_mean", num_classes=NUM_CLASSES, tokenizer=tokenizer,
+                         cfg={"backbone": "tiny:bert", "max_len": 16, "freeze_layers": 1})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for g in param_groups(model, 0.0) for p in g["params"]], lr=1.0)
+    model(_text_batch(tokenizer))["logits"].logsumexp(1).sum().backward()
+    opt.step()
+    moved = {k for k, v in model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])}
+    assert moved and not any(k.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.")) for k in moved)
+    assert any(k.startswith("encoder.encoder.layer.1.") for k in moved) and "classifier.weight" in moved
+    from rakuten.errors import RakutenError
+    with pytest.raises(RakutenError, match="has 2 layers"):
+        create_model("text_mean", num_classes=NUM_CLASSES, tokenizer=tokenizer,
+                     cfg={"backbone": "tiny:bert", "max_len": 16, "freeze_layers": 3})

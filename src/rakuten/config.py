@@ -216,6 +216,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "data.packing": (0, _INF, True, True),
     "model.dropout": (0, 1, True, False),
     "model.head_hidden": (0, _INF, True, True),
+    "model.freeze_layers": (0, _INF, True, True),
     "model.tokenizer_vocab": (1, _INF, True, True),
     "model.head_C": (0, _INF, False, True),
     "loss.class_weight_power": (0, _INF, True, True),

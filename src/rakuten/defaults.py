@@ -29,6 +29,7 @@ EXPERIMENT_DEFAULTS: dict = {
         "pretrained": True,
         "dropout": 0.1,
         "freeze_backbone": False,   # feature-extraction mode: cached embeddings, head-only training
+        "freeze_layers": 0,         # fine-tuning a text encoder: its embeddings and lower N layers stay fixed
         "head_hidden": 0,
         "tokenizer_vocab": 8000,    # tiny:* only
         "grad_checkpointing": False,

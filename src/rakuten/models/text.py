@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rakuten.defaults import EXPERIMENT_DEFAULTS
+from rakuten.errors import RakutenError
 from rakuten.models.backbones import load_text_backbone
 from rakuten.models.encoder_kwargs import encoder_kwargs
 from rakuten.models.packing import is_packed, packed_states
@@ -46,6 +47,7 @@ class TextClassifier(nn.Module):
             # BERT/CamemBERT's pooler is never used by these heads: dropping it saves its weights and
             # keeps DDP from waiting for gradients that never come.
             self.encoder.pooler = None
+        freeze_lower_layers(self.encoder, int(cfg.get("freeze_layers", _M["freeze_layers"]) or 0))
         if cfg.get("grad_checkpointing", _M["grad_checkpointing"]) and hasattr(self.encoder, "gradient_checkpointing_enable"):
             self.encoder.gradient_checkpointing_enable()
         hidden = _hidden_size(self.encoder.config)
@@ -89,6 +91,26 @@ class TextClassifier(nn.Module):
     def backbone_parameters(self):
         """The encoder's parameters (a lower learning rate may apply to them)."""
         return self.encoder.parameters()
+
+
+def freeze_lower_layers(encoder: nn.Module, n: int) -> None:
+    """Fix the token embeddings and the lower ``n`` transformer layers of a BERT-layout encoder
+    (BERT, RoBERTa/CamemBERT, E5): only the upper layers and the head train.
+
+    On 2 CPU cores the backward pass through the lower layers is most of a step's cost; nothing below
+    the first trainable layer needs a gradient, so autograd stores no activations for it.
+    """
+    if n <= 0:
+        return
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if getattr(encoder, "embeddings", None) is None or layers is None:
+        raise RakutenError(f"model.freeze_layers: {type(encoder).__name__} has no BERT-style "
+                           f"embeddings + encoder.layer; set model.freeze_layers=0")
+    if n > len(layers):
+        raise RakutenError(f"model.freeze_layers={n}, but the encoder has {len(layers)} layers")
+    for module in [encoder.embeddings, *layers[:n]]:
+        for p in module.parameters():
+            p.requires_grad_(False)
 
 
 def _hidden_size(config) -> int:
