@@ -408,14 +408,15 @@ def test_alignment_of_per_fold_standardised_features_is_exact():
 def test_predict_fusion_reproduces_the_runs_predictions_from_the_kept_fold_model(synth_copy):
     """What a fold keeps (models/fold<k>.pt) and predict_fusion give the run's test predictions
     exactly, for the averaged test input too (the alignment maps are kept)."""
+    from rakuten.safe_io import load_model
     from rakuten.second_level.fusion import predict_fusion
     cfg = cfg_of("fusion_baseline_concat", "name=kept", "fusion.residual=true", "fusion.masks=true",
-                 "test_input=averaged", "train.early_stopping=fixed", "train.epochs=5")
+                 "test_input=averaged", "train.early_stop=fixed", "train.epochs=5")
     run_fusion(cfg, synth_copy, progress=False)
     data = load_fusion_data(cfg, synth_copy)
     exp = Experiment(synth_copy.oof_dir, "kept")
     for k in (0, 3):
-        fitted = torch.load(exp.model_path(k, "pt"), weights_only=False)
+        fitted = load_model(exp.model_path(k, "pt"))   # as a bundle reads it: weights only
         outputs = {n: {j: (t.logits, t.embeddings) for j, t in data.inputs[n].test.items()} for n in fitted["inputs"]}
         logits, _ = predict_fusion(cfg, fitted, outputs, data.test_present)
         np.testing.assert_array_equal(logits, Predictions.load(exp.test_path(k)).logits)
@@ -436,7 +437,7 @@ def test_inner_tuning_uses_training_rows_only(synth):
 def test_late_lr_moves_the_residual_weights_and_bad_values_fail(synth):
     """``train.late_lr`` gives the residual path's late-fusion weights their own step: with a large
     one they leave the plain mean (1/3 each) further than with the correction's step."""
-    base = ("fusion.residual=true", "train.early_stopping=fixed", "train.epochs=4", "train.lr=1e-3")
+    base = ("fusion.residual=true", "train.early_stop=fixed", "train.epochs=4", "train.lr=1e-3")
     data = load_fusion_data(cfg_of("fusion_hier_avg_avg", *base), synth)
 
     def spread(*extra):
@@ -464,7 +465,7 @@ fusion:
   modality_dropout: 0.2
   head: dropout
   dropout: 0.1
-train: {epochs: 6, early_stopping: fixed, lr: 0.01}
+train: {epochs: 6, early_stop: fixed, lr: 0.01}
 test_input: averaged
 """
 

@@ -53,7 +53,7 @@ from rakuten.models.backbones import load_tokenizer
 from rakuten.models.registry import create_model
 from rakuten.paths import REPO_ROOT, Paths
 from rakuten.safe_io import (SAFE_SUFFIXES, UnsafeModelError, check_digests, file_digests, load_model, load_run_model,
-                             numpy_tree, serialize_model, suffix_of)
+                             serialize_model, suffix_of)
 from rakuten.training.fold_data import field_texts
 
 log = logging.getLogger(__name__)
@@ -368,8 +368,8 @@ def _check_manifest(m: dict, mpath: Path) -> None:
         ins = e.get("inputs") or []
         if not isinstance(ins, list) or not all(isinstance(u, str) and u in members for u in ins):
             bad(f"member {name!r}: an input is not a member")
-        if e.get("kind") not in ("stack", "unimodal") or not isinstance(e.get("member_kind"), str):
-            bad(f"member {name!r}: kind must be stack or unimodal, with a member_kind")
+        if e.get("kind") not in ("stack", "fusion", "unimodal") or not isinstance(e.get("member_kind"), str):
+            bad(f"member {name!r}: kind must be stack, fusion or unimodal, with a member_kind")
 
 
 class SharedRows:
@@ -498,8 +498,7 @@ class Bundle:
             if entry["kind"] == "fusion":   # what fusion.fit_predict_fold kept, and its network
                 # heavy: torch (the fusion networks)
                 from rakuten.second_level.fusion import fusion_network
-                fitted = {key: v if key == "state_dict" else numpy_tree(v) for key, v in state.items()}
-                models[k] = {"fitted": fitted, "net": fusion_network(cfg, fitted)}
+                models[k] = {"fitted": state, "net": fusion_network(cfg, state)}
             elif "in_dim" in state:   # a head on frozen features
                 head = create_model("head_mlp", cfg=dict(cfg.model), num_classes=NUM_CLASSES, in_dim=state["in_dim"])
                 head.load_state_dict(state["state_dict"])

@@ -140,7 +140,7 @@ def load_model(path: str | Path):
     """Read a model file written by ``serialize_model``, never running code from it: a pickle
     (``.joblib`` or any other suffix), a torch file holding more than tensors, or a ``.skops`` file
     naming a type outside ``TRUSTED_TYPES`` raise ``UnsafeModelError``; a missing or truncated file
-    ``ModelFileError``. Returns the torch dict (``mu``/``sd`` as numpy), the ``lightgbm.Booster``, or
+    ``ModelFileError``. Returns the torch dict (arrays outside ``state_dict`` as numpy), the ``lightgbm.Booster``, or
     the scikit-learn object."""
     path = Path(path)
     suffix = suffix_of(path)
@@ -159,7 +159,9 @@ def load_model(path: str | Path):
                                    f"({str(e).strip().splitlines()[0][:200]})") from None
         if not isinstance(state, dict):
             raise UnsafeModelError(f"{path}: holds a {type(state).__name__}, not a dict of weights")
-        return {k: v.numpy() if k in ("mu", "sd") and isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        # every array outside a network's state_dict back to numpy (a head's mu/sd, a fusion fold's
+        # statistics and alignment maps), as serialize_model was given them
+        return {k: v if k == "state_dict" else numpy_tree(v) for k, v in state.items()}
     if suffix == ".lgbm.txt":
         # heavy: LightGBM
         import lightgbm as lgb
