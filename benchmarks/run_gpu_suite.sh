@@ -102,7 +102,7 @@ preset_step() {
   fi
   local missing
   missing=$("$PY" - <<'PYEOF'
-import importlib
+import importlib.util
 need = ["yaml", "pandas", "sklearn", "scipy", "lightgbm", "optuna", "sqlalchemy", "timm", "transformers", "PIL"]
 print(" ".join(m for m in need if importlib.util.find_spec(m) is None))
 PYEOF

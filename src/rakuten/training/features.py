@@ -12,6 +12,7 @@ import numpy as np
 from rakuten.artifacts import Experiment, atomic_save_npz
 from rakuten.errors import RakutenError
 from rakuten.paths import Paths
+from rakuten.safe_io import load_model
 from rakuten.training.engine import resolve_device
 from rakuten.training.fold_data import FoldData
 from rakuten.training.inputs import build_inputs_and_model
@@ -83,13 +84,9 @@ def finetuned_features(name: str, cfg, paths: Paths, fd: FoldData, fold: int, pr
         except Exception as e:
             log.warning("feature cache %s unusable (%s); recomputing", path, e)
     inputs, model = build_inputs_and_model(cfg, paths, fd)
-    model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=False)["state_dict"])
+    model.load_state_dict(load_model(model_file)["state_dict"])   # the fold's saved weights, weights only
     device = resolve_device(cfg.train.device)
-    engine = Engine(model.eval().to(device), None, device=device, precision=cfg.train.precision,
-                    batch_transform=inputs.batch_transform, channels_last=bool(cfg.train.channels_last),
-                    progress=progress)
-    loader, _ = make_loader(RowSubset(inputs.dataset, np.arange(n), None), cfg, False, inputs.collate,
-                            None if inputs.lengths is None else inputs.lengths)
-    _, emb = engine.predict(loader)
+    # the path a bundle computes this member's embeddings through (predict_rows, the config's views)
+    _, emb = predict_rows(eval_engine(model.eval(), cfg, inputs, device, progress), cfg, inputs, np.arange(n))
     atomic_save_npz(path, features=emb.astype(np.float32))
     return emb
