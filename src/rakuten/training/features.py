@@ -33,6 +33,19 @@ def frozen_feature_key(cfg, fd: FoldData, view: str = "identity") -> str:
                          f"{'' if view == 'identity' else '|' + view}".encode()).hexdigest()[:12]
 
 
+def _cached_features(path, n: int) -> np.ndarray | None:
+    """The cached embeddings at ``path`` when they hold ``n`` rows, else None (absent, another
+    dataset's, or unreadable: logged, then recomputed by the caller)."""
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                if len(z["features"]) == n:
+                    return z["features"]
+        except Exception as e:
+            log.warning("feature cache %s unusable (%s); recomputing", path, e)
+    return None
+
+
 def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view: str = "identity") -> np.ndarray:
     """Backbone embeddings of every train+test row, computed once and cached (thesis 5.6.2); ``view``
     is a test-time view of the images (``predict.tta``), cached separately."""
@@ -41,13 +54,9 @@ def frozen_features(cfg, paths: Paths, fd: FoldData, progress: bool = True, view
     key = frozen_feature_key(cfg, fd, view)
     path = paths.cache_dir / "features" / f"{cfg.kind}_{key}.npz"
     n = len(fd.train) + len(fd.test)
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                if len(z["features"]) == n:
-                    return z["features"]
-        except Exception as e:
-            log.warning("feature cache %s unusable (%s); recomputing", path, e)
+    cached = _cached_features(path, n)
+    if cached is not None:
+        return cached
     inputs, model = build_inputs_and_model(cfg, paths, fd, frozen_backbone=True)
     if view != "identity" and not hasattr(inputs.batch_transform, "view"):
         raise RakutenError(f"{cfg.name}: test-time view {view!r} needs an image model")
@@ -76,13 +85,9 @@ def finetuned_features(name: str, cfg, paths: Paths, fd: FoldData, fold: int, pr
     stamp = hashlib.sha256(exp.test_path(fold).read_bytes()).hexdigest()[:12]   # changes when the fold is retrained
     path = paths.cache_dir / "features" / f"finetuned_{name}_fold{fold}_{stamp}_{fd.content_key}.npz"
     n = len(fd.train) + len(fd.test)
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                if len(z["features"]) == n:
-                    return z["features"]
-        except Exception as e:
-            log.warning("feature cache %s unusable (%s); recomputing", path, e)
+    cached = _cached_features(path, n)
+    if cached is not None:
+        return cached
     inputs, model = build_inputs_and_model(cfg, paths, fd)
     model.load_state_dict(load_model(model_file)["state_dict"])   # the fold's saved weights, weights only
     device = resolve_device(cfg.train.device)

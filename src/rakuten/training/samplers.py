@@ -83,6 +83,11 @@ class LengthGroupedBatchSampler(Sampler):
         # only the very last batch can be short (every mega-batch but the last is a multiple of bs)
         if self.drop_last and len(batches[-1]) < bs:
             batches.pop()
+        return self._shuffled(batches, rng)
+
+    def _shuffled(self, batches: list[np.ndarray], rng) -> list[np.ndarray]:
+        """``batches`` in a random order from ``rng``, the longest batch first with ``longest_first``
+        (an out-of-memory error then comes at step 1, not late in the epoch)."""
         if not batches:
             return []
         order = rng.permutation(len(batches))
@@ -131,14 +136,7 @@ class BucketBatchSampler(LengthGroupedBatchSampler):
             carry = rows[n_full:]
         if len(carry) and not self.drop_last:
             batches.append(carry)
-        if not batches:
-            return []
-        order = rng.permutation(len(batches))
-        batches = [batches[k] for k in order]
-        if self.longest_first:
-            k = int(np.argmax([self.lengths[b].max() for b in batches]))
-            batches[0], batches[k] = batches[k], batches[0]
-        return batches
+        return self._shuffled(batches, rng)
 
 
 def class_balanced_weights(labels: Sequence[int], power: float = 1.0) -> np.ndarray:
