@@ -23,15 +23,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from real_data import RESULTS, f1s, test_labels  # noqa: E402
 from rakuten.artifacts import Experiment, Predictions  # noqa: E402
@@ -45,7 +42,12 @@ MEMBERS = {
         ("image_effnetlite0", "image_effnetlite0", []),                 # frozen backbone, MLP head
         ("knn_image_effnetlite0", "knn_image_effnetlite0", []),         # kNN on the same frozen features
         ("image_effnetlite0_ft", "image_effnetlite0_ft", []),           # fine-tuned, plain CE
-        ("image_effnetlite0_ft__w0.3", "image_effnetlite0_ft", ["loss.class_weight_power=0.3"]),
+        # class-weighted: this set is balanced, so frequency weights are all 1 (identical to plain CE);
+        # difficulty weights target the classes the pretrained features separate badly
+        ("image_effnetlite0_ft__difficulty", "image_effnetlite0_ft",
+         ["loss.class_weights=difficulty", "loss.class_weight_power=1.0"]),
+        ("image_effnetlite0__difficulty", "image_effnetlite0",
+         ["loss.class_weights=difficulty", "loss.class_weight_power=1.0"]),
     ],
     "rakuten_text_fr": [
         ("tfidf_svm_text", "tfidf_svm_text", []),
@@ -54,6 +56,8 @@ MEMBERS = {
         ("text_e5_text_ft", "text_e5_text_ft", []),                     # fine-tuned end to end
         ("text_e5_text_ft_top4", "text_e5_text_ft_top4", []),           # lower 8 layers frozen
         ("text_e5_text_ft__w0.3", "text_e5_text_ft", ["loss.class_weight_power=0.3"]),
+        ("text_e5_text_ft__difficulty", "text_e5_text_ft",
+         ["loss.class_weights=difficulty", "loss.class_weight_power=1.0"]),
     ],
 }
 # the cpu preset's stack configs, over the image members without and with the fine-tuned one

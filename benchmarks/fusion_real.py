@@ -21,15 +21,12 @@ import copy
 import json
 import os
 import platform
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rakuten.artifacts import softmax  # noqa: E402
 from rakuten.config import load_config  # noqa: E402

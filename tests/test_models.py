@@ -11,7 +11,8 @@ import torch
 from rakuten.labels import NUM_CLASSES
 from rakuten.models.registry import UnknownModelError, create_model, list_models
 from rakuten.labels import class_weights
-from rakuten.training.losses import FocalLoss, make_loss
+from rakuten.errors import RakutenError
+from rakuten.training.losses import FocalLoss, class_weight_vector, difficulty_weights, make_loss
 
 TEXTS = ["Lot de 3 coussins bleus", "Jeu PS4 course de voitures", "Livre de cuisine française",
          "Piscine gonflable ronde", "Figurine manga collector"] * 20
@@ -117,7 +118,7 @@ def test_forward_backward(name, backbone, tokenizer):
 
 @pytest.mark.parametrize("name", sorted(FUSION_CASES))
 def test_fusion_forward_backward(name):
-    """A fusion network built by the registry reads its inputs and ``labels`` from the batch."""
+    """A fusion network built by the registry reads its inputs from the batch, and a loss on its logits back-propagates."""
     from rakuten.models.fusion_nets import FUSION_MODELS
     torch.manual_seed(0)
     fcfg, dims = FUSION_CASES[name]
@@ -131,9 +132,10 @@ def test_fusion_forward_backward(name):
     assert out["logits"].shape == (4, NUM_CLASSES) and torch.isfinite(out["logits"]).all()
     if out["features"] is not None:
         assert out["features"].shape == (4, model.out_width)
-    want = torch.nn.functional.cross_entropy(out["logits"], batch["labels"])
-    torch.testing.assert_close(out["loss"], want)      # class weights are 1 until the trainer sets them
-    out["loss"].backward()
+    assert "loss" not in out                           # the fusion's training loop owns the loss
+    loss = torch.nn.functional.cross_entropy(out["logits"], batch["labels"], weight=model.class_weight)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(out["logits"], batch["labels"]))
+    loss.backward()                                    # class weights are 1 until the trainer sets them
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
@@ -217,3 +219,24 @@ def test_freeze_layers_trains_only_the_upper_layers(tokenizer):
     with pytest.raises(RakutenError, match="has 2 layers"):
         create_model("text_mean", num_classes=NUM_CLASSES, tokenizer=tokenizer,
                      cfg={"backbone": "tiny:bert", "max_len": 16, "freeze_layers": 3})
+
+
+def test_difficulty_weights_favour_weak_classes_not_rare_ones():
+    """``loss.class_weights: difficulty`` weighs a class by how badly the starting features separate
+    it (inner CV of the training rows), so on a balanced set, where frequency weights are all 1, the
+    confusable classes get the larger weights."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 60)                       # balanced: frequency weights are all 1
+    centres = np.array([[6.0, 0.0], [-6.0, 0.0], [0.0, 0.3], [0.0, -0.3]])   # 2 and 3 overlap
+    feats = centres[labels] + rng.normal(size=(len(labels), 2))
+    assert np.allclose(class_weights(labels, 1.0, 4), 1.0)
+    w = class_weight_vector({"class_weights": "difficulty", "class_weight_power": 1.0}, labels, 4, feats)
+    assert min(w[2], w[3]) > 2 * max(w[0], w[1])
+    assert np.isclose(w[labels].mean(), 1.0)
+    assert class_weight_vector({"class_weights": "difficulty", "class_weight_power": 0.0}, labels, 4, feats) is None
+    loss = make_loss({"class_weights": "difficulty", "class_weight_power": 0.5}, labels, 4, feats)
+    assert np.allclose(loss.weight.numpy(), difficulty_weights(feats, labels, 0.5, 4))
+    with pytest.raises(RakutenError, match="difficulty needs embeddings"):
+        class_weight_vector({"class_weights": "difficulty", "class_weight_power": 1.0}, labels, 4)
+    with pytest.raises(RakutenError, match="choose frequency or difficulty"):
+        make_loss({"class_weights": "rare"}, labels, 4)

@@ -68,7 +68,9 @@ EXPERIMENT_DEFAULTS: dict = {
     },
     # image models: logits (and embeddings) averaged over these views for OOF and test predictions
     "predict": {"tta": ["identity"]},
-    "loss": {"name": "ce", "class_weight_power": 0.0, "label_smoothing": 0.0, "focal_gamma": 2.0},
+    # class_weights: frequency (rare classes) | difficulty (weak classes; training.losses.difficulty_weights)
+    "loss": {"name": "ce", "class_weight_power": 0.0, "class_weights": "frequency", "label_smoothing": 0.0,
+             "focal_gamma": 2.0},
     "augment": {"crop_scale": [0.6, 1.0], "hflip": True, "max_rotate_deg": 15},
     "tfidf": {"word_ngrams": [1, 2], "char_ngrams": [2, 5], "max_features": 200000, "C": 4.0,
               "char_analyzer": "char_wb",   # char_wb (within words) | char (across word boundaries)

@@ -8,7 +8,7 @@
     net = create_model("fusion_hierarchical", cfg=fusion_cfg, in_dims={"title": 768, ...}, num_classes=27)
 
 Each network's ``forward(batch)`` returns ``logits`` [B, C] and ``features`` (the fused vector, or None
-for late fusion), plus ``loss`` when the batch carries ``labels``.
+for late fusion); the loss is the training loop's (``second_level.fusion``).
 
 Batch keys: an input's embeddings under its experiment name, its logits under ``<name>:logits``
 (``<name>`` for late fusion, which reads nothing else), and, with ``fusion.masks``, whether the row has
@@ -74,8 +74,8 @@ def make_head(fcfg, width: int, num_classes: int) -> nn.Module:
 
 
 class FusionNet(nn.Module):
-    """Base: ``forward(batch)`` returns ``{"logits", "features"}`` (+ ``"loss"`` when the batch has
-    ``labels``, the batch key of the whole project)."""
+    """Base: ``forward(batch)`` returns ``{"logits", "features"}``; ``class_weight`` is the buffer the
+    fusion's loss reads (saved with the weights)."""
 
     variant = ""
 
@@ -103,10 +103,8 @@ class FusionNet(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits, features = self.fuse(batch)                      # [B, C], [B, F] or None
-        out = {"logits": logits, "features": features}
-        if "labels" in batch:
-            out["loss"] = F.cross_entropy(logits, batch["labels"], weight=self.class_weight)
-        return out
+        # no loss here: the fusion's training loop owns it (second_level.fusion, weighted by class_weight)
+        return {"logits": logits, "features": features}
 
 
 def _check_ops(name: str, **ops) -> None:

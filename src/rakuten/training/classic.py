@@ -22,13 +22,14 @@ from rakuten.artifacts import Experiment, Predictions
 from rakuten.config import Config
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
-from rakuten.labels import NUM_CLASSES, class_weights
+from rakuten.labels import NUM_CLASSES
 # knn_log_proba re-exported: the vote is the registry's "knn" model, called here by predict_classic
 from rakuten.models.knn import knn_log_proba  # noqa: F401
 from rakuten.models.registry import create_model
 from rakuten.models.tfidf import _quiet_sklearn
 from rakuten.training.features import finetuned_features, frozen_features
 from rakuten.training.fold_data import field_texts
+from rakuten.training.losses import class_weight_vector
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ def fit_predict(cfg, paths, fd, tr_rows, va_rows, y_tr, texts_train, texts_test,
         feats = None
         if dense_cfg.get("experiment"):
             feats = source_features(dense_cfg["experiment"], paths, fd, progress, fold)
-        power = float(cfg.loss.class_weight_power)
-        w = class_weights(y_tr, power)[y_tr] if power else None
+        cw = class_weight_vector(cfg.loss, y_tr, NUM_CLASSES)
+        w = None if cw is None else cw[y_tr]
         if sample_weight is not None:
             w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
         model = create_model("tfidf_linear", cfg=cfg.tfidf, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))
@@ -172,8 +173,8 @@ def frozen_logreg(cfg, feats: np.ndarray, tr_rows, va_rows, y_tr, n_train: int, 
     Returns (fold rows' log-probabilities, test rows' log-probabilities), both from ``predict_logreg_head``."""
     mu = feats[tr_rows].mean(0, keepdims=True)
     sd = feats[tr_rows].std(0, keepdims=True) + 1e-6
-    power = float(cfg.loss.class_weight_power)
-    w = class_weights(y_tr, power)[y_tr] if power else None
+    cw = class_weight_vector(cfg.loss, y_tr, NUM_CLASSES, feats[tr_rows])
+    w = None if cw is None else cw[y_tr]
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=np.float64) * (1.0 if w is None else w)
     clf = create_model("head_logreg", cfg=cfg.model, num_classes=NUM_CLASSES, seed=int(cfg.train.seed))

@@ -21,7 +21,7 @@ from rakuten.training.fold_state import atomic_torch_save, rng_state, set_rng_st
 from rakuten.training.inputs import Inputs, RowSubset
 from rakuten.training.loaders import make_loader
 from rakuten.training.losses import make_loss
-from rakuten.training.predict import predict_rows
+from rakuten.training.predict import eval_engine, predict_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,12 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None,
             find_unused_parameters=bool(t.get("ddp_find_unused_parameters", False)))
-    criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES).to(device)
+    features = None
+    if cfg.loss.class_weights == "difficulty" and float(cfg.loss.class_weight_power):
+        # the starting (pretrained) model's embeddings of the rows it will fit: which classes they
+        # separate badly decides the weights (losses.difficulty_weights); training rows only
+        _, features = predict_rows(eval_engine(model, cfg, inputs, device), cfg, inputs, tr_rows, ["identity"])
+    criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES, features).to(device)
     optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay),
                                head_lr=None if t.head_lr is None else float(t.head_lr))
     steps = math.ceil(len(train_loader) / int(t.grad_accum)) * int(t.epochs)
