@@ -38,7 +38,7 @@ demo: venv
 
 test: venv
 	-$(MAKE) offline
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=25 tests   # the 25 slowest in the log: what to trim next
 
 test-fast: venv
 	$(VPY) -m pytest -q -m "not slow" tests

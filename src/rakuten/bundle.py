@@ -46,6 +46,7 @@ from rakuten.artifacts import Experiment, atomic_copy, atomic_write_bytes, atomi
 from rakuten.config import Config
 from rakuten.data.challenge import SIGIR_RENAME, DataError
 from rakuten.data.text import clean_text, join_text
+from rakuten.defaults import BUNDLE_IMAGE_BATCH
 from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, LabelMap, code_label
@@ -631,6 +632,10 @@ class Bundle:
         else:
             mean, std = image_norm(getattr(model, "encoder", model))
             inputs = image_array_inputs(cfg, self._decoded_images(products, int(cfg.data.cache_size)), mean, std, 0)
+            if int(cfg.train.eval_batch_size) > BUNDLE_IMAGE_BATCH:
+                # a CNN's activations grow with the batch: a few images per forward caps the peak memory
+                cfg = Config(cfg.to_dict())
+                cfg.train.eval_batch_size = BUNDLE_IMAGE_BATCH
         engine = eval_engine(model, cfg, inputs, self.device, self.progress)
         return predict_rows(engine, cfg, inputs, np.arange(len(products)), views)
 

@@ -11,7 +11,7 @@ from rakuten.errors import RakutenError
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -126,7 +126,9 @@ def parse_override(item: str) -> tuple[str, Any, bool]:
 
 # Keys that moved (old dotted path -> new): a config or override naming the old one is refused with a
 # one-line error naming the new one, never silently ignored or silently added.
-MOVED_KEYS = {"train.early_stopping": "train.early_stop"}   # fusion's, now the one key unimodal models use
+MOVED_KEYS = {"train.early_stopping": "train.early_stop",   # fusion's, now the one key unimodal models use
+              # a stack's, before fusion and stack shared one (a bundle exported before then says so too)
+              "stack.test_input": "test_input (top level, as in fusion configs)"}
 
 
 def refuse_moved_keys(d: dict, source: str) -> None:
@@ -165,17 +167,34 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, defaults: dict | None = None) -> Config:
-    """Load ``path`` over ``defaults`` (deep-copied), then apply ``overrides``; record the source."""
-    p = resolve_config_path(path)
-    data = _load_yaml(p)
-    refuse_moved_keys(data, str(p))
+def load_config(source, overrides: list[str] | None = None, defaults: dict | None = None,
+                check: Callable[[Config], None] | None = None) -> Config:
+    """The one config loader of every kind: ``source`` (a YAML path or a name under configs/, or a
+    recorded config: a dict or Config from meta.json or a bundle) over ``defaults`` (deep-copied), then
+    ``overrides``; with ``defaults``, types and ranges are checked (``validate_config``), then the
+    kind's own rules (``check``: ``experiment.check_experiment``, ``fusion.check_fusion``,
+    ``stacker.check_stack``). The named loaders (``load_experiment``, ``load_fusion``, ``load_stack``)
+    and the recorded-config readers (``fusion_config``, ``stack_config``) are this call with their
+    kind's defaults and check; merging again a config that went through it changes nothing."""
+    if isinstance(source, dict):
+        data = source.to_dict() if isinstance(source, Config) else copy.deepcopy(dict(source))
+        where, path = str(data.get("_source_") or data.get("name") or "config"), None
+    else:
+        path = resolve_config_path(source)
+        data, where = _load_yaml(path), str(path)
+    refuse_moved_keys(data, where)
     if defaults:
-        data = deep_merge(defaults, data)
+        data = deep_merge(defaults, data)   # deep-copies both
     data = apply_overrides(data, overrides)
-    data.setdefault("name", p.stem)
-    data["_source_"] = str(p)
-    return Config(data)
+    if path is not None:
+        data.setdefault("name", path.stem)
+        data["_source_"] = str(path)
+    cfg = Config(data)
+    if defaults:
+        validate_config(cfg, defaults, where)
+    if check is not None:
+        check(cfg)
+    return cfg
 
 
 def save_config(cfg: dict, path: str | Path) -> None:

@@ -1,10 +1,9 @@
 """Experiment configs: defaults, loading, and the fold file an experiment trains on."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-from rakuten.config import Config, ConfigError, load_config, validate_config
+from rakuten.config import Config, ConfigError, load_config
 from rakuten.defaults import EXPERIMENT_DEFAULTS
 
 # label_issues.action values (training.cleaning applies them)
@@ -29,33 +28,44 @@ def reduced_backbone(source: str) -> str:
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None, backbones: str | None = None) -> Config:
     """An experiment config by name or path, over ``EXPERIMENT_DEFAULTS`` with ``key=value``
-    overrides, its types and allowed values checked (unknown keys and bad switches fail here).
+    overrides, its types and allowed values checked (unknown keys and bad switches fail here): the one
+    loader (``config.load_config``) with the experiment defaults and ``check_experiment``.
     ``backbones="reduced"`` swaps a text or image model's hub/timm backbone for ``reduced:<backbone>``
     after the overrides, so the recorded config, its hash and a bundle all name what was trained."""
-    cfg = load_config(path, overrides, defaults=copy.deepcopy(EXPERIMENT_DEFAULTS))
+    if backbones not in (None, "full", "reduced"):
+        raise ConfigError(f"backbones must be full or reduced (got {backbones!r})")
+    cfg = load_config(path, overrides, defaults=EXPERIMENT_DEFAULTS, check=check_experiment)
     if backbones == "reduced" and cfg.kind in ("text", "image"):
         cfg.model.backbone = reduced_backbone(str(cfg.model.backbone))
-    elif backbones not in (None, "full", "reduced"):
-        raise ConfigError(f"backbones must be full or reduced (got {backbones!r})")
-    validate_config(cfg, EXPERIMENT_DEFAULTS, cfg._source_)
+    return cfg
+
+
+def check_experiment(cfg: Config) -> None:
+    """The rules of a unimodal experiment config beyond types and ranges (one-line ConfigError)."""
+    where = cfg.get("_source_") or cfg.get("name") or "config"
     if cfg.kind not in ("text", "image", "tfidf", "knn"):
-        raise ConfigError(f"{cfg._source_}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")
+        raise ConfigError(f"{where}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")
     if cfg.train.get("early_stop") not in ("inner", "fold"):
-        raise ConfigError(f"{cfg._source_}: train.early_stop must be inner or fold (got {cfg.train.get('early_stop')!r})")
+        raise ConfigError(f"{where}: train.early_stop must be inner or fold (got {cfg.train.get('early_stop')!r})")
     if cfg.model.get("head") not in ("mlp", "logreg"):
-        raise ConfigError(f"{cfg._source_}: model.head must be mlp or logreg (got {cfg.model.get('head')!r})")
+        raise ConfigError(f"{where}: model.head must be mlp or logreg (got {cfg.model.get('head')!r})")
     if cfg.kind == "knn" and (int(cfg.knn.k) < 1 or float(cfg.knn.temperature) <= 0):
-        raise ConfigError(f"{cfg._source_}: knn.k must be >= 1 and knn.temperature > 0")
+        raise ConfigError(f"{where}: knn.k must be >= 1 and knn.temperature > 0")
     if cfg.kind != "image" and cfg.data.field not in ("title", "description", "text"):
-        raise ConfigError(f"{cfg._source_}: data.field must be title, description or text")
+        raise ConfigError(f"{where}: data.field must be title, description or text")
     tta = cfg.predict.tta or ["identity"]
     if tta != ["identity"]:
         if not isinstance(tta, list) or any(v not in TTA_VIEWS for v in tta):
-            raise ConfigError(f"{cfg._source_}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
+            raise ConfigError(f"{where}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
     if cfg.kind != "image" and list(tta) != ["identity"]:
-        raise ConfigError(f"{cfg._source_}: predict.tta is for image models (kind {cfg.kind!r})")
+        raise ConfigError(f"{where}: predict.tta is for image models (kind {cfg.kind!r})")
+    if cfg.loss.class_weights not in ("frequency", "difficulty"):
+        raise ConfigError(f"{where}: loss.class_weights must be frequency or difficulty "
+                          f"(got {cfg.loss.class_weights!r})")
+    if cfg.loss.class_weights == "difficulty" and cfg.kind in ("tfidf", "knn") and float(cfg.loss.class_weight_power):
+        raise ConfigError(f"{where}: loss.class_weights: difficulty needs embeddings; kind {cfg.kind} "
+                          "takes frequency weights")
     validate_cleaning(cfg)
-    return cfg
 
 
 def validate_cleaning(cfg) -> None:

@@ -15,6 +15,12 @@ def f1(y_true, y_pred, metric: str = "macro_f1") -> float:
     return float(f1_score(y_true, y_pred, average=metric.split("_")[0], zero_division=0))
 
 
+def f1_per_class(y_true, y_pred, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """F1 of each class 0..num_classes-1 [num_classes] (a class absent from both vectors: 0); its mean
+    over the classes present in either is ``f1(y_true, y_pred)``."""
+    return np.asarray(f1_score(y_true, y_pred, labels=np.arange(num_classes), average=None, zero_division=0))
+
+
 def macro_f1_fast(y: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
     """``f1(y, pred, "macro_f1")`` via bincount (equal to 1e-12), for the inner loops that score
     thousands of candidate biases; ``y`` and ``pred`` are int class indices below ``num_classes``."""

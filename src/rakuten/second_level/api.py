@@ -9,7 +9,6 @@ that handles one kind loads only what that kind needs.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -43,22 +42,20 @@ def load_fusion(name: str, preset=None, overrides: list[str] | None = None):
     """A fusion config by name or path over FUSION_DEFAULTS, with the preset's fold file and entry, then
     ``overrides``; checked at once."""
     # heavy: fusion loads torch
-    from rakuten.second_level.fusion import FUSION_DEFAULTS, fusion_config
+    from rakuten.second_level.fusion import FUSION_DEFAULTS, check_fusion
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
-    cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(FUSION_DEFAULTS))
-    fusion_config(cfg)  # types, ranges and allowed values now, before any artifact is touched
-    return cfg
+    # types, ranges and allowed values checked now, before any artifact is touched
+    return load_config(name, ov + list(overrides or []), defaults=FUSION_DEFAULTS, check=check_fusion)
 
 
 def load_stack(name: str, preset=None, overrides: list[str] | None = None):
     """A stack config by name or path over STACK_DEFAULTS, with the preset's fold file and entry, then
     ``overrides``; checked at once."""
     # heavy: the stacker loads scikit-learn and LightGBM
-    from rakuten.second_level.stacker import STACK_DEFAULTS, stack_config
+    from rakuten.second_level.stacker import STACK_DEFAULTS, check_stack
     ov = preset_overrides(preset, None if str(name).endswith(".yaml") else _name_of(name))
-    cfg = load_config(name, ov + list(overrides or []), defaults=copy.deepcopy(STACK_DEFAULTS))
-    stack_config(cfg)  # types, ranges and allowed values now, before any artifact is touched
-    return cfg
+    # types, ranges and allowed values checked now, before any artifact is touched
+    return load_config(name, ov + list(overrides or []), defaults=STACK_DEFAULTS, check=check_stack)
 
 
 def load_second_level(name: str, preset=None, overrides: list[str] | None = None):

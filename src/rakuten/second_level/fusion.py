@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge, refuse_moved_keys, validate_config
+from rakuten.config import Config, ConfigError, load_config
 from rakuten.defaults import FUSION_DEFAULTS
 from rakuten.labels import NUM_CLASSES, class_weights
 from rakuten.metrics import scores
@@ -87,11 +87,13 @@ from rakuten.training.engine import Engine
 log = logging.getLogger(__name__)
 
 def fusion_config(cfg) -> Config:
-    """The config over FUSION_DEFAULTS, validated; accepts a Config from ``load_config`` or a dict."""
-    d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
-    refuse_moved_keys(d, d.get("_source_") or d.get("name") or "fusion config")
-    c = Config(deep_merge(FUSION_DEFAULTS, d))
-    validate_config(c, FUSION_DEFAULTS, c.get("_source_") or c.get("name") or "config")
+    """A recorded or loaded fusion config (dict or Config) through the one loader, over FUSION_DEFAULTS
+    and checked (``check_fusion``); a config that went through it already comes back equal."""
+    return load_config(cfg, defaults=FUSION_DEFAULTS, check=check_fusion)
+
+
+def check_fusion(c: Config) -> None:
+    """The rules of a fusion config beyond types and ranges (one-line ConfigError)."""
     if not c.get("name"):
         raise ConfigError("fusion config has no name")
     if c.kind != "fusion":
@@ -110,7 +112,6 @@ def fusion_config(cfg) -> Config:
         raise ConfigError(f"{c.name}: fusion.align must be test_anchor or none (got {c.fusion.align!r})")
     if c.test_input not in ("per_fold", "averaged"):
         raise ConfigError(f"{c.name}: test_input must be per_fold or averaged")
-    return c
 
 
 # ------------------------------------------------------------------------------------------ networks

@@ -14,7 +14,6 @@ second-order effect is small and the same at every level of a Kaggle stack.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from typing import Callable, Mapping
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rakuten.artifacts import Predictions
-from rakuten.config import Config, ConfigError, deep_merge, validate_config
+from rakuten.config import Config, ConfigError, load_config
 from rakuten.defaults import STACK_DEFAULTS
 from rakuten.data.prepared import load_dataset
 from rakuten.labels import NUM_CLASSES
@@ -43,14 +42,13 @@ META_FEATURES = ("has_description", "has_image", "title_len", "description_len")
 
 
 def stack_config(cfg) -> Config:
-    """The config over STACK_DEFAULTS, validated."""
-    d = cfg.to_dict() if isinstance(cfg, Config) else copy.deepcopy(dict(cfg))
-    if "test_input" in (d.get("stack") or {}):
-        # its old path (before fusion and stack shared one): a bundle exported before then says so too
-        raise ConfigError(f"{d.get('name') or 'stack config'}: stack.test_input is now test_input "
-                          "(top level, as in fusion configs); move it, or re-export an older bundle")
-    c = Config(deep_merge(STACK_DEFAULTS, d))
-    validate_config(c, STACK_DEFAULTS, c.get("_source_") or c.get("name") or "config")
+    """A recorded or loaded stack config (dict or Config) through the one loader, over STACK_DEFAULTS
+    and checked (``check_stack``); a config that went through it already comes back equal."""
+    return load_config(cfg, defaults=STACK_DEFAULTS, check=check_stack)
+
+
+def check_stack(c: Config) -> None:
+    """The rules of a stack config beyond types and ranges (one-line ConfigError)."""
     if not c.get("name"):
         raise ConfigError("stack config has no name")
     if c.kind != "stack":
@@ -68,7 +66,6 @@ def stack_config(cfg) -> Config:
     unknown = set(c.lgbm) - set(STACK_DEFAULTS["lgbm"])
     if unknown:
         raise ConfigError(f"{c.name}: unknown lgbm key(s) {', '.join(sorted(unknown))}")
-    return c
 
 
 def predict_proba_full(model, X, num_classes: int = NUM_CLASSES) -> np.ndarray:

@@ -67,6 +67,10 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
         # separate badly decides the weights (losses.difficulty_weights); training rows only
         _, features = predict_rows(eval_engine(model, cfg, inputs, device), cfg, inputs, tr_rows, ["identity"])
     criterion = make_loss(cfg.loss, y_tr, NUM_CLASSES, features).to(device)
+    if criterion.weight is not None:
+        w = criterion.weight[torch.as_tensor(np.unique(y_tr))]
+        log.info("%s fold %d: %s class weights %.2f-%.2f", exp.name, fold, cfg.loss.class_weights,
+                 float(w.min()), float(w.max()))
     optimizer = make_optimizer(model, name="adamw", lr=float(t.lr), weight_decay=float(t.weight_decay),
                                head_lr=None if t.head_lr is None else float(t.head_lr))
     steps = math.ceil(len(train_loader) / int(t.grad_accum)) * int(t.epochs)

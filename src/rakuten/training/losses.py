@@ -20,6 +20,7 @@ from torch import nn
 from rakuten.errors import RakutenError
 from rakuten.defaults import EXPERIMENT_DEFAULTS
 from rakuten.labels import class_weights
+from rakuten.metrics import f1_per_class
 
 
 def difficulty_weights(features: np.ndarray, labels, power: float, num_classes: int, seed: int = 0,
@@ -33,8 +34,8 @@ def difficulty_weights(features: np.ndarray, labels, power: float, num_classes: 
     are all 1 and cannot target them. Only training rows are read, so fold k's labels stay unseen.
     Weights are normalised to mean 1 over ``labels`` like ``class_weights``; an absent class gets 1.
     """
+    # heavy: scikit-learn, only for a difficulty-weighted loss
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.preprocessing import StandardScaler
 
@@ -46,7 +47,7 @@ def difficulty_weights(features: np.ndarray, labels, power: float, num_classes: 
         return np.ones(num_classes)
     cv = StratifiedKFold(k, shuffle=True, random_state=seed)
     pred = cross_val_predict(LogisticRegression(C=0.1, max_iter=300), X, y, cv=cv)
-    f1 = f1_score(y, pred, labels=np.arange(num_classes), average=None, zero_division=0)
+    f1 = f1_per_class(y, pred, num_classes)
     present = counts > 0
     err = np.where(present, 1.0 - f1, 0.0) + 0.05   # 0.05: a perfectly separated class keeps some weight
     w = np.ones(num_classes)
