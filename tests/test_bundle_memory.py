@@ -1,6 +1,6 @@
 """What a bundle shares between fold models must not change a prediction: the kNN members' banks
 held once (``bundle.SharedRows``) give the fold models' own banks back exactly, and their votes are
-identical to those over the unshared banks."""
+identical to those over the unshared banks; a CNN forwards a few images at a time.
 from __future__ import annotations
 
 import numpy as np
@@ -41,3 +41,43 @@ def test_knn_over_a_shared_bank_votes_exactly_as_over_its_own():
     for (b, y), r in zip(banks, rows):
         own = KnnVote(cfg).fit(b, y).predict_logits(q)
         assert np.array_equal(KnnVote(cfg).fit(m, y, r).predict_logits(q), own)
+
+
+def test_bundle_cnn_forwards_a_few_images_at_a_time(tmp_path, monkeypatch):
+    """A bundle's image forwards run ``BUNDLE_IMAGE_BATCH`` images at a time (a CNN's activations,
+    and so the peak memory of a request, grow with the batch), with the features of one big batch."""
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    import rakuten.bundle as bundle_mod
+    from rakuten.experiment import load_experiment
+    from rakuten.labels import NUM_CLASSES
+    from rakuten.models.image import load_image_backbone
+    from rakuten.models.registry import create_model
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    products = pd.DataFrame({"image_path": paths})
+    cfg = load_experiment("image_tiny", ["train.eval_batch_size=64"])
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, cfg=cfg.model, num_classes=NUM_CLASSES,
+                         backbone=load_image_backbone(cfg.model.backbone, pretrained=False)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(len(next(iter(args[0].values())))
+                                                                 if isinstance(args[0], dict) else len(args[0])))
+    b = bundle_mod.Bundle.__new__(bundle_mod.Bundle)     # only what _torch_run reads
+    b._images, b.device, b.progress = {}, "cpu", False
+    monkeypatch.setattr(bundle_mod, "BUNDLE_IMAGE_BATCH", 64)
+    one_batch = b._torch_run(cfg, model, products)
+    assert seen == [7]
+    seen.clear()
+    monkeypatch.setattr(bundle_mod, "BUNDLE_IMAGE_BATCH", 2)
+    small = b._torch_run(cfg, model, products)
+    assert seen == [2, 2, 2, 1] and cfg.train.eval_batch_size == 64   # the member's config is left as it was
+    for a, c in zip(one_batch, small):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
