@@ -1,6 +1,6 @@
 """What a bundle shares between fold models must not change a prediction: the kNN members' banks
 held once (``bundle.SharedRows``) give the fold models' own banks back exactly, and their votes are
-identical to those over the unshared banks; a CNN forwards a few images at a time.
+identical to those over the unshared banks; a CNN forwards a few images at a time."""
 from __future__ import annotations
 
 import numpy as np
