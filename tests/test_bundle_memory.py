@@ -81,3 +81,22 @@ def test_bundle_cnn_forwards_a_few_images_at_a_time(tmp_path, monkeypatch):
     assert seen == [2, 2, 2, 1] and cfg.train.eval_batch_size == 64   # the member's config is left as it was
     for a, c in zip(one_batch, small):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+
+
+def test_knn_vote_does_not_depend_on_float_noise_among_duplicates():
+    """Duplicated bank rows under different codes tie in exact arithmetic; float32 products of other
+    shapes (a run's chunks, a bundle's request) move them by ~1e-7. The vote must not follow that
+    noise: the same neighbours, so the same log-probabilities to float precision."""
+    from rakuten.models.knn import knn_log_proba
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(40, 16))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    bank = np.vstack([base, base, base]).astype(np.float32)     # every row three times...
+    labels = np.concatenate([np.arange(40) % 27, (np.arange(40) + 5) % 27, (np.arange(40) + 9) % 27])
+    q = base[:20].astype(np.float32)
+    ref = knn_log_proba(q, bank, labels, k=4, temperature=0.05)  # ...so the 4th place is a tie
+    for seed in range(5):
+        noisy = bank + np.random.default_rng(seed).normal(scale=1e-8, size=bank.shape).astype(np.float32)
+        np.testing.assert_allclose(knn_log_proba(q, noisy, labels, k=4, temperature=0.05), ref, atol=1e-3)
+    for chunk in (1, 7):                                           # queries in other chunk shapes
+        np.testing.assert_allclose(knn_log_proba(q, bank, labels, 4, 0.05, chunk=chunk), ref, atol=1e-3)

@@ -12,6 +12,22 @@ from rakuten.labels import NUM_CLASSES
 from rakuten.models.registry import register_model
 
 
+# Similarities are compared on this grid: duplicated products (the same title, often under several
+# codes) have equal similarities in exact arithmetic, and float32 matrix products of different shapes
+# (a run's 1,024-row chunks, a bundle's request of 32) differ by ~1e-7, which decided which duplicate
+# reached the k-th place: up to 0.3 apart in a kNN member's log-probabilities between the run and
+# its bundle. On the grid, ties go to the lower bank row, whatever the chunk.
+SIM_GRID = 1e-5
+
+
+def _tie_key(sim: np.ndarray) -> np.ndarray:
+    """int64 keys ordering ``sim`` [n, m] rows like the similarities rounded to ``SIM_GRID``, ties
+    broken towards the lower bank row (a larger key is a nearer neighbour)."""
+    m = sim.shape[1]
+    grid = np.rint(np.asarray(sim, dtype=np.float64) / SIM_GRID).astype(np.int64)
+    return grid * m + (m - 1 - np.arange(m, dtype=np.int64))[None, :]
+
+
 def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: float,
                   chunk: int = 1024) -> np.ndarray:
     """Similarity-weighted vote of the ``k`` most similar bank rows (weights exp(sim / T)), as
@@ -25,7 +41,7 @@ def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: f
         q = queries[s:s + chunk]
         sim = q @ bank_t
         sim = sim.toarray() if sparse.issparse(sim) else np.asarray(sim)
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        nn = np.argpartition(-_tie_key(sim), k - 1, axis=1)[:, :k]
         w = np.exp((np.take_along_axis(sim, nn, 1) - 1.0) / float(temperature))
         rows = np.repeat(np.arange(len(nn)), k)
         np.add.at(out[s:s + chunk], (rows, bank_labels[nn].ravel()), w.ravel())
