@@ -37,6 +37,8 @@ def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: f
     k = min(int(k), bank.shape[0])
     out = np.zeros((n, NUM_CLASSES), dtype=np.float64)
     bank_t = bank.T
+    # the tie keys are int64 [chunk, bank rows]: at most 2^24 of them (128 MiB) at a time
+    chunk = max(1, min(int(chunk), 2 ** 24 // max(bank.shape[0], 1)))
     for s in range(0, n, chunk):
         q = queries[s:s + chunk]
         sim = q @ bank_t
