@@ -237,6 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stack", action="store_true", help="also the stacks with and without the fine-tuned member")
     ap.add_argument("--step-cost", action="store_true", help="time one training step of each e5 fine-tuning variant and stop")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--note", default="", help="how busy the machine was while the runs trained (kept in the JSON)")
     args = ap.parse_args(argv)
     setup_logging(False)
     quiet_progress(True)
@@ -270,8 +271,7 @@ def main(argv=None) -> int:
             run_fold(cfg, paths, k, ds=ds, progress=False)
         timings[name] = round(time.time() - t0, 1)
     res = {"data": data.name, "date": str(date.today()), "machine": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "note": "2 CPU cores shared with several other jobs (load 5-10): "
-           "times are about 2-5x those of free cores", "folds": folds, "run_seconds": timings,
+           "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "note": args.note, "folds": folds, "run_seconds": timings,
            "members": [score_member(n, paths, ds, y_test, folds) for n, _, _ in members]}
     missing = {r["member"]: sorted(set(folds) - set(r["folds_done"])) for r in res["members"]
                if set(r["folds_done"]) != set(folds)}
@@ -282,7 +282,10 @@ def main(argv=None) -> int:
     if ft and ft["folds_done"] != folds:
         res["same_folds_as_ft"] = {"folds": ft["folds_done"], "members": [
             score_member(n, paths, ds, y_test, ft["folds_done"]) for n, _, _ in members]}
-    weighted = [(n, b, ov) for n, b, ov in members if any(o.startswith("loss.class_weight_power") for o in ov)]
+    # frequency-weighted members only: difficulty weights come from the pretrained features (their
+    # spread is in each fold's log line "class weights a-b")
+    weighted = [(n, b, ov) for n, b, ov in members if any(o.startswith("loss.class_weight_power") for o in ov)
+                and "loss.class_weights=difficulty" not in ov]
     if weighted:
         n, b, ov = weighted[0]
         cfg = member_config(n, b, ov)

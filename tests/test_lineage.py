@@ -391,3 +391,17 @@ def test_unimodal_of_an_older_hash_is_redone_with_its_reason(finished, tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "knn_tfidf_text: redone because: made by an older version of the code" in r.stdout
     assert "  unimodal     1 reused, 1 redone (knn_tfidf_text)" in r.stdout
+
+
+def test_a_key_added_at_its_old_behaviour_keeps_earlier_hashes():
+    """``loss.class_weights`` came after many runs: at ``frequency`` (the rule before it existed) a
+    config hashes as it did without the key, so finished artifacts stay valid; ``difficulty`` is
+    another model and another hash."""
+    from rakuten.experiment import load_experiment
+    from rakuten.lineage import config_hash
+    cfg = load_experiment("image_tiny")
+    assert cfg.loss.class_weights == "frequency"
+    old = cfg.to_dict()
+    del old["loss"]["class_weights"]                    # a meta.json written before the key
+    assert config_hash(cfg) == config_hash(old)
+    assert config_hash(load_experiment("image_tiny", ["loss.class_weights=difficulty"])) != config_hash(cfg)

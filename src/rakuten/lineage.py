@@ -54,6 +54,8 @@ def hashed_view(cfg) -> dict:
         (d.get("train") or {}).pop("pseudo_labels", None)
     if "predict" in d and list((d.get("predict") or {}).get("tta") or ["identity"]) == ["identity"]:
         d.pop("predict", None)
+    if (d.get("loss") or {}).get("class_weights") == "frequency":   # the rule before the key existed
+        d["loss"].pop("class_weights")
     return d
 
 
