@@ -71,7 +71,7 @@ def test_bundle_cnn_forwards_a_few_images_at_a_time(tmp_path, monkeypatch):
     model.register_forward_pre_hook(lambda m, args: seen.append(len(next(iter(args[0].values())))
                                                                  if isinstance(args[0], dict) else len(args[0])))
     b = bundle_mod.Bundle.__new__(bundle_mod.Bundle)     # only what _torch_run reads
-    b._images, b.device, b.progress = {}, "cpu", False
+    b._images, b._engines, b.device, b.progress = {}, {}, "cpu", False
     monkeypatch.setattr(bundle_mod, "BUNDLE_IMAGE_BATCH", 64)
     one_batch = b._torch_run(cfg, model, products)
     assert seen == [7]

@@ -95,6 +95,22 @@ def test_worker_pool_gives_the_same_cache(images, tmp_path):
     np.testing.assert_array_equal(load_image_cache(tmp_path / "serial.npy"), load_image_cache(tmp_path / "pool.npy"))
 
 
+def test_in_memory_decoding_gives_the_cache_rows(images, tmp_path, monkeypatch):
+    """A bundle's request decodes in memory, in threads: the rows a cache file holds, in order
+    (missing and unreadable images blank), whatever the number of threads."""
+    from rakuten.data import image_cache
+    _, paths, _ = images
+    many = paths * 3
+    build_image_cache(many, SIZE, tmp_path / "c.npy", workers=0, progress=False)
+    want = load_image_cache(tmp_path / "c.npy")
+    got = {}
+    for cpus in (4, 2, 1):      # every result kept: a freed one's memory must not refill the next
+        monkeypatch.setattr(image_cache.os, "cpu_count", lambda: cpus)
+        got[cpus] = image_cache.decode_images(many, SIZE)
+    for cpus, arr in got.items():
+        np.testing.assert_array_equal(arr, want, err_msg=f"{cpus} threads")
+
+
 def test_stale_truncated_and_orphan_caches_are_refused(images, tmp_path):
     _, paths, _ = images
     cache = tmp_path / "c.npy"

@@ -177,7 +177,8 @@ TUNE_DEFAULTS: dict = {"seed": 42, "n_startup_trials": 5, "n_warmup_steps": 1, "
 
 # Serving (rakuten.bundle): images per forward of a CNN in a bundle. The forward's transient memory
 # grows with the batch: peak RSS of a 32-product request 1,921 MiB at 32 images a forward, 1,613 at 8,
-# 1,510 at 2 (EfficientNet-Lite0 at 224 px, README "One inference path"). Features at 2, 4, 8 and 32
-# were bit-identical to batches of 128 (what the run extracted with) on this machine; a batch of one
-# differs by 1e-6, as a one-product request always has.
+# 1,509 at 4, 1,460 at 2 (EfficientNet-Lite0 at 224 px); and on 2 free cores small batches were also
+# faster: 0.051 CPU s an image at 32, 0.037 at 8, 0.021 at 4, 0.027 at 2 (README "One inference path").
+# Features at 2, 4, 8 and 32 were bit-identical to batches of 128 (what the run extracted with) on
+# this machine; a batch of one differs by 1e-6, as a one-product request always has.
 BUNDLE_IMAGE_BATCH: int = 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 from typing import Sequence
@@ -147,7 +148,16 @@ def decode_images(paths: Sequence[str | os.PathLike | None], size: int) -> np.nd
     ``build_image_cache`` would write (blank = ``BLANK_VALUE``), for a few products at a time (a
     bundle's request) where a cache file per call would cost more than the decoding."""
     arr = np.empty((len(paths), int(size), int(size), 3), dtype=np.uint8)
-    _fill_rows(arr, 0, [p or None for p in paths], int(size))
+    paths = [p or None for p in paths]
+    threads = min(len(paths), os.cpu_count() or 1, 4)
+    if threads < 2:
+        _fill_rows(arr, 0, paths, int(size))
+        return arr
+    # PIL releases the GIL while it decodes and resizes, so threads share the cores without a process
+    # pool's start-up; each image is decoded on its own, so the rows are those of one thread
+    parts = [c for c in np.array_split(np.arange(len(paths)), threads) if len(c)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda c: _fill_rows(arr, int(c[0]), paths[int(c[0]):int(c[-1]) + 1], int(size)), parts))
     return arr
 
 
