@@ -66,6 +66,7 @@ STACKS = {
         "frozen": ["image_effnetlite0", "knn_image_effnetlite0"],
         "frozen+ft": ["image_effnetlite0", "knn_image_effnetlite0", "image_effnetlite0_ft"],
         "ft+knn": ["knn_image_effnetlite0", "image_effnetlite0_ft"],
+        "frozen+ftdiff": ["image_effnetlite0", "knn_image_effnetlite0", "image_effnetlite0_ft__difficulty"],
     },
 }
 STACK_CONFIGS = ["stack_cpu_blend", "stack_cpu_logreg"]
