@@ -54,6 +54,7 @@ MEMBERS = {
         ("text_e5_text_lr", "text_e5_text_lr", []),                     # frozen e5, logistic regression
         ("text_e5_text", "text_e5_text", []),                           # frozen e5, MLP head
         ("text_e5_text_ft", "text_e5_text_ft", []),                     # fine-tuned end to end
+        ("text_e5_text_ft__3ep", "text_e5_text_ft", ["train.epochs=3"]),  # the same, up to 3 epochs
         ("text_e5_text_ft_top4", "text_e5_text_ft_top4", []),           # lower 8 layers frozen
         ("text_e5_text_ft__w0.3", "text_e5_text_ft", ["loss.class_weight_power=0.3"]),
         ("text_e5_text_ft__difficulty", "text_e5_text_ft",
