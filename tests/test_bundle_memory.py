@@ -100,3 +100,27 @@ def test_knn_vote_does_not_depend_on_float_noise_among_duplicates():
         np.testing.assert_allclose(knn_log_proba(q, noisy, labels, k=4, temperature=0.05), ref, atol=1e-3)
     for chunk in (1, 7):                                           # queries in other chunk shapes
         np.testing.assert_allclose(knn_log_proba(q, bank, labels, 4, 0.05, chunk=chunk), ref, atol=1e-3)
+
+
+def test_tfidf_folds_sharing_one_count_give_their_own_rows():
+    """A bundle counts a request's n-grams once per TF-IDF member (``share_counts``): each fold model's
+    TF-IDF rows and predictions must be those of its own vectorisers, bit for bit."""
+    from rakuten.models.registry import create_model
+    from rakuten.models.tfidf import share_counts
+    rng = np.random.default_rng(0)
+    words = ["lot", "stylo", "bleu", "jeu", "ps4", "livre", "enfant", "piscine", "chaise", "table", "lampe", "été"]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(200)]
+    y = rng.integers(0, 5, 200)
+    folds = np.arange(200) % 4
+    cfg = {"classifier": "svm", "calibration": "temperature", "max_features": 400}
+    models = [create_model("tfidf_linear", cfg=cfg, num_classes=27, seed=1).fit([texts[i] for i in np.flatnonzero(folds != k)],
+                                                                               y[folds != k]) for k in range(4)]
+    new = ["lot de stylos bleus", "", "jeu ps4 enfant été", "chaise chaise table lampe xyz"]
+    want = [(m.vectorize(new), m.predict_logits(new)) for m in models]
+    assert len({len(m.word.vocabulary_) for m in models}) > 1          # the folds' vocabularies differ
+    share_counts(models)
+    assert all(set(m.shared_counts) == {"word", "char"} for m in models)
+    for m, (X, logits) in zip(models, want):
+        got = m.vectorize(new)
+        assert (got != X).nnz == 0 and np.array_equal(got.indices, X.indices) and np.array_equal(got.data, X.data)
+        assert np.array_equal(m.predict_logits(new), logits)

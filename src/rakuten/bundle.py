@@ -52,6 +52,7 @@ from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, LabelMap, code_label
 from rakuten.models.backbones import load_tokenizer
 from rakuten.models.registry import create_model
+from rakuten.models.tfidf import share_counts
 from rakuten.paths import REPO_ROOT, Paths
 from rakuten.safe_io import (SAFE_SUFFIXES, UnsafeModelError, check_digests, file_digests, load_model, load_run_model,
                              serialize_model, suffix_of)
@@ -509,6 +510,10 @@ class Bundle:
                 models[k] = self._torch_model(cfg, tok, state["state_dict"])
         if tok is not None:
             models["tokenizer"] = tok
+        tfidf = [m.get("model") or m.get("vectorizer") for k, m in models.items()
+                 if k != "tokenizer" and isinstance(m, dict) and m.get("kind") in ("tfidf", "knn_tfidf")]
+        if len(tfidf) > 1:
+            share_counts(tfidf)   # one n-gram count per request for the member's fold models, same rows
         if shared.n:
             bank = shared.matrix()    # one matrix of the member's training rows; each fold keeps row numbers
             for k in entry["folds"]:
