@@ -510,10 +510,9 @@ class Bundle:
                 models[k] = self._torch_model(cfg, tok, state["state_dict"])
         if tok is not None:
             models["tokenizer"] = tok
-        tfidf = [m.get("model") or m.get("vectorizer") for k, m in models.items()
-                 if k != "tokenizer" and isinstance(m, dict) and m.get("kind") in ("tfidf", "knn_tfidf")]
-        if len(tfidf) > 1:
-            share_counts(tfidf)   # one n-gram count per request for the member's fold models, same rows
+        # one n-gram count per request for the member's TF-IDF fold models, the same rows
+        share_counts([m.get("model") or m.get("vectorizer") for k, m in models.items()
+                      if k != "tokenizer" and isinstance(m, dict) and m.get("kind") in ("tfidf", "knn_tfidf")])
         if shared.n:
             bank = shared.matrix()    # one matrix of the member's training rows; each fold keeps row numbers
             for k in entry["folds"]:

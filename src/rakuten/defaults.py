@@ -8,6 +8,9 @@ where it is used: ``experiment.py`` and ``training/``, ``second_level/fusion.py`
 from __future__ import annotations
 
 # Deep-copied into every experiment config (never aliased); a config states only what differs.
+# loss.class_weights: frequency (rare classes) | difficulty (weak classes: training.losses.difficulty_weights)
+CLASS_WEIGHT_SOURCES: tuple[str, ...] = ("frequency", "difficulty")
+
 EXPERIMENT_DEFAULTS: dict = {
     "kind": "text",                 # text | image | tfidf | knn
     "folds": {"k": 5, "seed": 42},
@@ -68,7 +71,7 @@ EXPERIMENT_DEFAULTS: dict = {
     },
     # image models: logits (and embeddings) averaged over these views for OOF and test predictions
     "predict": {"tta": ["identity"]},
-    # class_weights: frequency (rare classes) | difficulty (weak classes; training.losses.difficulty_weights)
+    # class_weights: one of CLASS_WEIGHT_SOURCES (training.losses.class_weight_vector)
     "loss": {"name": "ce", "class_weight_power": 0.0, "class_weights": "frequency", "label_smoothing": 0.0,
              "focal_gamma": 2.0},
     "augment": {"crop_scale": [0.6, 1.0], "hflip": True, "max_rotate_deg": 15},

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rakuten.config import Config, ConfigError, load_config
-from rakuten.defaults import EXPERIMENT_DEFAULTS
+from rakuten.defaults import CLASS_WEIGHT_SOURCES, EXPERIMENT_DEFAULTS
 
 # label_issues.action values (training.cleaning applies them)
 ACTIONS = ("drop", "relabel", "downweight")
@@ -40,9 +40,14 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, backbo
     return cfg
 
 
+def _where(cfg) -> str:
+    """What a config error names: the YAML it was read from, else (a recorded config) its name."""
+    return cfg.get("_source_") or cfg.get("name") or "config"
+
+
 def check_experiment(cfg: Config) -> None:
     """The rules of a unimodal experiment config beyond types and ranges (one-line ConfigError)."""
-    where = cfg.get("_source_") or cfg.get("name") or "config"
+    where = _where(cfg)
     if cfg.kind not in ("text", "image", "tfidf", "knn"):
         raise ConfigError(f"{where}: kind must be text, image, tfidf or knn (got {cfg.kind!r})")
     if cfg.train.get("early_stop") not in ("inner", "fold"):
@@ -59,8 +64,8 @@ def check_experiment(cfg: Config) -> None:
             raise ConfigError(f"{where}: predict.tta must be a list of {', '.join(TTA_VIEWS)} (got {tta!r})")
     if cfg.kind != "image" and list(tta) != ["identity"]:
         raise ConfigError(f"{where}: predict.tta is for image models (kind {cfg.kind!r})")
-    if cfg.loss.class_weights not in ("frequency", "difficulty"):
-        raise ConfigError(f"{where}: loss.class_weights must be frequency or difficulty "
+    if cfg.loss.class_weights not in CLASS_WEIGHT_SOURCES:
+        raise ConfigError(f"{where}: loss.class_weights must be {' or '.join(CLASS_WEIGHT_SOURCES)} "
                           f"(got {cfg.loss.class_weights!r})")
     if cfg.loss.class_weights == "difficulty" and cfg.kind in ("tfidf", "knn") and float(cfg.loss.class_weight_power):
         raise ConfigError(f"{where}: loss.class_weights: difficulty needs embeddings; kind {cfg.kind} "
@@ -74,27 +79,27 @@ def validate_cleaning(cfg) -> None:
     li = cfg.data.get("label_issues") or {}
     if li.get("file"):
         if li.get("action") not in ACTIONS:
-            raise ConfigError(f"{cfg._source_}: data.label_issues.action must be one of {', '.join(ACTIONS)} "
+            raise ConfigError(f"{_where(cfg)}: data.label_issues.action must be one of {', '.join(ACTIONS)} "
                               f"(got {li.get('action')!r})")
         if not 0 < float(li["frac"]) <= 1:
-            raise ConfigError(f"{cfg._source_}: data.label_issues.frac must be in (0, 1]")
+            raise ConfigError(f"{_where(cfg)}: data.label_issues.frac must be in (0, 1]")
         if li.get("action") == "downweight" and not 0 <= float(li["weight"]) < 1:
-            raise ConfigError(f"{cfg._source_}: data.label_issues.weight must be in [0, 1) for downweight")
+            raise ConfigError(f"{_where(cfg)}: data.label_issues.weight must be in [0, 1) for downweight")
     pl = cfg.train.get("pseudo_labels") or {}
     if pl.get("from"):
         if not 0 <= float(pl["threshold"]) <= 1:
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.threshold must be in [0, 1]")
+            raise ConfigError(f"{_where(cfg)}: train.pseudo_labels.threshold must be in [0, 1]")
         if float(pl["weight"]) <= 0:
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.weight must be > 0")
+            raise ConfigError(f"{_where(cfg)}: train.pseudo_labels.weight must be > 0")
         if pl["source"] not in ("fold", "bagged"):
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.source must be fold or bagged")
+            raise ConfigError(f"{_where(cfg)}: train.pseudo_labels.source must be fold or bagged")
         if pl.get("from") == cfg.get("name"):
-            raise ConfigError(f"{cfg._source_}: train.pseudo_labels.from cannot be the experiment itself")
+            raise ConfigError(f"{_where(cfg)}: train.pseudo_labels.from cannot be the experiment itself")
     weighted = ((li.get("file") and li.get("action") == "downweight")
                 or (pl.get("from") and float(pl["weight"]) != 1.0))
     torch_head = cfg.kind in ("text", "image") and cfg.model.head != "logreg"
     if weighted and (torch_head or cfg.kind == "knn"):
         # the torch losses and the kNN vote take no per-row weight yet
-        raise ConfigError(f"{cfg._source_}: per-row weights (label_issues downweight, pseudo_labels.weight != 1) "
+        raise ConfigError(f"{_where(cfg)}: per-row weights (label_issues downweight, pseudo_labels.weight != 1) "
                           "are supported by kind tfidf and the logreg head only; use drop/relabel or weight 1")
 

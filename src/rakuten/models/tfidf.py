@@ -43,6 +43,12 @@ from rakuten.models.registry import register_model
 _T = EXPERIMENT_DEFAULTS["tfidf"]
 
 
+def _analysis_params(vec) -> dict:
+    """A vectoriser's parameters but those that only limit its fitted vocabulary: what decides the
+    n-grams a text yields and how they are counted."""
+    return {k: x for k, x in vec.get_params().items() if k not in ("vocabulary", "max_features", "min_df", "max_df")}
+
+
 class SharedCounts:
     """One term count over the union of several fitted vectorisers' vocabularies (the fold models of
     one member, same analyser), from which each vectoriser's own count matrix is a column gather: the
@@ -54,8 +60,7 @@ class SharedCounts:
         terms = sorted(set().union(*(v.vocabulary_ for v in vectorizers)))
         union = {t: i for i, t in enumerate(terms)}
         keep = set(CountVectorizer().get_params())
-        params = {k: v for k, v in vectorizers[0].get_params().items()
-                  if k in keep and k not in ("vocabulary", "max_features", "min_df", "max_df")}
+        params = {k: v for k, v in _analysis_params(vectorizers[0]).items() if k in keep}
         self.counter = CountVectorizer(vocabulary=union, **params)
         # fold column j of vectoriser v counts union column cols[id(v)][j]
         self.cols = {id(v): np.fromiter((union[t] for t, _ in sorted(v.vocabulary_.items(), key=lambda kv: kv[1])),
@@ -65,9 +70,10 @@ class SharedCounts:
     @staticmethod
     def shareable(vectorizers: list) -> bool:
         """The vectorisers analyse alike (every parameter equal but the vocabulary's own limits)."""
-        def params(v):
-            return {k: x for k, x in v.get_params().items() if k not in ("vocabulary", "max_features", "min_df", "max_df")}
-        return len(vectorizers) > 1 and all(params(v) == params(vectorizers[0]) for v in vectorizers[1:])
+        if len(vectorizers) < 2:   # one model (or none) has nothing to share
+            return False
+        first = _analysis_params(vectorizers[0])
+        return all(_analysis_params(v) == first for v in vectorizers[1:])
 
     def counts(self, vec, texts):
         """``vec``'s count matrix of ``texts`` (csr, sorted indices, as its ``transform`` counts them)."""
@@ -89,13 +95,17 @@ def share_counts(models: list) -> None:
         if all(v is not None for v in vecs) and SharedCounts.shareable(vecs):
             shared = SharedCounts(vecs)
             for m in models:
-                m.shared_counts = {**(getattr(m, "shared_counts", None) or {}), name: shared}
+                m.shared_counts = {**(m.shared_counts or {}), name: shared}
 
 
 @register_model("tfidf_linear")
 class TfidfLinear:
     """``create_model("tfidf_linear", cfg=<tfidf section>, num_classes=27, seed=...)``: the vectorisers and
     the linear classifier of a ``kind: tfidf`` member (and the vectorisers of ``knn.features: tfidf``)."""
+
+    # {"word" | "char": SharedCounts}: set by a bundle on its fold models (share_counts), never in a run;
+    # a class attribute, so models saved before it existed read None too
+    shared_counts: dict | None = None
 
     def __init__(self, cfg: dict, seed: int = 42, num_classes: int = NUM_CLASSES):
         self.cfg, self.seed, self.num_classes = cfg, seed, int(num_classes)
@@ -188,8 +198,7 @@ class TfidfLinear:
         if fit:
             parts = [v.fit_transform(texts) for v in (self.word, self.char) if v is not None]
         else:
-            # shared_counts: set by a bundle on its fold models (share_counts), absent in a run
-            shared = getattr(self, "shared_counts", None) or {}
+            shared = self.shared_counts or {}
             parts = [v.transform(texts) if name not in shared
                      # sklearn's own idf step on the counts its transform would have made
                      else v._tfidf.transform(shared[name].counts(v, texts), copy=False)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rakuten.errors import RakutenError
-from rakuten.defaults import EXPERIMENT_DEFAULTS
+from rakuten.defaults import CLASS_WEIGHT_SOURCES, EXPERIMENT_DEFAULTS
 from rakuten.labels import class_weights
 from rakuten.metrics import f1_per_class
 
@@ -96,8 +96,8 @@ def class_weight_vector(loss_cfg: dict, labels, num_classes: int, features: np.n
     embeddings) are needed by ``class_weights: difficulty`` only."""
     loss_cfg = {**EXPERIMENT_DEFAULTS["loss"], **dict(loss_cfg)}
     source, power = loss_cfg["class_weights"], float(loss_cfg["class_weight_power"])
-    if source not in ("frequency", "difficulty"):
-        raise RakutenError(f"unknown loss.class_weights {source!r}; choose frequency or difficulty")
+    if source not in CLASS_WEIGHT_SOURCES:
+        raise RakutenError(f"unknown loss.class_weights {source!r}; choose {' or '.join(CLASS_WEIGHT_SOURCES)}")
     if not power:
         return None
     if source == "frequency":
