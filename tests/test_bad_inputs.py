@@ -236,17 +236,13 @@ def _places(finished, root: Path) -> dict:
     return places
 
 
-@pytest.fixture(scope="module")
-def matrix(finished, tmp_path_factory):
-    """Run every case once (in parallel); {case id: CompletedProcess}, checked by the tests below."""
+def _run_cases(cases, places: dict) -> dict:
+    """Run each (case id, argv, word) of ``cases``, four at a time, with ``{name}`` in its arguments
+    replaced by ``places[name]`` (longest names first); {case id: CompletedProcess}."""
     from concurrent.futures import ThreadPoolExecutor
-    root = tmp_path_factory.mktemp("matrix")
-    places = _places(finished, root)
-    wd = finished[1]
-    before, before_ro = snapshot(wd), snapshot(Path(places["ro"]))
 
     def fill(a: str) -> str:
-        for k, v in places.items():
+        for k, v in sorted(places.items(), key=lambda kv: -len(kv[0])):
             a = a.replace("{" + k + "}", v)
         return a
 
@@ -254,9 +250,20 @@ def matrix(finished, tmp_path_factory):
         cid, argv, _ = case
         cmd = [sys.executable, str(REPO / "src" / argv[0]), *map(fill, argv[1:])]
         return cid, subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(one, cases))
+
+
+@pytest.fixture(scope="module")
+def matrix(finished, tmp_path_factory):
+    """Run every case once (in parallel); {case id: CompletedProcess}, checked by the tests below."""
+    root = tmp_path_factory.mktemp("matrix")
+    places = _places(finished, root)
+    wd = finished[1]
+    before, before_ro = snapshot(wd), snapshot(Path(places["ro"]))
+
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = dict(pool.map(one, MATRIX))
+        results = _run_cases(MATRIX, places)
         changed = sorted(k for k in set(before) | set(snapshot(wd)) if before.get(k) != snapshot(wd).get(k))
         changed_ro = snapshot(Path(places["ro"])) != before_ro
     finally:
@@ -390,7 +397,6 @@ def bundle_matrix(finished, tmp_path_factory):
     """Run every BUNDLE_MATRIX case once (in parallel); ({case id: CompletedProcess}, bundle digests
     before, after)."""
     import socket
-    from concurrent.futures import ThreadPoolExecutor
 
     from rakuten.safe_io import file_digests
     root = tmp_path_factory.mktemp("bundle_matrix")
@@ -399,18 +405,8 @@ def bundle_matrix(finished, tmp_path_factory):
     places["busy"] = str(busy.getsockname()[1])
     before = file_digests(places["bundle"]), snapshot(finished[1])
 
-    def fill(a: str) -> str:
-        for k, v in sorted(places.items(), key=lambda kv: -len(kv[0])):
-            a = a.replace("{" + k + "}", v)
-        return a
-
-    def one(case):
-        cid, argv, _ = case
-        cmd = [sys.executable, str(REPO / "src" / argv[0]), *map(fill, argv[1:])]
-        return cid, subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = dict(pool.map(one, BUNDLE_MATRIX))
+        results = _run_cases(BUNDLE_MATRIX, places)
     finally:
         busy.close()
     return results, before, (file_digests(places["bundle"]), snapshot(finished[1]))

@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from test_bundle import ENV, REPO  # noqa: E402
+from test_serve import free_port, wait_healthy  # noqa: E402
 
 pytestmark = pytest.mark.slow    # 60 s of load, on the session fixture bundle_run
 
@@ -66,10 +66,6 @@ def _sockets(pid: int) -> int:
     return n
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _products(wd: Path) -> tuple[list[dict], list[bytes | None]]:
@@ -111,7 +107,7 @@ def test_sustained_load_and_sigterm(bundle_run, tmp_path):
     assert any(images) and not all(d is None for d in images)
     keyfile = tmp_path / "key"
     keyfile.write_text(KEY + "\n")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     t_test = time.time()
     ref_proc = _reference(tmp_path, wd, bundle, prods)
@@ -120,16 +116,7 @@ def test_sustained_load_and_sigterm(bundle_run, tmp_path):
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     auth = {"Authorization": f"Bearer {KEY}"}
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-            assert time.time() < deadline, "server did not come up in 120 s"
-            time.sleep(0.3)
+        wait_healthy(proc, base, poll_s=0.3)
         assert ref_proc.wait(timeout=180) == 0, ref_proc.stdout.read().decode()[-2000:]
         ref_rows = [json.loads(s) for s in (tmp_path / "load_ref_pred.jsonl").read_text().splitlines()]
         ref = {(i, False): ref_rows[i] for i in range(N)} | {(i, True): ref_rows[N + i] for i in range(N)}

@@ -140,29 +140,36 @@ def test_bad_body_and_content_type(client):
     assert r.status_code == 422 and "unknown form field(s) extra" in r.json()["detail"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free loopback port (test_load and test_web_page start their services on one too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, base: str, poll_s: float = 0.5, timeout_s: float = 120) -> None:
+    """Until ``base``/health answers 200; fails with the server's output if it exits first, or after
+    ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert time.time() < deadline, f"server did not come up in {timeout_s:.0f} s"
+        time.sleep(poll_s)
+
+
 def test_real_server_under_concurrent_requests(served):
     _, wd, bundle = served
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(REPO / "src" / "serve.py"), "--bundle", str(bundle),
                              "--port", str(port)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-            assert time.time() < deadline, "server did not come up in 120 s"
-            time.sleep(0.5)
+        wait_healthy(proc, base)
         products = _products(wd, 8)
         ref = _predict_py(served, 8)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from test_bundle import ENV, REPO  # noqa: E402
+from test_serve import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow    # reads the session fixture bundle_run (a tiny run and its export)
 
@@ -38,19 +38,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 WAIT_S = 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def site(bundle_run):
     """The service (uvicorn, in a thread of this process) over conftest's tiny bundle, on a free
     loopback port. Yields (base url, workdir, bundle, root)."""
     from rakuten.serve import create_app
     root, wd, bundle, _, _ = bundle_run
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(bundle), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
