@@ -482,10 +482,9 @@ class Bundle:
         shared = SharedRows()     # kNN on frozen features: the folds' banks overlap (each 1 - 1/K of the rows)
         tok = None
         if entry["member_kind"] == "text" and (d / "tokenizer").is_dir():
-            # heavy: transformers. AutoTokenizer: the class the run saved (tokenizer_config.json), e.g.
-            # CamembertTokenizer or FlaubertTokenizer of a reduced backbone, not only a fast WordPiece
-            from transformers import AutoTokenizer
-            tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"))
+            # the class the run saved (tokenizer_config.json), e.g. CamembertTokenizer or FlaubertTokenizer
+            # of a reduced backbone, a fast WordPiece, or e5's compact Unigram tokenizer
+            tok = load_tokenizer(str(d / "tokenizer"))
         for k, fname in zip(entry["folds"], entry["files"]):
             f = d / fname
             obj = load_model(f)   # data-only formats; a pickle is refused, never loaded
