@@ -124,3 +124,6 @@ def test_tfidf_folds_sharing_one_count_give_their_own_rows():
         got = m.vectorize(new)
         assert (got != X).nnz == 0 and np.array_equal(got.indices, X.indices) and np.array_equal(got.data, X.data)
         assert np.array_equal(m.predict_logits(new), logits)
+        # the SVM's scores without scikit-learn's input checks: its decision_function's, bit for bit
+        assert np.array_equal(m._decision(got), m.clf.decision_function(got))
+    assert models[0].word.sublinear_tf and models[0].word.norm == "l2"   # the steps idf_rows repeats

@@ -407,6 +407,18 @@ class SharedRows:
         return np.stack(self.rows) if self.rows else np.zeros((0, 0), np.float32)
 
 
+def _one_openblas_thread() -> None:
+    """numpy's OpenBLAS on one thread in a process that serves a bundle. Its matrix products here are
+    small (a request's rows against a kNN bank, the logistic-regression heads), and after each one its
+    idle worker spins for about 200 ms: on 2 cores that took a core from the next step, the image
+    decoding of the next request went from 47 to 75-85 ms and the backbones slowed too (measured,
+    benchmarks/bundle_bench.py). torch's own threads (OpenMP, MKL) are not touched."""
+    # heavy: threadpoolctl (scikit-learn's dependency) finds the BLAS libraries loaded in this process
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
+
+
 class Bundle:
     """A loaded bundle: ``predict(products)`` -> (log of the averaged probabilities [n, 27], info)."""
 
@@ -438,6 +450,7 @@ class Bundle:
             cfg = Config(read_json(d / "config.json"))
             self.members[name] = {**entry, "cfg": cfg, "models": self._load_member(name, entry, cfg, d)}
         self._embedding_sources = {m["features"] for m in self.members.values() if m.get("features_per_fold")}
+        _one_openblas_thread()
         self.load_seconds = time.time() - t0
 
     def _load_source(self, cfg) -> dict:
