@@ -15,6 +15,8 @@ from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, check that the run's submitted model belongs to ``--preset``,
+    export it as a bundle to ``--out`` and print its size and load time; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--preset", required=True, help="the preset the run used (demo, cpu, gpu, or a YAML path)")

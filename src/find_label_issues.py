@@ -18,6 +18,8 @@ from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, flag the training labels that ``--exp``'s OOF probabilities
+    contradict (cleanlab) and write the issue tables and the pairs chart in its folder; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--exp", required=True, help="finished experiment (unimodal, fusion or stack) under oof/")

@@ -16,6 +16,8 @@ from rakuten.cli import (add_common_args, one_line_errors, parse_fold_arg, paths
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, load the fusion config with its overrides, train its folds and
+    print the per-fold scores; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--config", required=True, help="fusion config (path, or name under configs/fusion)")

@@ -20,6 +20,8 @@ from rakuten.presets import add_backbones_arg
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, run the preset's plan as Ray tasks (``--dry-run``: print the plan
+    only) and print the result table; returns the exit status (1 when a task failed or did not run)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--preset", default=None,

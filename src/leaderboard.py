@@ -13,6 +13,8 @@ from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, score every finished experiment and write the leaderboard files;
+    returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     args = p.parse_args(argv)

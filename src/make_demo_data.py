@@ -16,6 +16,7 @@ from rakuten.paths import Paths
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line's arguments (``argv``; ``None``: ``sys.argv[1:]``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None,
                    help="output folder (default: <workdir>/data/demo, where the stages look for demo data)")
@@ -35,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, generate the demo dataset (nothing written when the same one is
+    there) and print its summary; returns the exit status (2 on bad parameters or an output folder it
+    must not replace)."""
     args = parse_args(argv)
     out = args.out if args.out is not None else Paths.make().demo_data_dir
     try:

@@ -12,6 +12,8 @@ from rakuten.stages import folds_stage
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, load the data, write the stratified fold file (unchanged when
+    identical) and print its fold sizes; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--k", type=int, default=5, help="number of folds (default 5)")

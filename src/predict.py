@@ -21,6 +21,8 @@ from rakuten.errors import RakutenError
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, predict the products of ``--input`` with the bundle batch by batch
+    and write the predictions to ``--out`` atomically; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="bundle folder written by export.py (holds manifest.json)")
     p.add_argument("--input", required=True,

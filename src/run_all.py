@@ -18,6 +18,8 @@ from rakuten.presets import add_backbones_arg
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, validate the preset and run every stage of the pipeline (in an
+    MLflow run with ``--track``); returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--preset", default="demo", help="configs/presets/<name>.yaml (demo, cpu, gpu)")

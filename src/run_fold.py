@@ -23,6 +23,8 @@ from rakuten.presets import add_backbones_arg
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, prepare the data and fold file when missing, and train the
+    requested folds of ``--config`` (else of every unimodal experiment of the preset); returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--config", default=None,

@@ -39,6 +39,8 @@ def _stop_quietly(signum, frame) -> None:
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, load the bundle and serve it with uvicorn until SIGTERM or
+    Ctrl-C; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="bundle folder written by export.py (holds manifest.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -14,6 +14,8 @@ from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, write and validate the submission of ``--exp`` (``--bias``: with
+    its per-class logit biases); returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--exp", required=True, help="experiment name under oof/")

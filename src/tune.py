@@ -19,6 +19,8 @@ from rakuten.errors import RakutenError
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, run ``--trials`` Optuna trials on the config and print the study's
+    best, then (``--bias``) fit per-class logit biases and print their held-out gain; returns the exit status."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--config", required=True, help="fusion or stack config to tune (path or name)")

@@ -12,6 +12,8 @@ from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup
 
 
 def main(argv=None) -> int:
+    """Entry point: parse the arguments, validate the submission file against the data's test set and
+    print one line; returns the exit status (2 with the first fault)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("path", help="submission file to check")

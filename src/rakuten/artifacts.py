@@ -77,6 +77,7 @@ def _raw_write(f: io.FileIO, data) -> int:
 
 class _ArtifactFile(io.FileIO):
     def write(self, data) -> int:
+        """Write through ``_raw_write`` (the one low-level write the fault-injection tests replace)."""
         return _raw_write(self, data)
 
 
@@ -89,6 +90,7 @@ def atomic_open(path: str | Path, suffix: str | None = None) -> Iterator[BinaryI
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_open``)."""
     with atomic_open(path) as f:
         f.write(data)
 
@@ -100,10 +102,13 @@ def atomic_copy(src: str | Path, dst: str | Path, chunk: int = 1 << 20) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` to ``path`` as indented JSON with a final newline, atomically; numpy scalars and
+    arrays and ``Path`` objects are converted, anything else not serialisable raises ``TypeError``."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
@@ -120,15 +125,18 @@ def _json_default(o):
 
 
 def atomic_save_npz(path: str | Path, **arrays) -> None:
+    """Save ``arrays`` to ``path`` as an uncompressed npz (``np.savez``), atomically."""
     with atomic_open(path, suffix=".npz") as f:
         np.savez(f, **arrays)
 
 
 def atomic_write_csv(path: str | Path, df, **kwargs) -> None:
+    """Write ``df.to_csv(**kwargs)`` to ``path`` atomically, encoded as ``kwargs["encoding"]`` (default UTF-8)."""
     atomic_write_bytes(path, df.to_csv(None, **kwargs).encode(kwargs.get("encoding") or "utf-8"))
 
 
 def read_json(path: str | Path) -> dict:
+    """The parsed JSON file ``path``; a missing, truncated or corrupt file raises ``ArtifactError``."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -173,6 +181,7 @@ class Predictions:
                 raise ArtifactError(f"labels shape {self.labels.shape} does not match {n} ids")
 
     def save(self, path: str | Path) -> None:
+        """Write the arrays to the npz ``path`` atomically (``embeddings`` and ``labels`` only when present)."""
         arrays = {"ids": self.ids, "logits": self.logits}
         if self.embeddings is not None:
             arrays["embeddings"] = self.embeddings
@@ -182,6 +191,8 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictions":
+        """Read an npz written by ``save``; a missing, truncated or corrupt file, or arrays whose shapes do
+        not match, raise ``ArtifactError`` naming ``path``."""
         path = Path(path)
         if not path.exists():
             raise ArtifactError(f"{path}: missing")
@@ -209,6 +220,8 @@ class Predictions:
 
     @staticmethod
     def concat(parts: list["Predictions"]) -> "Predictions":
+        """The rows of ``parts`` stacked in order; ``embeddings`` (``labels``) are kept only when every part
+        has them."""
         emb = None if any(p.embeddings is None for p in parts) else np.concatenate([p.embeddings for p in parts])
         lab = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
         return Predictions(np.concatenate([p.ids for p in parts]), np.concatenate([p.logits for p in parts]),
@@ -216,6 +229,7 @@ class Predictions:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` [n, C] (max-shifted for stability): probabilities [n, C]."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -229,15 +243,19 @@ class Experiment:
         self.dir = Path(root) / name
 
     def oof_path(self, fold: int) -> Path:
+        """Fold ``fold``'s out-of-fold predictions: ``fold<k>.npz``."""
         return self.dir / f"fold{fold}.npz"
 
     def test_path(self, fold: int) -> Path:
+        """The fold-``fold`` model's test predictions: ``test_fold<k>.npz``."""
         return self.dir / f"test_fold{fold}.npz"
 
     def summary_path(self, fold: int) -> Path:
+        """Fold ``fold``'s per-epoch training log: ``summary_fold<k>.csv``."""
         return self.dir / f"summary_fold{fold}.csv"
 
     def checkpoint_path(self, fold: int) -> Path:
+        """Fold ``fold``'s last epoch checkpoint: ``checkpoints/fold<k>_last.pt``."""
         return self.dir / "checkpoints" / f"fold{fold}_last.pt"
 
     def model_path(self, fold: int, ext: str) -> Path:
@@ -267,9 +285,11 @@ class Experiment:
 
     @property
     def meta_path(self) -> Path:
+        """The experiment's ``meta.json``."""
         return self.dir / "meta.json"
 
     def read_meta(self) -> dict:
+        """The parsed ``meta.json`` (``ArtifactError`` when missing or corrupt)."""
         return read_json(self.meta_path)
 
     def update_meta(self, **fields) -> dict:

@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--workdir``, ``--data-dir`` and ``-v/--verbose`` to ``p``; returns ``p``."""
     p.add_argument("--workdir", default=None,
                    help="folder that holds folds/, oof/, submissions/ and cache/ (default: the repository)")
     p.add_argument("--data-dir", default=None,
@@ -49,6 +50,9 @@ def paths_from_args(args, writable: bool = True) -> Paths:
 
 
 def check_workdir(workdir, writable: bool = True) -> None:
+    """Raise a one-line ``RakutenError`` when ``workdir`` is a file or, with ``writable``, when a file
+    cannot be created in it (its nearest existing parent if it does not exist yet) or in its existing
+    ``folds``, ``oof``, ``submissions`` or ``cache`` folder."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise RakutenError(f"--workdir {workdir} is a file, not a folder")
@@ -68,6 +72,8 @@ def check_workdir(workdir, writable: bool = True) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Configure the root logger (``logging.basicConfig``: no effect when it already has handlers): DEBUG
+    with ``verbose``, else INFO, each line with time, level and logger name."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 

@@ -16,10 +16,13 @@ from rakuten.artifacts import ArtifactError, atomic_write_csv, atomic_write_json
 
 
 class FoldsError(RakutenError, RuntimeError):
+    """A fold file that is missing, unreadable or inconsistent (with the data or its sidecar's hash), or a
+    split that cannot be made; the message is one line."""
     pass
 
 
 def folds_path(folds_dir: Path, k: int, seed: int) -> Path:
+    """The fold file of a (k, seed) split: ``<folds_dir>/folds_k<k>_seed<seed>.csv``."""
     return Path(folds_dir) / f"folds_k{k}_seed{seed}.csv"
 
 
@@ -65,6 +68,9 @@ def write_folds(df: pd.DataFrame, path: Path, k: int, seed: int, force: bool = F
 
 
 def read_folds(path: Path) -> pd.DataFrame:
+    """Read a fold file as int64 columns id, label, fold; raises ``FoldsError`` when it is missing or
+    unreadable, has other columns or a duplicate id, or does not match the hash in its JSON sidecar
+    (when there is one)."""
     path = Path(path)
     if not path.exists():
         raise FoldsError(f"{path}: fold file not found; run `python src/make_folds.py` first")

@@ -97,19 +97,24 @@ class LabelMap:
         return out
 
     def decode(self, indices) -> list[int]:
+        """Class indices -> codes."""
         return [self.codes[int(i)] for i in indices]
 
     def is_known(self, code) -> bool:
+        """Whether ``code`` is one of the map's codes."""
         return int(code) in self._index
 
     def to_json(self) -> dict:
+        """``{"codes": [...], "index": {code as a string: class index}}``: what ``save`` writes."""
         return {"codes": list(self.codes), "index": {str(c): i for c, i in self._index.items()}}
 
     def save(self, path: str | Path) -> None:
+        """Write ``to_json()`` to ``path`` atomically."""
         atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelMap":
+        """The map that ``save`` wrote to ``path`` (only its ``codes`` are read)."""
         return cls(json.loads(Path(path).read_text())["codes"])
 
 

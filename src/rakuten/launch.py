@@ -70,6 +70,8 @@ def require_ray():
 # ------------------------------------------------------------------------------------------- the plan
 @dataclass
 class UnimodalJob:
+    """One unimodal experiment of the plan: its config, every fold of its fold file, the folds this launch
+    trains (``todo``), those complete already (``done``), and the fold file's hash."""
     cfg: Config
     folds: list[int]            # every fold of its fold file
     todo: list[int]             # the folds this launch trains
@@ -78,28 +80,35 @@ class UnimodalJob:
 
     @property
     def name(self) -> str:
+        """The experiment's name (its config's)."""
         return self.cfg.name
 
 
 @dataclass
 class SecondLevelJob:
+    """One fusion or stack experiment of the plan: its stage, config and input experiment names."""
     stage: str                  # fusion | stack
     cfg: Config
     inputs: list[str]           # upstream experiment names
 
     @property
     def name(self) -> str:
+        """The experiment's name (its config's)."""
         return self.cfg.name
 
 
 @dataclass
 class Plan:
+    """What a launch runs: the preset's unimodal and second-level jobs, and the experiments left out, each
+    as (stage, experiment, why not run)."""
     preset: str
     unimodal: list[UnimodalJob] = field(default_factory=list)
     second: list[SecondLevelJob] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)   # (stage, experiment, why not run)
 
     def describe(self) -> str:
+        """The plan as text (what ``launch`` prints): per unimodal experiment the folds to run and those
+        complete already, each second-level task with its inputs, and what is not run and why."""
         n_folds = sum(len(j.todo) for j in self.unimodal)
         lines = [f"***** Launch plan: preset {self.preset} *****",
                  f"  unimodal fold tasks: {n_folds} over {len(self.unimodal)} experiment(s)"]
@@ -115,10 +124,13 @@ class Plan:
 
 
 def parse_list(value: str | None) -> list[str] | None:
+    """A comma list -> its non-empty items, stripped; ``None`` stays ``None``."""
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
 def parse_folds(value: str | None) -> list[int] | None:
+    """``--folds``: a comma list of fold indices, or ``None`` (every fold) for 'all' or no value; raises
+    ``RakutenError`` on an item that is not an integer (the range is not checked here)."""
     if value is None or value == "all":
         return None
     try:
@@ -294,6 +306,9 @@ def second_level_task(stage: str, cfg_dict: dict, workdir: str, data_dir: str | 
 # ---------------------------------------------------------------------------------------- submission
 @dataclass
 class Resources:
+    """Ray resources of the tasks: GPUs and CPUs per fold task (``gpus_per_task`` None: 1 where the cluster
+    has GPUs, else 0), CPUs per fusion or stack task, retries of a task whose worker died, and whether
+    each experiment's caches are built by one prepare task first (``prepare``)."""
     gpus_per_task: float | None = None    # None: 1 where the cluster has GPUs, else 0
     cpus_per_task: float = 1.0
     second_level_cpus: float = 1.0
@@ -301,6 +316,8 @@ class Resources:
     prepare: bool = True
 
     def resolved_gpus(self, cluster: dict) -> float:
+        """GPUs per fold task: ``gpus_per_task`` when set, else 1 when ``cluster`` (Ray's cluster resources)
+        has a GPU, else 0."""
         if self.gpus_per_task is not None:
             return float(self.gpus_per_task)
         return 1.0 if cluster.get("GPU", 0) > 0 else 0.0
@@ -308,6 +325,8 @@ class Resources:
 
 @dataclass
 class Submitted:
+    """One task submitted to Ray: its key, stage, experiment, fold (None for a prepare or second-level task),
+    object ref, and the keys of the tasks it depends on."""
     key: str                  # "<exp>/prepare", "<exp>/fold<k>", "<exp>"
     stage: str
     name: str
@@ -467,6 +486,8 @@ def result_rows(plan: Plan, tasks: list[Submitted], outcomes: dict[str, dict], p
 
 
 def format_table(rows: list[dict]) -> str:
+    """``rows`` (``result_rows``) as a fixed-width text table under a header and a dashed rule; scores with
+    4 decimals, absent values empty."""
     head = ["stage", "experiment", "fold", "status", "macro-F1", "weighted-F1", "accuracy", "seconds", "where / why"]
     body = [[r["stage"], r["experiment"], str(r["fold"]), r["status"],
              *("" if r[c] is None else f"{r[c]:.4f}" for c in SCORE_COLS),

@@ -300,6 +300,8 @@ class Ledger:
         self.entries: dict[tuple[str, str], dict] = {}
 
     def note(self, artifact: str, status: str, reason: str | None = None) -> None:
+        """Record ``artifact``'s ``status`` (reused, new or redone) in the current stage; noted twice, the
+        stronger status wins (reused < new < redone) with its reason."""
         key = (self.stage, artifact)
         cur = self.entries.get(key)
         rank = {"reused": 0, "new": 1, "redone": 2}
@@ -307,6 +309,7 @@ class Ledger:
             self.entries[key] = {"status": status, "reason": reason}
 
     def summary(self) -> list[str]:
+        """One text line per stage: its counts of reused / new / redone artifacts and the redone ones' names."""
         by_stage: dict[str, dict[str, list[str]]] = {}
         for (st, art), e in self.entries.items():
             by_stage.setdefault(st, {}).setdefault(e["status"], []).append(art)
@@ -319,6 +322,7 @@ class Ledger:
 
     @property
     def redone(self) -> dict[str, str]:
+        """``{artifact: reason}`` of every artifact redone, in any stage."""
         return {a: e["reason"] for (_, a), e in self.entries.items() if e["status"] == "redone"}
 
 
@@ -341,6 +345,7 @@ def end_run(ledger: Ledger) -> dict:
 
 
 def set_stage(name: str) -> None:
+    """Name the stage under which the run's ledger records the next notes (no-op outside a ``begin_run``)."""
     if _LEDGER is not None:
         _LEDGER.stage = name
 
@@ -355,6 +360,8 @@ def note(artifact: str, status: str, reason: str | None = None) -> None:
 
 
 def print_summary(ledger: Ledger) -> None:
+    """Print the ledger's per-stage counts of reused / new / redone artifacts, and a 'nothing redone' line
+    when every artifact it recorded was reused."""
     print("\nartifacts per stage (reused / new / redone):")
     for line in ledger.summary():
         print(line)

@@ -231,6 +231,7 @@ def load_run_model(path: str | Path):
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, all 64 digits (``artifacts.file_hash`` keeps 16)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -49,6 +49,8 @@ FIELDS = {"title", "description", "productid", "imageid", "image_base64"}
 
 
 class RequestError(Exception):
+    """A request the service refuses: HTTP ``status``, a one-line ``detail`` and optional response
+    ``headers``; the app answers it as JSON ``{"detail": ...}``."""
     def __init__(self, status: int, detail: str, headers: dict | None = None):
         super().__init__(detail)
         self.status, self.detail, self.headers = status, detail, headers
@@ -144,6 +146,9 @@ class Predictor:
         self.lock = threading.Lock()
 
     def predict(self, products: list[dict]) -> list[dict]:
+        """Predict checked request products (title, description, productid, imageid, image bytes or None)
+        under the lock; returns one answer row per product, in order. Images pass through a temporary
+        folder, removed afterwards; a missing productid or imageid is sent to the bundle as -1."""
         tmp = Path(tempfile.mkdtemp(prefix="rakuten_serve_"))
         try:
             paths = []

@@ -39,6 +39,8 @@ from rakuten.training.fold_data import empty_field
 
 @contextmanager
 def stage(name: str, timings: dict):
+    """Context manager around one pipeline stage: print its banner, set the lineage ledger's stage, and
+    when the block succeeds record its seconds in ``timings[name]`` and print them."""
     print(f"\n===== {name} =====", flush=True)
     lineage.set_stage(name)
     t0 = time.time()
@@ -190,12 +192,16 @@ def unimodal_stage(preset, paths: Paths, ds, progress: bool = True, force: bool 
 
 # ------------------------------------------------------------------------------------- second level
 def fusion_stage(preset, paths: Paths, progress: bool = True) -> None:
+    """Run each of the preset's fusion experiments (``api.fuse``) and log the ones that ran to tracking;
+    one whose inputs this run skipped is not run."""
     for name in preset.fusion:
         if api.fuse(name, paths, preset, progress=progress) is not None:   # None: skipped, inputs missing
             tracking.log_experiment(paths, name)
 
 
 def stack_stage(preset, paths: Paths, progress: bool = True) -> None:
+    """Run each of the preset's stack experiments (``api.stack``) and log the ones that ran to tracking;
+    one whose inputs this run skipped is not run."""
     for name in preset.stack:
         if api.stack(name, paths, preset, progress=progress) is not None:   # None: skipped, inputs missing
             tracking.log_experiment(paths, name)
@@ -227,6 +233,8 @@ def tune_and_refit(name: str, paths: Paths, preset=None, n_trials: int = 10, tim
 
 
 def tuning_stage(preset, paths: Paths, trials: int | None = None, progress: bool = True) -> None:
+    """Tune and refit every entry of the preset's ``tune`` (``tune_and_refit``; ``trials`` overrides each
+    entry's count, default 10) and log each refitted ``<name>_tuned`` to tracking."""
     for name, opts in (preset.get("tune") or {}).items():
         n = trials if trials is not None else int(opts.get("trials", 10))
         # total=True: a rerun of a finished pipeline runs no new trial (the study already has n)
@@ -346,6 +354,8 @@ def _never_below_best_input(paths: Paths, exp: str, fmt: str | None, selection: 
 
 
 def leaderboard(paths: Paths) -> list[dict]:
+    """Build and write the leaderboard (``submissions/leaderboard.md``, .json, .png) and print its ranking;
+    returns its rows."""
     from rakuten.reporting.leaderboard import build_leaderboard   # matplotlib
 
     board = build_leaderboard(paths, write=True)

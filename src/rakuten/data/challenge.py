@@ -41,6 +41,9 @@ class DataError(RakutenError, ValueError):
 
 @dataclass
 class Dataset:
+    """One challenge download, read and cleaned: the ``train`` and ``test`` tables (columns in the module
+    docstring), the ``label_map``, the format (``fmt``: challengedata or sigir), the data folder and the
+    ``report`` (row, image and missing-description counts, lines decoded as latin-1)."""
     train: pd.DataFrame
     test: pd.DataFrame
     label_map: LabelMap
@@ -50,6 +53,8 @@ class Dataset:
 
 
 def detect_format(data_dir: Path) -> str:
+    """``"challengedata"`` or ``"sigir"``: whichever edition's X_train file ``data_dir`` holds (ChallengeData
+    first); raises ``DataError`` when it holds neither."""
     if (data_dir / CD_FILES["x_train"]).exists():
         return "challengedata"
     if (data_dir / SIGIR_FILES["x_train"]).exists():

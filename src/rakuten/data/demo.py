@@ -84,6 +84,8 @@ _STREAM_GLOBAL, _STREAM_TEXT, _STREAM_IMAGE = 0, 1, 2
 # ---------------------------------------------------------------------------------------- class design
 @dataclass(frozen=True)
 class DemoClass:
+    """One demo class: its challenge ``code`` and ``name``, the text pool its words come from and the visual
+    pattern its images are drawn with."""
     code: int
     name: str
     text_pool: str   # classes with the same pool are indistinguishable by text
@@ -734,6 +736,7 @@ def _unique_ints(rng: np.random.Generator, n: int, lo: int, hi: int) -> np.ndarr
 
 
 def image_name(imageid: int, productid: int) -> str:
+    """The challenge's image file name of a product: ``image_<imageid>_product_<productid>.jpg``."""
     return f"image_{int(imageid)}_product_{int(productid)}.jpg"
 
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def data_fingerprint(data_dir: Path) -> str:
+    """Cache key of a data folder (12 hex characters): a hash of its resolved path, the names, sizes and
+    mtimes of the raw files present, and each image folder's mtime and number of entries."""
     h = hashlib.sha256(str(data_dir.resolve()).encode())
     for name in sorted(set(CD_FILES.values()) | set(SIGIR_FILES.values())):
         p = data_dir / name
@@ -47,6 +49,9 @@ def resolve_data_dir(paths: Paths) -> Path:
 
 
 def load_dataset(paths: Paths, use_cache: bool = True) -> Dataset:
+    """The cleaned dataset of ``paths``: from the Parquet cache in ``prepared/<data_fingerprint>`` when
+    ``use_cache`` and its ``prepared.json`` (written last) agrees with the tables' row counts (an unusable
+    cache is rebuilt with a warning), else read with ``load_challenge`` and cached."""
     data_dir = resolve_data_dir(paths)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: {'is a file, not a' if data_dir.exists() else 'no such'} data directory")
@@ -75,6 +80,8 @@ def load_dataset(paths: Paths, use_cache: bool = True) -> Dataset:
 
 
 def describe(ds: Dataset) -> str:
+    """One line on a dataset: format, folder, train and test rows, images found and missing per split, and
+    rows decoded as latin-1."""
     r = ds.report
     rep = r.get("repaired_rows") or {}
     fixed = ("; rows decoded as latin-1 (not UTF-8): " + ", ".join(f"{n} in {f}" for f, n in rep.items())) if rep else ""
@@ -84,6 +91,7 @@ def describe(ds: Dataset) -> str:
 
 
 def dump_report(ds: Dataset) -> str:
+    """``ds.report`` as indented JSON."""
     return json.dumps(ds.report, indent=2)
 
 

@@ -35,13 +35,16 @@ class RaggedTokens:
         return len(self.offsets) - 1
 
     def row(self, i: int) -> np.ndarray:
+        """Row ``i``'s token ids (a view of ``flat``)."""
         return self.flat[self.offsets[i]:self.offsets[i + 1]]
 
     @property
     def lengths(self) -> np.ndarray:
+        """Every row's token count [n]."""
         return np.diff(self.offsets)
 
     def subset(self, idx) -> "RaggedTokens":
+        """The rows ``idx``, in that order, copied into a new ``RaggedTokens``."""
         rows = [self.row(int(i)) for i in idx]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(r) for r in rows])
@@ -50,6 +53,8 @@ class RaggedTokens:
 
 
 def tokenize_texts(tokenizer, texts: list[str], max_len: int, batch: int = 2048) -> RaggedTokens:
+    """Tokenise ``texts`` in batches of ``batch`` (special tokens added, truncated to ``max_len`` tokens) into
+    a ``RaggedTokens`` of int32 ids."""
     rows = []
     for s in range(0, len(texts), batch):
         enc = tokenizer(texts[s:s + batch], truncation=True, max_length=max_len, add_special_tokens=True)

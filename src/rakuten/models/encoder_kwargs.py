@@ -19,9 +19,11 @@ class NoKVCache:
     """A cache that caches nothing: ``get_seq_length() == 0``, ``update(k, v, ...) -> (k, v)``."""
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Always 0: nothing is cached."""
         return 0
 
     def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        """``(key_states, value_states)`` unchanged; nothing is stored."""
         return key_states, value_states
 
     def __getitem__(self, layer_idx):  # the pre-norm path indexes the cache per layer

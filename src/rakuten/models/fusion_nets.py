@@ -59,10 +59,14 @@ def combine(xs: list[torch.Tensor], op: str, present: torch.Tensor | None = None
 
 
 def fused_width(widths: list[int], op: str) -> int:
+    """Width of ``combine``'s output over inputs of ``widths``: their sum for concat, else the first width
+    (add and average take equal widths)."""
     return sum(widths) if op == "concat" else widths[0]
 
 
 def make_head(fcfg, width: int, num_classes: int) -> nn.Module:
+    """The classifier head of ``fcfg["head"]`` on [B, ``width``] inputs: ``linear``; ``dropout`` (dropout,
+    linear); any other value the MLP (dropout, linear to ``hidden`` (default 256), ReLU, linear)."""
     head = fcfg["head"]
     p = float(fcfg.get("dropout") or 0.0)
     if head == "linear":
@@ -86,6 +90,8 @@ class FusionNet(nn.Module):
 
     @classmethod
     def check_config(cls, fcfg, name: str) -> None:
+        """Check the ``fusion:`` section ``fcfg`` for this network; raises ``ConfigError`` naming experiment
+        ``name``. Each network implements it."""
         raise NotImplementedError
 
     @classmethod
@@ -99,9 +105,11 @@ class FusionNet(nn.Module):
         return name if field == "embeddings" else f"{name}:{field}"
 
     def fuse(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits [B, C], features [B, F] or None)`` of a batch; each network implements it."""
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"logits": [B, C], "features": [B, F] or None}`` from ``fuse``; no loss (the training loop's)."""
         logits, features = self.fuse(batch)                      # [B, C], [B, F] or None
         # no loss here: the fusion's training loop owns it (second_level.fusion, weighted by class_weight)
         return {"logits": logits, "features": features}
@@ -191,6 +199,8 @@ class HierarchicalFusion(FusionNet):
 
     @classmethod
     def check_config(cls, fcfg, name: str) -> None:
+        """Require a non-empty ``text_groups`` of non-empty groups, level ops among ``OPS`` and valid embedding
+        options; raises ``ConfigError``."""
         groups = fcfg.get("text_groups") or []
         if not groups or not all(isinstance(g, (list, tuple)) and g for g in groups):
             raise ConfigError(f"{name}: fusion.text_groups must list, per text backbone, its title and "
@@ -200,6 +210,8 @@ class HierarchicalFusion(FusionNet):
 
     @classmethod
     def inputs(cls, fcfg) -> list[tuple[str, str]]:
+        """The text groups' experiments, then the image's (if any): their embeddings, then with ``residual``
+        their logits."""
         names = [m for g in fcfg["text_groups"] for m in g] + ([fcfg["image"]] if fcfg.get("image") else [])
         return _embedding_inputs(names, fcfg)
 
@@ -225,6 +237,9 @@ class HierarchicalFusion(FusionNet):
         return x
 
     def fuse(self, batch):
+        """Level 1 combines each text group (``level1_op``), level 2 the groups and the projected image
+        (``level2_op``); returns (the head's logits [B, C], plus the late fusion with ``residual``; the fused
+        vector [B, ``out_width``])."""
         first = batch[self.names[0]]
         present = self._presence(batch, first.shape[0], first.device)                  # [B, N] or None
         col = {m: i for i, m in enumerate(self.names)}
@@ -275,6 +290,7 @@ class BaselineFusion(HierarchicalFusion):
 
     @classmethod
     def check_config(cls, fcfg, name: str) -> None:
+        """Require ``fusion.text``, ``op`` among ``OPS`` and valid embedding options; raises ``ConfigError``."""
         if not fcfg.get("text"):
             raise ConfigError(f"{name}: fusion.text must name the text experiment(s) on the title + "
                               "description field")
@@ -283,6 +299,7 @@ class BaselineFusion(HierarchicalFusion):
 
     @classmethod
     def inputs(cls, fcfg) -> list[tuple[str, str]]:
+        """The text experiments, then the image's (if any): their embeddings, then with ``residual`` their logits."""
         names = list(fcfg["text"]) + ([fcfg["image"]] if fcfg.get("image") else [])
         return _embedding_inputs(names, fcfg)
 
@@ -311,6 +328,8 @@ class LateFusion(FusionNet):
 
     @classmethod
     def check_config(cls, fcfg, name: str) -> None:
+        """Require ``fusion.inputs``, ``op`` average or weighted and ``space`` prob or logprob; raises
+        ``ConfigError``."""
         if not fcfg.get("inputs"):
             raise ConfigError(f"{name}: fusion.inputs must name the experiments to late-fuse")
         _check_ops(name, op=(fcfg["op"], ("average", "weighted")),
@@ -318,19 +337,25 @@ class LateFusion(FusionNet):
 
     @classmethod
     def inputs(cls, fcfg) -> list[tuple[str, str]]:
+        """Every input experiment's logits."""
         return [(n, "logits") for n in fcfg["inputs"]]
 
     @staticmethod
     def key(name: str, field: str) -> str:
+        """The experiment's name itself, whatever ``field``."""
         return name     # late fusion reads logits only, under the experiment's name
 
     def weights(self) -> torch.Tensor:
+        """Per-input weights [M]: equal (1/M) for ``average``; learned for ``weighted``, softmax (summing to 1)
+        in ``prob`` space, softplus (free scale) in ``logprob`` space."""
         m = len(self.names)
         if self.raw is None:
             return torch.full((m,), 1.0 / m)
         return torch.softmax(self.raw, 0) if self.space == "prob" else F.softplus(self.raw)
 
     def fuse(self, batch):
+        """``(log-scores [B, C], None)``: the log of the weighted mean of the inputs' probabilities (``average``,
+        or ``prob`` space), else the weighted sum of their log-probabilities."""
         logp = torch.stack([F.log_softmax(batch[n], dim=1) for n in self.names], dim=0)   # [M, B, C]
         w = self.weights().view(-1, 1, 1)
         if self.op == "average" or self.space == "prob":

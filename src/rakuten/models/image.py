@@ -35,6 +35,7 @@ class TinyCNN(nn.Module):
         self.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 
     def forward(self, x):                    # [B, 3, H, W] -> [B, D]
+        """Pooled features [B, ``num_features``] of images [B, 3, H, W]."""
         return self.pool(self.features(x)).flatten(1)
 
 

@@ -249,6 +249,7 @@ class E5File:
             self.tensors[name] = (dtype, n_elem, off, nbytes)
 
     def close(self) -> None:
+        """Close the file's memory map; arrays from ``tensor`` stay valid (they are copies)."""
         self._buf.close()
 
     def __enter__(self) -> "E5File":

@@ -36,6 +36,10 @@ def _base_tokenizer(vocab: dict):
 
 
 def build_vocab(texts, vocab_size: int) -> dict:
+    """A deterministic WordPiece vocabulary ``{token: id}``: the specials, every character of the normalised
+    words as a word start and as a ``##`` continuation, then the most frequent words (at least 2
+    occurrences, 2+ characters; ties alphabetical) that fit in ``vocab_size``. The characters are always
+    kept, so the vocabulary can exceed ``vocab_size``."""
     probe = _base_tokenizer({t: i for i, t in enumerate(SPECIALS)})
     words: Counter = Counter()
     for t in texts:
@@ -50,6 +54,8 @@ def build_vocab(texts, vocab_size: int) -> dict:
 
 
 def train_wordpiece(texts, vocab_size: int = 8000, cache_dir: Path | None = None):
+    """A ``PreTrainedTokenizerFast`` over ``build_vocab`` of the non-empty ``texts`` ([CLS] ... [SEP]);
+    with ``cache_dir``, the tokenizer is read from / saved to ``wordpiece_<hash of texts and size>.json`` there."""
     # heavy: transformers
     from transformers import PreTrainedTokenizerFast
 

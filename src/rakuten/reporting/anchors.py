@@ -18,6 +18,8 @@ THESIS_DATA = "55,116 train rows with a description"
 
 @dataclass(frozen=True)
 class Anchor:
+    """One published figure: what was measured, its value (a fraction), metric, source, table and split;
+    ``other_data`` (always True) and ``plot`` (shown on the leaderboard chart)."""
     name: str            # what was measured
     value: float         # fraction
     metric: str          # macro_f1 | weighted_f1 | accuracy
@@ -28,6 +30,7 @@ class Anchor:
     plot: bool = False   # shown on the leaderboard chart
 
     def as_dict(self) -> dict:
+        """The anchor's fields as a plain dict."""
         return asdict(self)
 
 

@@ -59,6 +59,8 @@ def plot_leaderboard(rows: list[dict], anchors: list, path: str | Path, metric: 
 
 
 def row_normalised_confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Confusion matrix [num_classes, num_classes] (rows: true class, columns: predicted) with each row
+    divided by its support; a class with no true row gets a zero row."""
     cm = np.zeros((num_classes, num_classes), dtype=np.float64)
     np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1.0)
     support = cm.sum(1, keepdims=True)

@@ -48,6 +48,7 @@ def _check_fmt(fmt: str) -> str:
 
 
 def submission_path(paths: Paths, exp: str, score: float, fmt: str, tag: str = "") -> Path:
+    """``submissions/<exp><tag>_cv<score with 4 decimals>``, ``.csv`` for ChallengeData, ``.tsv`` otherwise."""
     ext = "csv" if fmt == "challengedata" else "tsv"
     return paths.submissions_dir / f"{exp}{tag}_cv{score:.4f}.{ext}"
 
@@ -187,6 +188,7 @@ def _check_sigir_ids(row: list[str], idx: int, line: int, lookup: tuple[dict, di
 
 
 def sidecar_path(path: Path) -> Path:
+    """The lineage sidecar of a submission file: its name + ``.json``, beside it (``x.csv`` -> ``x.csv.json``)."""
     return Path(path).with_name(Path(path).name + ".json")
 
 

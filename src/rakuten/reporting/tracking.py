@@ -72,6 +72,7 @@ class Session:
         self.client, self.experiment_id, self.run_id, self.paths = client, experiment_id, run_id, paths
 
     def child(self, name: str, tags: dict) -> str:
+        """Create a run ``name`` nested under the parent run, with ``tags`` (values as strings); returns its id."""
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={"mlflow.parentRunId": self.run_id, **{k: str(v) for k, v in tags.items()}})
         return run.info.run_id
@@ -91,6 +92,7 @@ class Session:
             self.client.log_batch(run_id, metrics=ms[i:i + 1000])
 
     def artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        """Upload the file ``path`` to run ``run_id`` (into ``folder``); a path that is not a file is skipped."""
         if Path(path).is_file():
             self.client.log_artifact(run_id, str(path), folder)
 

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 
 class TuningError(RakutenError, RuntimeError):
+    """Tuning cannot run: a bad or unreachable Optuna storage, a named study made on another config or
+    upstream, or an experiment not run yet; the message is one line."""
     pass
 
 

@@ -78,11 +78,15 @@ def per_class_table(issues: pd.DataFrame, labels, label_map) -> pd.DataFrame:
 
 
 def confused_pairs(issues: pd.DataFrame, top: int = 15) -> pd.DataFrame:
+    """The ``top`` most frequent (given_code, suggested_code) pairs of ``issues`` with their count ``n``,
+    most frequent first."""
     pairs = issues.groupby(["given_code", "suggested_code"]).size().rename("n").reset_index()
     return pairs.sort_values("n", ascending=False).head(top).reset_index(drop=True)
 
 
 def plot_confused_pairs(pairs: pd.DataFrame, path: Path, title: str) -> None:
+    """Horizontal bar chart of ``pairs`` (``confused_pairs``), the first pair on top, written to the PNG
+    ``path`` atomically."""
     import matplotlib   # slow to import, and only this plot needs it
     matplotlib.use("Agg")
     # optional and heavy: matplotlib, after choosing its Agg backend
@@ -101,6 +105,8 @@ def plot_confused_pairs(pairs: pd.DataFrame, path: Path, title: str) -> None:
 
 # -------------------------------------------------------------------------------------- applying
 def read_issues(path: Path) -> pd.DataFrame:
+    """Read a label issues CSV (``find_label_issues.py``); raises ``ArtifactError`` when it is missing or
+    lacks a column of ``ISSUE_COLUMNS``."""
     if not path.exists():
         raise ArtifactError(f"{path}: label issues file missing; run `python src/find_label_issues.py --exp NAME`")
     df = pd.read_csv(path)

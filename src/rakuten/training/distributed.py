@@ -20,16 +20,20 @@ from torch.utils.data import Sampler
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a data-parallel run: ``rank``, ``world`` size and ``local_rank`` (its device
+    on the node); the defaults describe a single process."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
+        """Whether more than one process trains (``world > 1``)."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the one that writes."""
         return self.rank == 0
 
 
@@ -48,6 +52,7 @@ def init_distributed() -> DistInfo:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op outside a distributed run)."""
     if info.enabled and dist.is_initialized():
         dist.barrier()
 
@@ -95,6 +100,7 @@ class EpochShuffleSampler(Sampler):
         self.n, self.seed, self.epoch = int(n), int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose ``(seed, epoch)`` permutation ``__iter__`` yields."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -112,6 +118,7 @@ class ShardedBatchSampler(Sampler):
         self.inner, self.info = batch_sampler, info
 
     def set_epoch(self, epoch: int) -> None:
+        """Forward ``epoch`` to the wrapped batch sampler, if it has ``set_epoch``."""
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
 

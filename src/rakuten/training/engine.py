@@ -62,12 +62,15 @@ class _NullBar:
         return iter(self._it)
 
     def set_postfix(self, *args, **kwargs):
+        """Do nothing (tqdm's API)."""
         pass
 
     def update(self, n=1):
+        """Do nothing (tqdm's API)."""
         pass
 
     def close(self):
+        """Do nothing (tqdm's API)."""
         pass
 
 
@@ -585,6 +588,9 @@ class Engine:
         return state
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Restore what ``state_dict`` saved: the model (``strict``), the optimiser, scheduler and GradScaler
+        where both the engine and ``state`` have them, the step counter, and the RNG states when saved (a
+        CUDA state that does not fit this machine's GPUs only warns)."""
         self.model.load_state_dict(state["model"], strict=strict)
         if self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])

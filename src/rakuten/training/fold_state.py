@@ -61,6 +61,8 @@ def stale_reason(exp: Experiment, fd: FoldData, cfg, paths: Paths | None = None)
 
 
 def restore_replaced(exp: Experiment, aside: Path | None) -> None:
+    """Undo ``check_experiment_folds``'s move after a failed run: put the moved-aside folder ``aside`` back
+    as ``exp.dir`` (deleting what the run wrote there); no-op for None or a missing folder."""
     if aside is not None and aside.exists():
         if exp.dir.exists():
             shutil.rmtree(exp.dir)
@@ -68,6 +70,8 @@ def restore_replaced(exp: Experiment, aside: Path | None) -> None:
 
 
 def discard_replaced(aside: Path | None) -> None:
+    """Delete the moved-aside old experiment folder ``aside`` once the new fold is written; no-op for None
+    or a missing folder."""
     if aside is not None and aside.exists():
         shutil.rmtree(aside)
 
@@ -105,11 +109,14 @@ def fold_lock(paths: Paths, name: str, fold: int):
 
 
 def rng_state() -> dict:
+    """The RNG states of python, numpy, torch CPU and (when available) every CUDA device, for
+    ``set_rng_state``."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s: dict) -> None:
+    """Restore the states ``rng_state`` took; the CUDA ones only when saved and CUDA is available."""
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
@@ -118,6 +125,7 @@ def set_rng_state(s: dict) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
     # through atomic_open's one low-level write: a full disk is a one-line ArtifactError, not
     # torch's "PytorchStreamWriter failed" traceback
     with atomic_open(path, suffix=".pt") as f:

@@ -44,4 +44,5 @@ class EpochBatchSampler(torch.utils.data.BatchSampler):
         super().__init__(sampler, batch_size, drop_last=False)
 
     def set_epoch(self, epoch: int) -> None:
+        """Forward ``epoch`` to the wrapped sampler's ``set_epoch``."""
         self.sampler.set_epoch(epoch)

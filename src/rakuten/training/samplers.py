@@ -54,6 +54,7 @@ class LengthGroupedBatchSampler(Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that, with ``seed``, fixes the training order (evaluation order does not depend on it)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -170,12 +171,15 @@ class ClassBalancedSampler(Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that, with ``seed``, fixes the draw of ``indices``."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_samples
 
     def indices(self) -> np.ndarray:
+        """This epoch's ``num_samples`` row indices, drawn with the class-balanced probabilities from an RNG
+        seeded by ``(seed, epoch)``."""
         rng = _rng(self.seed, self.epoch)
         return rng.choice(len(self.weights), size=self.num_samples, replace=self.replacement, p=self.weights)
 
