@@ -41,7 +41,7 @@ TINY_CONFIGS = {
 
 
 class BackboneError(RakutenError):
-    pass
+    """A backbone or tokenizer source that cannot be built or loaded (unknown name, no hub access)."""
 
 
 # Text encoders at reduced size: small enough for a fold in seconds on 2 CPU cores.

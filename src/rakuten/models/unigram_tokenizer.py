@@ -146,6 +146,7 @@ class UnigramTokenizer:
         return len(self._ids)
 
     def get_vocab(self) -> dict[str, int]:
+        """A copy of the piece -> id table (what ``tokenizer_key`` fingerprints)."""
         return dict(self._ids)
 
     def __call__(self, texts, truncation: bool = False, max_length: int | None = None,
@@ -159,6 +160,8 @@ class UnigramTokenizer:
 
     def encode(self, text: str, truncation: bool = False, max_length: int | None = None,
                add_special_tokens: bool = True) -> list[int]:
+        """The ids of one text: its spans around special tokens normalised, pre-tokenised and
+        segmented word by word, truncated to ``max_length`` with the template's ids included."""
         before, after = self._template if add_special_tokens else ([], [])
         limit = None
         if truncation and max_length is not None:
