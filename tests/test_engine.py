@@ -245,6 +245,32 @@ def test_state_dict_round_trip_resumes_identically():
     assert resumed.scheduler.last_epoch == straight.scheduler.last_epoch
 
 
+def test_an_unusable_checkpoint_leaves_the_engine_as_it_was(tmp_path):
+    """``epochs.resume``: a checkpoint that fails part way (here a counter missing after a loadable
+    engine state) must not leave its weights in the engine that then trains "from scratch"."""
+    from rakuten.training.epochs import resume
+    from rakuten.training.fold_state import rng_state
+
+    ds = ToyDataset(96)
+    seed_everything(2)
+    trained = make_engine(MLP(), epochs=2, steps_per_epoch=3)
+    trained.train_epoch(loader(ds), 0)
+    good = {"engine": trained.state_dict(), "rng": rng_state(), "epoch": 0, "best": 0.5, "bad": 0,
+            "history": [{"epoch": 0}], "signature": {"k": 1}}
+    torch.save(good, tmp_path / "good.pt")
+    torch.save({k: v for k, v in good.items() if k != "history"}, tmp_path / "broken.pt")
+
+    fresh = make_engine(MLP(), epochs=2, steps_per_epoch=3)
+    init = flat_params(fresh.model).clone()
+    assert resume(fresh, tmp_path / "broken.pt", {"k": 1}) == (0, -1.0, 0, [])
+    torch.testing.assert_close(flat_params(fresh.model), init, rtol=0, atol=0)
+    assert fresh.global_step == 0 and not fresh.optimizer.state
+    assert resume(fresh, tmp_path / "good.pt", {"k": 2}) == (0, -1.0, 0, [])    # another config
+    torch.testing.assert_close(flat_params(fresh.model), init, rtol=0, atol=0)
+    assert resume(fresh, tmp_path / "good.pt", {"k": 1}) == (1, 0.5, 0, [{"epoch": 0}])
+    torch.testing.assert_close(flat_params(fresh.model), flat_params(trained.model), rtol=0, atol=0)
+
+
 def test_two_seeded_runs_give_identical_weights():
     ds = ToyDataset(96)
 

@@ -3,6 +3,7 @@ then predict fold k and the test rows with the best weights (averaged over test-
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -24,6 +25,28 @@ from rakuten.training.losses import make_loss
 from rakuten.training.predict import eval_engine, predict_rows
 
 log = logging.getLogger(__name__)
+
+
+def resume(engine: Engine, ckpt, signature) -> tuple[int, float, int, list]:
+    """(first epoch to run, best macro-F1, epochs without improvement, history) from checkpoint
+    ``ckpt``, its engine state (model, optimiser, scheduler, RNG) loaded into ``engine``; a checkpoint
+    that cannot be used (unreadable, another config, a key missing, a state that does not fit) gives
+    (0, -1.0, 0, []) with ``engine`` as it was: training then starts from scratch, not from whatever
+    part of the checkpoint was loaded before the failure."""
+    before = copy.deepcopy(engine.state_dict())
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if signature is not None and state.get("signature") != signature:
+            # a run killed before its first meta.json, then the config or data was edited
+            raise ArtifactError("made with another config, fold file or data")
+        counters = state["epoch"] + 1, state["best"], state["bad"], state["history"]
+        engine.load_state_dict(state["engine"])
+        set_rng_state(state["rng"])
+        return counters
+    except Exception as e:
+        log.warning("checkpoint %s unusable (%s); training from scratch", ckpt, e)
+        engine.load_state_dict(before)
+        return 0, -1.0, 0, []
 
 
 def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr_rows, va_rows, y_tr, y_va,
@@ -83,18 +106,9 @@ def train_and_predict(cfg, exp: Experiment, fold: int, model, inputs: Inputs, tr
     ckpt, best_path = exp.checkpoint_path(fold), exp.checkpoint_path(fold).with_name(f"fold{fold}_best.pt")
     start, best, bad, history = 0, -1.0, 0, []
     if t.checkpoint and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            if signature is not None and state.get("signature") != signature:
-                # a run killed before its first meta.json, then the config or data was edited
-                raise ArtifactError("made with another config, fold file or data")
-            engine.load_state_dict(state["engine"])
-            set_rng_state(state["rng"])
-            start, best, bad, history = state["epoch"] + 1, state["best"], state["bad"], state["history"]
+        start, best, bad, history = resume(engine, ckpt, signature)
+        if start:
             log.info("%s fold %d: resumed after epoch %d (best macro-F1 %.4f)", exp.name, fold, start, best)
-        except Exception as e:
-            log.warning("checkpoint %s unusable (%s); training from scratch", ckpt, e)
-            start, best, bad, history = 0, -1.0, 0, []
     for epoch in range(start, int(t.epochs)):
         if bad >= int(t.patience):
             break
