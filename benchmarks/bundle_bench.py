@@ -14,8 +14,8 @@ Measures, on the cores this process may use (``--threads``, default 2):
   around its ``forward``; the rest of a request (tokenising, image decoding, heads, TF-IDF, kNN,
   stackers, bookkeeping) is reported as a share of the request;
 - a projection to ``--project-to`` training products (default 85,000, the challenge's): what grows
-  with the training set is the kNN members' neighbour banks (rows x width) and the copy of one fold's
-  bank that a kNN vote gathers per request (the largest, one at a time); the backbones, TF-IDF
+  with the training set is the kNN members' neighbour banks (rows x width) and a kNN vote's transient
+  (a request's similarities to every bank row, with their tie keys); the backbones, TF-IDF
   vocabularies (capped by ``tfidf.max_features``), heads and stackers do not. Their in-memory sizes
   are measured here (numpy arrays and sparse matrices reachable from each fold model) and the banks
   scaled by ``project_to / n_train``.
@@ -146,9 +146,10 @@ def main(argv=None) -> int:
         total, bank = array_bytes(m["models"])
         member_bytes[name], bank_bytes[name] = total, bank
     banks = sum(bank_bytes.values())
-    # a kNN fold model on a shared bank gathers its rows for each request (bit-exact similarities):
-    # a transient copy of its bank, one fold at a time, which grows with the training set too
-    gather = max([len(keep["bank_rows"]) * keep["bank"].shape[1] * keep["bank"].itemsize
+    # a kNN vote on a shared bank works on the request's similarities to all its rows: float32
+    # similarities, the fold's columns, and float64/int64 tie keys, ~32 bytes per (product, row), a
+    # transient that grows with the training set too (the memo keeps the last 4 bytes per pair)
+    transient = max([args.batch * keep["bank"].shape[0] * 32
                   for m in b.members.values() for keep in m["models"].values()
                   if isinstance(keep, dict) and keep.get("bank_rows") is not None] or [0])
     scale = args.project_to / args.n_train
@@ -163,11 +164,11 @@ def main(argv=None) -> int:
         "single_ms_p50": round(float(np.median(single)) * 1000, 1),
         "outside_backbones_share": round(1 - inside_batches / t_batches, 3),
         "member_array_mib": {k: round(v / 2**20, 2) for k, v in member_bytes.items()},
-        "knn_bank_mib": round(banks / 2**20, 2), "knn_gather_mib": round(gather / 2**20, 2),
+        "knn_bank_mib": round(banks / 2**20, 2), "knn_vote_transient_mib": round(transient / 2**20, 2),
         "projection": {"n_train": args.n_train, "to": args.project_to,
                        "knn_bank_mib": round(banks * scale / 2**20, 1),
-                       "knn_gather_mib": round(gather * scale / 2**20, 1),
-                       "peak_rss_mib": round(rss_pred + (banks + gather) * (scale - 1) / 2**20)},
+                       "knn_vote_transient_mib": round(transient * scale / 2**20, 1),
+                       "peak_rss_mib": round(rss_pred + (banks + transient) * (scale - 1) / 2**20)},
     }
     print(json.dumps(res, indent=1))
     print(f"| {args.label} | {res['disk_mib']} MiB | {res['peak_rss_mib']} MiB | {res['load_s']} s "

@@ -30,17 +30,29 @@ def test_shared_rows_give_each_bank_back_exactly():
     assert (dup.add(np.vstack([f[:3], f[:3]])) == [0, 1, 2, 0, 1, 2]).all() and dup.n == 3
 
 
-def test_knn_over_a_shared_bank_votes_exactly_as_over_its_own():
-    f, banks = _banks(1)
-    q = f[:10] + 0.01
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    shared = SharedRows()
-    rows = [shared.add(b) for b, _ in banks]
-    m = shared.matrix()
-    cfg = {"k": 5, "temperature": 0.05}
-    for (b, y), r in zip(banks, rows):
-        own = KnnVote(cfg).fit(b, y).predict_logits(q)
-        assert np.array_equal(KnnVote(cfg).fit(m, y, r).predict_logits(q), own)
+def test_knn_over_a_shared_bank_votes_as_over_its_own_with_one_product_per_request():
+    """Each fold model reads its columns of one similarity matrix against all the shared rows: the
+    votes of its own bank (the same neighbours, log-probabilities within float32 rounding of a matrix
+    product of another shape), and the folds of one request compute that product once."""
+    from rakuten.models.knn import SharedBank
+
+    for d, n in ((16, 120), (384, 3000)):                 # toy, and e5's width at a real size
+        f, banks = _banks(1, n=n, d=d)
+        rng = np.random.default_rng(2)
+        q = f[rng.choice(n, 32)] + 0.01 * rng.normal(size=(32, d)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        shared = SharedRows()
+        rows = [shared.add(b) for b, _ in banks]
+        bank = SharedBank(shared.matrix())
+        cfg = {"k": 5, "temperature": 0.05}
+        for (b, y), r in zip(banks, rows):
+            own = KnnVote(cfg).fit(b, y).predict_logits(q)
+            got = KnnVote(cfg).fit(bank, y, r).predict_logits(q)
+            np.testing.assert_allclose(got, own, rtol=0, atol=1e-5)
+            assert np.array_equal(got.argmax(1), own.argmax(1))
+        assert bank.products == 1                           # four folds, one matrix product
+        KnnVote(cfg).fit(bank, banks[0][1], rows[0]).predict_logits(q[:5])
+        assert bank.products == 2                           # other queries: computed again
 
 
 def test_bundle_cnn_forwards_a_few_images_at_a_time(tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ from rakuten.errors import RakutenError
 from rakuten.experiment import load_experiment
 from rakuten.labels import NUM_CLASSES, LabelMap, code_label
 from rakuten.models.backbones import load_tokenizer
+from rakuten.models.knn import SharedBank
 from rakuten.models.registry import create_model
 from rakuten.models.tfidf import share_counts
 from rakuten.paths import REPO_ROOT, Paths
@@ -526,7 +527,9 @@ class Bundle:
         share_counts([m.get("model") or m.get("vectorizer") for k, m in models.items()
                       if k != "tokenizer" and isinstance(m, dict) and m.get("kind") in ("tfidf", "knn_tfidf")])
         if shared.n:
-            bank = shared.matrix()    # one matrix of the member's training rows; each fold keeps row numbers
+            # one matrix of the member's training rows; each fold keeps row numbers, and a request's
+            # similarities to all of them are computed once for the folds (models.knn.SharedBank)
+            bank = SharedBank(shared.matrix())
             for k in entry["folds"]:
                 models[k]["bank"] = bank
         return models
