@@ -140,6 +140,18 @@ def test_fusion_forward_backward(name):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("name,fcfg", [(n, c[0]) for n, c in sorted(FUSION_CASES.items())]
+                         + [("fusion_late", {"inputs": ["a", "b"], "op": "average", "space": "prob"})])
+def test_fusion_nets_keep_every_tensor_on_the_inputs_device(name, fcfg):
+    """No tensor made on the CPU meets the inputs on another device (a GPU's, here the meta device,
+    which checks placement without one): the late average's equal weights did."""
+    dims = FUSION_CASES[name][1]
+    model = create_model(name, cfg=fcfg, in_dims=dims, num_classes=NUM_CLASSES).to("meta")
+    with torch.no_grad():
+        out = model({k: torch.empty(4, d, device="meta") for k, d in dims.items()})
+    assert out["logits"].device.type == "meta" and out["logits"].shape == (4, NUM_CLASSES)
+
+
 def test_tfidf_linear_fits_a_few_rows():
     labels = np.arange(len(TEXTS)) % 5                  # TEXTS[i] is text i % 5
     model = create_model("tfidf_linear", cfg={"C": 1.0, "max_features": 500}, num_classes=NUM_CLASSES, seed=0)

@@ -357,7 +357,8 @@ class LateFusion(FusionNet):
         """``(log-scores [B, C], None)``: the log of the weighted mean of the inputs' probabilities (``average``,
         or ``prob`` space), else the weighted sum of their log-probabilities."""
         logp = torch.stack([F.log_softmax(batch[n], dim=1) for n in self.names], dim=0)   # [M, B, C]
-        w = self.weights().view(-1, 1, 1)
+        # the inputs' device: equal weights are made on the CPU (no parameter to follow the model)
+        w = self.weights().to(logp.device).view(-1, 1, 1)
         if self.op == "average" or self.space == "prob":
             # log of the weighted mean of probabilities, computed stably in log space
             out = torch.logsumexp(logp + torch.log(w), dim=0)
