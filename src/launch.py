@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rakuten.cli import add_common_args, one_line_errors, paths_from_args, setup_logging
+from rakuten.cli import add_common_args, one_line_errors, parse_fold_arg, paths_from_args, setup_logging
 from rakuten.presets import add_backbones_arg
 
 
@@ -60,13 +60,13 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     with one_line_errors():
         # heavy: pandas (launch) loads only after the arguments are checked
-        from rakuten.launch import Resources, format_table, launch, parse_folds, parse_list
+        from rakuten.launch import Resources, format_table, launch, parse_list
 
         res = Resources(gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
                         second_level_cpus=args.second_level_cpus, max_retries=args.max_retries,
                         prepare=not args.no_prepare)
         out = launch(args.preset, paths_from_args(args), address=args.ray_address,
-                     experiments=parse_list(args.experiments), folds=parse_folds(args.folds),
+                     experiments=parse_list(args.experiments), folds=parse_fold_arg(args.folds, flag="--folds"),
                      overrides=args.overrides, fusion_overrides=args.fusion_override,
                      stack_overrides=args.stack_override, stages=parse_list(args.stages), force=args.force,
                      resources=res, num_cpus=args.num_cpus, num_gpus=args.num_gpus, dry_run=args.dry_run,

@@ -50,3 +50,18 @@ def test_every_shipped_experiment_config_loads():
     for n in names:
         cfg = load_experiment(n)
         assert cfg.name == n
+
+
+def test_one_fold_argument_parser_for_every_script():
+    """``cli.parse_fold_arg`` reads run_fold/fuse/stack's ``--fold`` and launch.py's ``--folds``: one
+    parser, the flag named in its one-line errors, the range checked when the fold count is known."""
+    from rakuten.cli import parse_fold_arg
+    from rakuten.errors import RakutenError
+
+    assert parse_fold_arg("all") is None and parse_fold_arg(None) is None
+    assert parse_fold_arg("all", k=3) == [0, 1, 2] and parse_fold_arg("2,0", k=3) == [2, 0]
+    assert parse_fold_arg("7") == [7]                      # no k: the caller checks against its fold file
+    with pytest.raises(RakutenError, match=r"^--folds must be an integer"):
+        parse_fold_arg("x", flag="--folds")
+    with pytest.raises(RakutenError, match=r"^--fold 3 is outside 0\.\.2"):
+        parse_fold_arg("1,3", k=3)

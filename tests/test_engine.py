@@ -437,3 +437,15 @@ def test_head_lr_gives_the_new_head_its_own_rate():
     assert id(net.classifier.weight) in decayed and id(net.classifier.bias) not in decayed
     plain = make_optimizer(net, lr=1e-5, weight_decay=0.01)
     assert {g["lr"] for g in plain.param_groups} == {1e-5} and len(plain.param_groups) == 2
+
+
+def test_epoch_shuffle_draws_from_the_samplers_one_seeding_rule():
+    """``EpochShuffleSampler`` (the distributed shuffle) seeds like every sampler (``epoch_rng``): the
+    permutations of seeds in 0..2^32-1 are those it always gave, and a negative seed is valid."""
+    from rakuten.training.distributed import EpochShuffleSampler
+
+    s = EpochShuffleSampler(50, seed=3)
+    s.set_epoch(2)
+    assert list(s) == np.random.default_rng([3, 2]).permutation(50).tolist()
+    neg = EpochShuffleSampler(50, seed=-1)
+    assert list(neg) == list(EpochShuffleSampler(50, seed=2 ** 32 - 1)) and sorted(neg) == list(range(50))

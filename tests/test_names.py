@@ -88,3 +88,13 @@ def test_run_all_writes_and_links_the_two_plots(bundle_run):
     from rakuten.reporting.leaderboard import learning_curves
     curves = learning_curves(Paths.make(wd), sorted(names))
     assert set(curves) == torch_models and all(sorted(c) == [0, 1, 2] for c in curves.values())
+
+
+def test_label_map_decode_refuses_indices_outside_the_classes():
+    """A negative index would silently be taken from the end by Python's indexing."""
+    lm = LabelMap()
+    assert lm.decode([0, len(CODES) - 1]) == [CODES[0], CODES[-1]]
+    assert lm.encode(lm.decode(range(len(CODES)))) == list(range(len(CODES)))
+    for bad in (-1, len(CODES)):
+        with pytest.raises(IndexError, match="outside 0..26"):
+            lm.decode([0, bad])

@@ -93,17 +93,19 @@ def one_line_errors():
         sys.exit(2)
 
 
-def parse_fold_arg(value: str, k: int | None = None) -> list[int] | None:
-    """``--fold``: an index, a comma list, or 'all' (``None`` when ``k`` is unknown, else 0..k-1)."""
-    if value == "all":
+def parse_fold_arg(value: str | None, k: int | None = None, flag: str = "--fold") -> list[int] | None:
+    """``--fold`` (or ``flag``): an index, a comma list, or 'all' or no value (``None`` when ``k`` is
+    unknown, else 0..k-1); with ``k``, an index outside 0..k-1 is an error (without it, the caller
+    checks the range against its fold file)."""
+    if value is None or value == "all":
         return None if k is None else list(range(k))
     try:
         folds = [int(v) for v in value.split(",")]
     except ValueError:
-        raise RakutenError(f"--fold must be an integer, a comma list or 'all' (got {value!r})") from None
+        raise RakutenError(f"{flag} must be an integer, a comma list or 'all' (got {value!r})") from None
     bad = [f for f in folds if k is not None and not 0 <= f < k]
     if bad:
-        raise RakutenError(f"--fold {bad[0]} is outside 0..{k - 1}")
+        raise RakutenError(f"{flag} {bad[0]} is outside 0..{k - 1}")
     return folds
 
 

@@ -97,8 +97,15 @@ class LabelMap:
         return out
 
     def decode(self, indices) -> list[int]:
-        """Class indices -> codes."""
-        return [self.codes[int(i)] for i in indices]
+        """Class indices -> codes; raises IndexError naming the first index outside 0..n-1 (a negative
+        one too: Python's indexing would take it from the end)."""
+        out = []
+        for i in indices:
+            i = int(i)
+            if not 0 <= i < len(self.codes):
+                raise IndexError(f"class index {i} is outside 0..{len(self.codes) - 1}")
+            out.append(self.codes[i])
+        return out
 
     def is_known(self, code) -> bool:
         """Whether ``code`` is one of the map's codes."""

@@ -128,17 +128,6 @@ def parse_list(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
-def parse_folds(value: str | None) -> list[int] | None:
-    """``--folds``: a comma list of fold indices, or ``None`` (every fold) for 'all' or no value; raises
-    ``RakutenError`` on an item that is not an integer (the range is not checked here)."""
-    if value is None or value == "all":
-        return None
-    try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise RakutenError(f"--folds must be a comma list of integers or 'all' (got {value!r})") from None
-
-
 def _second_level_config(stage: str, name: str, folds_spec: tuple[int, int] | None, preset,
                          overrides: list[str]) -> tuple[Config, list[str]]:
     """The fusion/stack config exactly as ``run_all`` loads it (``second_level.api``: the preset's

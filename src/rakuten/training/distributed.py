@@ -12,10 +12,11 @@ import os
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from rakuten.training.samplers import epoch_rng
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class EpochShuffleSampler(Sampler):
         return self.n
 
     def __iter__(self):
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        # seeds in 0..2^32-1 (every config's) give the permutations they always gave
+        return iter(epoch_rng(self.seed, self.epoch).permutation(self.n).tolist())
 
 
 class ShardedBatchSampler(Sampler):

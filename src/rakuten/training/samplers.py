@@ -20,7 +20,9 @@ from torch.utils.data import Sampler
 from rakuten.data.text_dataset import PackCollate, stack_values
 
 
-def _rng(seed: int, epoch: int) -> np.random.Generator:
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of epoch ``epoch`` under ``seed`` (any int: both are taken modulo 2^32, so a
+    negative seed is valid); every sampler here and the distributed shuffle draw from it."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF])
 
 
@@ -73,7 +75,7 @@ class LengthGroupedBatchSampler(Sampler):
             if self.drop_last and len(batches[-1]) < bs:
                 batches.pop()
             return batches
-        rng = _rng(self.seed, self.epoch)
+        rng = epoch_rng(self.seed, self.epoch)
         perm = rng.permutation(n)
         mega = bs * self.mega_batch_mult
         batches = []
@@ -124,7 +126,7 @@ class BucketBatchSampler(LengthGroupedBatchSampler):
         if not self.shuffle or len(self.lengths) == 0:
             return super().batches()
         bs = self.batch_size
-        rng = _rng(self.seed, self.epoch)
+        rng = epoch_rng(self.seed, self.epoch)
         perm = rng.permutation(len(self.lengths))
         bucket = -(-self.lengths[perm] // self.width)
         perm = perm[np.argsort(bucket, kind="stable")]     # bucket by bucket, shuffled within each
@@ -180,7 +182,7 @@ class ClassBalancedSampler(Sampler):
     def indices(self) -> np.ndarray:
         """This epoch's ``num_samples`` row indices, drawn with the class-balanced probabilities from an RNG
         seeded by ``(seed, epoch)``."""
-        rng = _rng(self.seed, self.epoch)
+        rng = epoch_rng(self.seed, self.epoch)
         return rng.choice(len(self.weights), size=self.num_samples, replace=self.replacement, p=self.weights)
 
     def __iter__(self) -> Iterator[int]:
