@@ -38,6 +38,17 @@ NOT_HASHED = ("_source_", "name", "tune")
 HASH_LEN = 16
 
 
+# Keys added after artifacts existed, each with the test of the value that means "as before the key
+# existed" (a switch that is off, the rule that was hard-wired): at that value the key is left out of
+# the hash, so adding it kept every earlier artifact valid. A new such key is one line here.
+AS_BEFORE = {
+    ("data", "label_issues"): lambda v: not (v or {}).get("file"),
+    ("train", "pseudo_labels"): lambda v: not (v or {}).get("from"),
+    ("predict",): lambda v: list((v or {}).get("tta") or ["identity"]) == ["identity"],
+    ("loss", "class_weights"): lambda v: v == "frequency",
+}
+
+
 def hashed_view(cfg) -> dict:
     """The part of a config an artifact's hash covers, as a plain dict."""
     d = copy.deepcopy(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
@@ -47,15 +58,12 @@ def hashed_view(cfg) -> dict:
         for k in keys:
             if isinstance(d.get(sec), dict):
                 d[sec].pop(k, None)
-    # Switches that are off are left out, so adding them kept every earlier artifact valid.
-    if not ((d.get("data") or {}).get("label_issues") or {}).get("file"):
-        (d.get("data") or {}).pop("label_issues", None)
-    if not ((d.get("train") or {}).get("pseudo_labels") or {}).get("from"):
-        (d.get("train") or {}).pop("pseudo_labels", None)
-    if "predict" in d and list((d.get("predict") or {}).get("tta") or ["identity"]) == ["identity"]:
-        d.pop("predict", None)
-    if (d.get("loss") or {}).get("class_weights") == "frequency":   # the rule before the key existed
-        d["loss"].pop("class_weights")
+    for path, as_before in AS_BEFORE.items():
+        parent = d
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent and as_before(parent[path[-1]]):
+            parent.pop(path[-1])
     return d
 
 
