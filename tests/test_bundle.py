@@ -240,6 +240,10 @@ def test_cpu_preset_members_reproduce(tmp_path):
     preset.write_text(CPU_PRESET)
     wd = tmp_path / "wd"
     run("run_all.py", "--preset", preset, "--workdir", wd, "--no-progress", timeout=900)
+    # e5 and EfficientNet ran once each: the members reading their embeddings (tfidf_e5_svm_text,
+    # knn_e5_text, knn_image_effnetlite0) found the frozen experiments' cached extraction
+    feats = sorted(p.name.split("_")[0] for p in (wd / "cache" / "features").glob("*.npz"))
+    assert feats == ["image", "text"], feats
     run("export.py", "--preset", preset, "--workdir", wd, "--out", tmp_path / "bundle")
     b = Bundle(tmp_path / "bundle")
     assert b.manifest["feature_sources"] == ["image_effnetlite0", "text_e5_text"]
