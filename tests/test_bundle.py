@@ -14,26 +14,13 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow    # the session fixture bundle_run trains and exports a tiny run
+pytestmark = pytest.mark.slow    # the session fixture bundle_run exports conftest's smoke run
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 UNIMODAL = ["tfidf_text", "text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny"]
 
-# The smoke preset without fusion and tuning: the stacker over the five unimodal kinds the demo uses.
-PRESET = """\
-name: bundle_smoke
-demo_data: {n_train: 360, n_test: 40, seed: 5, image_size: 64}
-folds: {k: 3, seed: 42}
-experiments: [tfidf_text, text_tiny_title, text_tiny_description, text_tiny_text, image_tiny]
-overrides:
-  all: {train.epochs: 4, train.batch_size: 16, train.lr: 3.0e-3}
-  image_tiny: {train.batch_size: 32}
-  stack_lgbm: {lgbm.num_boost_round: 150, lgbm.num_leaves: 7, lgbm.max_bin: 31}
-fusion: []
-stack: [stack_lgbm]
-tune: {}
-submit: stack_lgbm
-submit_bias: true
-"""
+# The tiny run the bundle tests read is conftest's smoke run (bundle_run): the smoke preset's five
+# unimodal kinds the demo uses and stack_lgbm over them (its fusions and tuned stack are not exported).
+PRESET_FILE = REPO / "configs" / "presets" / "smoke.yaml"
 
 
 def run(script, *args, check=True, timeout=600):
