@@ -42,10 +42,21 @@ def _assert_reproduces_the_run(b, wd: Path, prods, feature_keys: bool = False) -
     members also leave their extracted features in the cache (non-string keys); else there are none."""
     from rakuten.artifacts import Experiment, softmax
 
-    cache: dict = {}
+    # The per-member fold logits checked below are the ones predict() itself computed and combined:
+    # a spy on Bundle._fold_logits keeps the cache predict passes down (one per call, shared by every
+    # member it reaches). A second _fold_logits pass with a fresh cache ran every fold model of every
+    # member again (a minute for the gpu preset's ten members) for the same numbers.
+    caches: list[dict] = []
+    fold_logits = b._fold_logits
+
+    def spy(name, products, cache):
+        caches.append(cache)
+        return fold_logits(name, products, cache)
+    b._fold_logits = spy            # an instance attribute: predict's and the members' calls go through it
     full = b.predict(prods)
-    b._fold_logits(b.manifest["submitted"], prods, cache)
     b.close()
+    cache = caches[0]
+    assert all(c is cache for c in caches)   # one predict call: one cache
     members = {n: v for n, v in cache.items() if isinstance(n, str)}
     if not feature_keys:
         assert members == cache
