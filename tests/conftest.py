@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 
@@ -73,22 +74,36 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def bundle_run(tmp_path_factory):
-    """One tiny run of test_bundle.PRESET and its export, for test_bundle.py and test_serve.py: the
-    run is the slow part of both, and each test only adds new files under ``root``.
+def smoke_run(tmp_path_factory):
+    """One ``run_all.py --preset smoke`` (the whole pipeline on its 360 generated rows, ~60 s), run
+    once for test_e2e_pipeline.py and bundle_run. Returns (workdir, its CompletedProcess, pristine):
+    test_e2e_pipeline reads and reruns ``workdir`` in place; ``pristine`` is an untouched copy taken
+    right after the run, which bundle_run copies (so it does not depend on which file ran first)."""
+    from test_e2e_pipeline import run_all
+
+    root = tmp_path_factory.mktemp("smoke")
+    r = run_all(root / "wd")
+    shutil.copytree(root / "wd", root / "pristine", symlinks=True)   # copy2: mtimes kept, reuse intact
+    return root / "wd", r, root / "pristine"
+
+
+@pytest.fixture(scope="session")
+def bundle_run(smoke_run, tmp_path_factory):
+    """The smoke run's export, for test_bundle.py, test_serve.py and the other bundle readers: a copy
+    of conftest's smoke run (its five unimodal members and stack_lgbm over them are the tiny run these
+    tests need; its fusions and tuned stack are not in the bundle), the stack submitted, then exported.
+    Each test only adds new files under ``root``.
     Returns (root, workdir, bundle, preset file, export.py's stdout)."""
-    from test_bundle import PRESET, run
+    from test_bundle import PRESET_FILE, run
 
     root = tmp_path_factory.mktemp("bundle")
-    preset = root / "bundle_smoke.yaml"
-    preset.write_text(PRESET)
     wd = root / "wd"
-    run("run_all.py", "--preset", preset, "--workdir", wd, "--no-progress")
+    shutil.copytree(smoke_run[2], wd, symlinks=True)
     # On these 360 rows the stack loses to tfidf_text, so run_all submits tfidf_text; the bundle tests
     # need a stack with its members, so the stack is submitted by name, as a user overriding the choice would
     run("submit.py", "--exp", "stack_lgbm", "--workdir", wd)
-    out = run("export.py", "--preset", preset, "--workdir", wd, "--out", root / "bundle")
-    return root, wd, root / "bundle", preset, out.stdout
+    out = run("export.py", "--preset", PRESET_FILE, "--workdir", wd, "--out", root / "bundle")
+    return root, wd, root / "bundle", PRESET_FILE, out.stdout
 
 
 @pytest.fixture(scope="session")

@@ -14,26 +14,13 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow    # the session fixture bundle_run trains and exports a tiny run
+pytestmark = pytest.mark.slow    # the session fixture bundle_run exports conftest's smoke run
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 UNIMODAL = ["tfidf_text", "text_tiny_title", "text_tiny_description", "text_tiny_text", "image_tiny"]
 
-# The smoke preset without fusion and tuning: the stacker over the five unimodal kinds the demo uses.
-PRESET = """\
-name: bundle_smoke
-demo_data: {n_train: 360, n_test: 40, seed: 5, image_size: 64}
-folds: {k: 3, seed: 42}
-experiments: [tfidf_text, text_tiny_title, text_tiny_description, text_tiny_text, image_tiny]
-overrides:
-  all: {train.epochs: 4, train.batch_size: 16, train.lr: 3.0e-3}
-  image_tiny: {train.batch_size: 32}
-  stack_lgbm: {lgbm.num_boost_round: 150, lgbm.num_leaves: 7, lgbm.max_bin: 31}
-fusion: []
-stack: [stack_lgbm]
-tune: {}
-submit: stack_lgbm
-submit_bias: true
-"""
+# The tiny run the bundle tests read is conftest's smoke run (bundle_run): the smoke preset's five
+# unimodal kinds the demo uses and stack_lgbm over them (its fusions and tuned stack are not exported).
+PRESET_FILE = REPO / "configs" / "presets" / "smoke.yaml"
 
 
 def run(script, *args, check=True, timeout=600):
@@ -55,10 +42,21 @@ def _assert_reproduces_the_run(b, wd: Path, prods, feature_keys: bool = False) -
     members also leave their extracted features in the cache (non-string keys); else there are none."""
     from rakuten.artifacts import Experiment, softmax
 
-    cache: dict = {}
+    # The per-member fold logits checked below are the ones predict() itself computed and combined:
+    # a spy on Bundle._fold_logits keeps the cache predict passes down (one per call, shared by every
+    # member it reaches). A second _fold_logits pass with a fresh cache ran every fold model of every
+    # member again (a minute for the gpu preset's ten members) for the same numbers.
+    caches: list[dict] = []
+    fold_logits = b._fold_logits
+
+    def spy(name, products, cache):
+        caches.append(cache)
+        return fold_logits(name, products, cache)
+    b._fold_logits = spy            # an instance attribute: predict's and the members' calls go through it
     full = b.predict(prods)
-    b._fold_logits(b.manifest["submitted"], prods, cache)
     b.close()
+    cache = caches[0]
+    assert all(c is cache for c in caches)   # one predict call: one cache
     members = {n: v for n, v in cache.items() if isinstance(n, str)}
     if not feature_keys:
         assert members == cache
@@ -210,7 +208,7 @@ def inp_csv(root: Path, title: bool = True) -> Path:
 # ------------------------------------------------------------------ the cpu preset's member kinds
 CPU_PRESET = """\
 name: bundle_cpu
-demo_data: {n_train: 900, n_test: 60, seed: 5, image_size: 64}
+demo_data: {n_train: 600, n_test: 60, seed: 5, image_size: 64}
 folds: {k: 3, seed: 42}
 experiments: [tfidf_svm_text, tfidf_char_svm_text, text_e5_text_lr, tfidf_e5_svm_text, knn_e5_text, knn_tfidf_text,
               image_effnetlite0, knn_image_effnetlite0]
@@ -233,13 +231,19 @@ def _offline_weights() -> bool:
 def test_cpu_preset_members_reproduce(tmp_path):
     """Frozen e5/EfficientNet heads (MLP and logistic regression), TF-IDF + dense e5, kNN on TF-IDF
     and on frozen features, and the blend over them: the bundle gives the run's test predictions.
-    900 training rows: the SVM's temperature split needs 27 rows per inner calibration part."""
+    600 training rows: 400 per fold, so the SVM's temperature split (10%) has 40 rows, above the 27 a
+    stratified calibration part needs (the smallest demo class has 8 rows; 900 rows cost a third more
+    e5 and EfficientNet extraction for nothing this test checks)."""
     from rakuten.bundle import Bundle, read_products
 
     preset = tmp_path / "bundle_cpu.yaml"
     preset.write_text(CPU_PRESET)
     wd = tmp_path / "wd"
     run("run_all.py", "--preset", preset, "--workdir", wd, "--no-progress", timeout=900)
+    # e5 and EfficientNet ran once each: the members reading their embeddings (tfidf_e5_svm_text,
+    # knn_e5_text, knn_image_effnetlite0) found the frozen experiments' cached extraction
+    feats = sorted(p.name.split("_")[0] for p in (wd / "cache" / "features").glob("*.npz"))
+    assert feats == ["image", "text"], feats
     run("export.py", "--preset", preset, "--workdir", wd, "--out", tmp_path / "bundle")
     b = Bundle(tmp_path / "bundle")
     assert b.manifest["feature_sources"] == ["image_effnetlite0", "text_e5_text"]

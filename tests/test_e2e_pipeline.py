@@ -35,9 +35,8 @@ def run_all(wd: Path, *extra, timeout=900) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("pipeline")
-    r = run_all(wd)
+def finished(smoke_run):
+    wd, r, _ = smoke_run   # conftest's session run_all --preset smoke, also the start of bundle_run
     return wd, r
 
 

@@ -476,7 +476,7 @@ def test_a_submitted_fusion_exports_and_repredicts_exactly(bundle_run, tmp_path)
     """A run whose submission is a fusion (residual, masks, averaged test input: the kept alignment
     maps and the products' missing inputs all take part) exports, and the bundle's fold models and
     predict.py give the run's test predictions and its submission."""
-    from test_bundle import PRESET, _assert_reproduces_the_run, _test_ids, run
+    from test_bundle import PRESET_FILE, _assert_reproduces_the_run, _test_ids, run
 
     from rakuten.bundle import Bundle, read_products
 
@@ -486,7 +486,7 @@ def test_a_submitted_fusion_exports_and_repredicts_exactly(bundle_run, tmp_path)
     cfg = tmp_path / "fusion_bundle.yaml"
     cfg.write_text(FUSION_BUNDLE)
     preset = tmp_path / "preset.yaml"
-    preset.write_text(PRESET.replace("submit: stack_lgbm", "submit: [stack_lgbm, fusion_bundle]"))
+    preset.write_text(PRESET_FILE.read_text().replace("submit: stack_lgbm\n", "submit: [stack_lgbm, fusion_bundle]\n"))
     from rakuten.paths import Paths
     from rakuten.second_level.api import load_fusion
     run_fusion(load_fusion(str(cfg)), Paths.make(wd, wd / "data" / "demo"), progress=False)   # fuse.py's call

@@ -29,7 +29,11 @@ def _has_backbones_flag() -> bool:
 
 @pytest.mark.slow
 def test_gpu_suite_dry_run(tmp_path):
+    # OMP_NUM_THREADS: the script's dry run defaults to 1 thread (a guard for a shared, loaded machine);
+    # under pytest it runs alone, so both cores of CI, as test_gpu_preset.py gives its preset run
+    # (85 s -> 75 s back to back, the preset step 45 s -> 36 s); an explicit setting still wins
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, TMPDIR=str(tmp_path),
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_gpu_suite.sh"), "--dry-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)

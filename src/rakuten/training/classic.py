@@ -13,6 +13,7 @@ for a bundle's new products.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -28,7 +29,7 @@ from rakuten.models.knn import knn_log_proba  # noqa: F401
 from rakuten.models.registry import create_model
 from rakuten.models.tfidf import _quiet_sklearn
 from rakuten.training.features import finetuned_features, frozen_features
-from rakuten.training.fold_data import field_texts
+from rakuten.training.fold_data import experiment_data_key, field_texts
 from rakuten.training.losses import class_weight_vector
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,11 @@ def source_features(name: str, paths, fd, progress: bool = True, fold: int | Non
     if not src.model.get("freeze_backbone"):
         raise RakutenError(f"feature source {name}: not a frozen-backbone experiment (model.freeze_backbone) "
                            "and not a fine-tuned one trained in this workdir yet")
-    return l2_normalise(frozen_features(src, paths, fd, progress))
+    # The cache is keyed on the source's data key (the inputs its backbone reads: same rows, same
+    # text field or images), not this member's, which covers every field and the images: with the
+    # member's key the source's extraction was never found and e5 / EfficientNet ran a second time.
+    src_fd = dataclasses.replace(fd, content_key=experiment_data_key(src, fd.train, fd.test))
+    return l2_normalise(frozen_features(src, paths, src_fd, progress))
 
 
 def finetuned_source(paths, name: str) -> Config | None:
