@@ -28,14 +28,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        # heavy: torch (fusion) loads only after the arguments are checked
         from rakuten.second_level.api import load_fusion
-        from rakuten.second_level.fusion import run_fusion
 
         cfg = load_fusion(args.config, overrides=args.overrides)
+        paths, folds = paths_from_args(args), parse_fold_arg(args.fold)
+        # heavy: torch (fusion) loads only after the arguments, the config and the workdir are checked
+        from rakuten.second_level.fusion import run_fusion
+
         t0 = time.time()
-        res = run_fusion(cfg, paths_from_args(args), folds=parse_fold_arg(args.fold), force=args.force,
-                         progress=not args.no_progress)
+        res = run_fusion(cfg, paths, folds=folds, force=args.force, progress=not args.no_progress)
         print_fold_results(res, f"fusion {res['name']} ({cfg.fusion.variant})", time.time() - t0)
     return 0
 

@@ -28,14 +28,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        # heavy: scikit-learn and LightGBM (the stacker) load only after the arguments are checked
         from rakuten.second_level.api import load_stack
-        from rakuten.second_level.stacker import run_stack
 
         cfg = load_stack(args.config, overrides=args.overrides)
-        folds = parse_fold_arg(args.fold)
+        paths, folds = paths_from_args(args), parse_fold_arg(args.fold)
+        # heavy: scikit-learn and LightGBM (the stacker) load only after the arguments, the config and
+        # the workdir are checked
+        from rakuten.second_level.stacker import run_stack
+
         t0 = time.time()
-        res = run_stack(cfg, paths_from_args(args), folds=folds, force=args.force, progress=not args.no_progress)
+        res = run_stack(cfg, paths, folds=folds, force=args.force, progress=not args.no_progress)
         print_fold_results(res, f"stack {res['name']}: LightGBM over {len(cfg.stack.inputs)} experiment(s)",
                            time.time() - t0)
     return 0

@@ -39,14 +39,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
-        # heavy: Optuna and scikit-learn load only after the arguments are checked
         from rakuten.second_level.api import load_second_level
-        from rakuten.second_level.tuning import tune, tune_biases
 
         if args.trials < 0 or (args.timeout is not None and args.timeout <= 0):
             raise RakutenError(f"--trials must be >= 0 and --timeout > 0 (got {args.trials}, {args.timeout})")
         cfg = load_second_level(args.config, overrides=args.overrides)
         paths = paths_from_args(args)
+        # heavy: Optuna and scikit-learn load only after the arguments, the config and the workdir are checked
+        from rakuten.second_level.tuning import tune, tune_biases
+
         if args.trials > 0:
             res = tune(cfg, paths, args.trials, timeout=args.timeout, storage=args.storage,
                        study_name=args.study_name, seed=args.seed, progress=not args.no_progress)
