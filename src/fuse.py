@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # the config loader first (its check reads the fusion networks' registry, which loads torch)
         from rakuten.second_level.api import load_fusion
 
         cfg = load_fusion(args.config, overrides=args.overrides)

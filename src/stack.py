@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # light: the config loader (no torch, scikit-learn or LightGBM yet)
         from rakuten.second_level.api import load_stack
 
         cfg = load_stack(args.config, overrides=args.overrides)

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     with one_line_errors():
+        # light: the config loader (no torch, scikit-learn or LightGBM yet)
         from rakuten.second_level.api import load_second_level
 
         if args.trials < 0 or (args.timeout is not None and args.timeout <= 0):
