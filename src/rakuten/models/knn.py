@@ -40,14 +40,18 @@ def knn_vote(sim: np.ndarray, bank_labels: np.ndarray, k: int, temperature: floa
     return out
 
 
-def _log_proba(votes: np.ndarray) -> np.ndarray:
-    votes = votes / (votes.sum(1, keepdims=True) + 1e-12)
-    return np.log(votes + 1e-4).astype(np.float32)
-
-
-def _chunk_rows(bank_rows: int, chunk: int) -> int:
+def _vote_in_chunks(queries, width: int, similarities, bank_labels: np.ndarray, k: int, temperature: float,
+                    chunk: int = 1024) -> np.ndarray:
+    """``knn_vote`` over the queries in chunks (``similarities(q)``: dense [len(q), bank rows], at most
+    ``width`` columns wide before any selection), as log-probabilities smoothed by 1e-4."""
+    n = queries.shape[0]
+    out = np.zeros((n, NUM_CLASSES), dtype=np.float64)
     # the tie keys are int64 [chunk, bank rows]: at most 2^24 of them (128 MiB) at a time
-    return max(1, min(int(chunk), 2 ** 24 // max(bank_rows, 1)))
+    chunk = max(1, min(int(chunk), 2 ** 24 // max(width, 1)))
+    for s in range(0, n, chunk):
+        out[s:s + chunk] = knn_vote(similarities(queries[s:s + chunk]), bank_labels, k, temperature)
+    out /= out.sum(1, keepdims=True) + 1e-12
+    return np.log(out + 1e-4).astype(np.float32)
 
 
 def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: float,
@@ -55,16 +59,14 @@ def knn_log_proba(queries, bank, bank_labels: np.ndarray, k: int, temperature: f
     """Similarity-weighted vote of the ``k`` most similar bank rows (weights exp(sim / T)), as
     log-probabilities smoothed by 1e-4 so no class is impossible. ``queries``/``bank`` are
     L2-normalised rows (dense or sparse); queries are processed in chunks to bound memory."""
-    n = queries.shape[0]
-    k = min(int(k), bank.shape[0])
-    out = np.zeros((n, NUM_CLASSES), dtype=np.float64)
     bank_t = bank.T
-    chunk = _chunk_rows(bank.shape[0], chunk)
-    for s in range(0, n, chunk):
-        sim = queries[s:s + chunk] @ bank_t
-        out[s:s + chunk] = knn_vote(sim.toarray() if sparse.issparse(sim) else np.asarray(sim), bank_labels, k,
-                                    temperature)
-    return _log_proba(out)
+
+    def similarities(q):
+        sim = q @ bank_t
+        return sim.toarray() if sparse.issparse(sim) else np.asarray(sim)
+
+    return _vote_in_chunks(queries, bank.shape[0], similarities, bank_labels, min(int(k), bank.shape[0]),
+                           temperature, chunk)
 
 
 class SharedBank:
@@ -119,10 +121,6 @@ class KnnVote:
         all the shared rows (see ``SharedBank``)."""
         if self.rows_ is None:
             return knn_log_proba(queries, self.bank_, self.labels_, self.k, self.temperature)
-        k = min(self.k, len(self.rows_))
-        chunk = _chunk_rows(self.bank_.shape[0], 1024)
-        out = np.zeros((queries.shape[0], NUM_CLASSES), dtype=np.float64)
-        for s in range(0, queries.shape[0], chunk):
-            sim = self.bank_.similarities(queries[s:s + chunk])[:, self.rows_]
-            out[s:s + chunk] = knn_vote(sim, self.labels_, k, self.temperature)
-        return _log_proba(out)
+        return _vote_in_chunks(queries, self.bank_.shape[0],
+                               lambda q: self.bank_.similarities(q)[:, self.rows_], self.labels_,
+                               min(self.k, len(self.rows_)), self.temperature)
