@@ -43,12 +43,18 @@ _SPECIAL_NAMES = {"<s>": ("bos", "cls"), "</s>": ("eos", "sep"), "<pad>": ("pad"
                   "<mask>": ("mask",)}
 
 
+def _tokenizer_config(folder: Path) -> dict:
+    """The folder's ``tokenizer_config.json`` ({} when there is none or it is not a JSON object)."""
+    cfg_file = folder / CONFIG_FILE
+    cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def is_compact_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a tokenizer that ``UnigramTokenizer.save_pretrained`` wrote."""
-    cfg_file = Path(folder) / CONFIG_FILE
     try:
-        return json.loads(cfg_file.read_text(encoding="utf-8")).get(CONFIG_KEY) == CONFIG_VALUE
-    except (OSError, ValueError, AttributeError):   # no folder, no config, or not a JSON object
+        return _tokenizer_config(Path(folder)).get(CONFIG_KEY) == CONFIG_VALUE
+    except (OSError, ValueError):   # no folder, or a config that is not JSON
         return False
 
 
@@ -90,8 +96,7 @@ class UnigramTokenizer:
             for n in names:
                 setattr(self, f"{n}_token_id", self._specials.get(content))
                 setattr(self, f"{n}_token", content if content in self._specials else None)
-        single = [s for s in ((spec.get("post_processor") or {}).get("single") or [])]
-        self._template = self._parse_template(single, source)
+        self._template = self._parse_template((spec.get("post_processor") or {}).get("single") or [], source)
         # the file's own normaliser and pre-tokeniser, on a one-piece model (the vocabulary is ours)
         helper = dict(spec, model={"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0]], "byte_fallback": False},
                       added_tokens=[], post_processor=None)
@@ -121,9 +126,7 @@ class UnigramTokenizer:
         folder = Path(folder)
         with open(folder / TOKENIZER_FILE, encoding="utf-8") as f:
             spec = json.load(f)
-        cfg_file = folder / CONFIG_FILE
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
-        max_len = cfg.get("model_max_length") if isinstance(cfg, dict) else None
+        max_len = _tokenizer_config(folder).get("model_max_length")
         return cls(spec, folder, max_len if isinstance(max_len, int) else 512)
 
     def save_pretrained(self, out: str | Path) -> None:
@@ -133,12 +136,10 @@ class UnigramTokenizer:
         out.mkdir(parents=True, exist_ok=True)
         if self.source is None:
             raise UnigramTokenizerError("a tokenizer built from a dict has no files to save")
-        for f in self.source.iterdir():
-            if f.name in (TOKENIZER_FILE, "special_tokens_map.json"):
-                shutil.copyfile(f, out / f.name)
-        cfg_file = self.source / CONFIG_FILE
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
-        cfg[CONFIG_KEY] = CONFIG_VALUE
+        for name in (TOKENIZER_FILE, "special_tokens_map.json"):
+            if (self.source / name).is_file():
+                shutil.copyfile(self.source / name, out / name)
+        cfg = {**_tokenizer_config(self.source), CONFIG_KEY: CONFIG_VALUE}
         (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
     # ----------------------------------------------------------------------------------- encoding
